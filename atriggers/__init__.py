@@ -1,0 +1,58 @@
+"""atriggers: run work when a combination of events has happened.
+
+Fire named triggers into per-session state; a configuration decides which tasks
+run when; runners execute them in-process, on Celery or on AWS Lambda.
+"""
+
+from .config import TaskConfig, parse_configuration, validate_configuration
+from .context import Retry, Skip, TaskContext
+from .errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    InstanceNotFound,
+    InvalidInput,
+    InvalidStatus,
+    MaxRetriesExceeded,
+    Problem,
+    StorageError,
+    TriggerError,
+    UnknownRunner,
+    UnknownTask,
+    with_context,
+)
+from .instance import Status, TaskInstance
+from .manager import TriggerManager, get_manager_class, register_manager
+from .state import SessionState
+from .tasks import TaskDefinition, TaskRegistry, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConcurrencyError",
+    "ConfigurationError",
+    "InstanceNotFound",
+    "InvalidInput",
+    "InvalidStatus",
+    "MaxRetriesExceeded",
+    "Problem",
+    "Retry",
+    "SessionState",
+    "Skip",
+    "Status",
+    "StorageError",
+    "TaskConfig",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskInstance",
+    "TaskRegistry",
+    "TriggerError",
+    "TriggerManager",
+    "UnknownRunner",
+    "UnknownTask",
+    "get_manager_class",
+    "parse_configuration",
+    "register_manager",
+    "task",
+    "validate_configuration",
+    "with_context",
+]

@@ -1,0 +1,242 @@
+"""Task configuration: the directives of the seed document, validated.
+
+The rules live in one table, `DIRECTIVES`, so that validation, error messages and
+the published JSON Schema all come from the same place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigurationError, Problem
+
+__all__ = ["DIRECTIVES", "Directive", "TaskConfig", "parse_configuration", "validate_configuration"]
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _trigger_list(value: object) -> str | None:
+    if isinstance(value, (str, bytes)):
+        return "must be a list of trigger names, not a single string"
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        return f"must be a list of trigger names, not {type(value).__name__}"
+    bad = [v for v in value if not _is_name(v)]
+    if bad:
+        return f"trigger names must be non-empty strings, got {bad[0]!r}"
+    return None
+
+
+def _one_name(value: object) -> str | None:
+    return None if _is_name(value) else f"must be one non-empty string, not {value!r}"
+
+
+def _optional_name(value: object) -> str | None:
+    return None if value is None else _one_name(value)
+
+
+def _dict_of_dicts(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        return f"must be a dict of dicts keyed by trigger name, not {type(value).__name__}"
+    for key, inner in value.items():
+        if not isinstance(key, str):
+            return f"keys must be trigger names (strings), got {key!r}"
+        if not isinstance(inner, Mapping):
+            return (
+                f"must be a dict of dicts (like trigger kwargs): {key!r} maps to "
+                f"{type(inner).__name__}, not a dict"
+            )
+    return _json_error(value)
+
+
+def _json_error(value: object) -> str | None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"must be JSON-serializable ({exc})"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """One directive of a task configuration."""
+
+    name: str
+    required: bool
+    check: Callable[[object], str | None]
+    description: str
+    #: JSON Schema fragment describing valid values.
+    schema: Mapping[str, Any]
+
+
+_NAME_SCHEMA: Mapping[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
+
+DIRECTIVES: Mapping[str, Directive] = {
+    d.name: d
+    for d in (
+        Directive(
+            "after", True, _trigger_list,
+            "Trigger names that must all have fired before the task runs (order does not "
+            "matter). May be empty only when andEvery is given.",
+            {"type": "array", "items": _NAME_SCHEMA, "uniqueItems": True},
+        ),
+        Directive(
+            "run", True, _one_name,
+            "Name of the registered task to run (for Celery, the Celery task name).",
+            _NAME_SCHEMA,
+        ),
+        Directive(
+            "andEvery", False, _optional_name,
+            "One trigger name: every firing of it makes a new instance of the task.",
+            {"anyOf": [_NAME_SCHEMA, {"type": "null"}]},
+        ),
+        Directive(
+            "unless", False,
+            lambda v: None if v is None else _trigger_list(v),
+            "Trigger names that, once all fired, abandon the task's unstarted instances.",
+            {"anyOf": [{"type": "array", "items": _NAME_SCHEMA}, {"type": "null"}]},
+        ),
+        Directive(
+            "withParams", False, _dict_of_dicts,
+            "Static kwargs keyed like trigger kwargs, merged under the fired kwargs.",
+            {
+                "anyOf": [
+                    {"type": "object", "additionalProperties": {"type": "object"}},
+                    {"type": "null"},
+                ]
+            },
+        ),
+        Directive(
+            "using", False, _optional_name,
+            "Name of the runner for this task (default: the manager's default runner).",
+            {"anyOf": [_NAME_SCHEMA, {"type": "null"}]},
+        ),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """The validated configuration of one trigger task."""
+
+    name: str
+    #: Every trigger the task needs, the `andEvery` trigger included.
+    after: frozenset[str]
+    run: str
+    and_every: str | None = None
+    unless: frozenset[str] = frozenset()
+    with_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    using: str | None = None
+    #: Custom directives, kept as given.
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def uses_trigger(self, trigger: str) -> bool:
+        return trigger in self.after or trigger in self.unless
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as directives (JSON-ready), the inverse of parsing."""
+        body: dict[str, Any] = dict(self.extras)
+        body["after"] = sorted(self.after)
+        body["run"] = self.run
+        if self.and_every is not None:
+            body["andEvery"] = self.and_every
+        if self.unless:
+            body["unless"] = sorted(self.unless)
+        if self.with_params:
+            body["withParams"] = {k: dict(v) for k, v in self.with_params.items()}
+        if self.using is not None:
+            body["using"] = self.using
+        return body
+
+    @classmethod
+    def from_dict(cls, name: str, body: Mapping[str, Any]) -> TaskConfig:
+        """Build from directives already validated (e.g. read back from storage)."""
+        and_every = body.get("andEvery")
+        after = frozenset(body["after"])
+        return cls(
+            name=name,
+            after=after | {and_every} if and_every else after,
+            run=body["run"],
+            and_every=and_every,
+            unless=frozenset(body.get("unless") or ()),
+            with_params=dict(body.get("withParams") or {}),
+            using=body.get("using"),
+            extras={k: v for k, v in body.items() if k not in DIRECTIVES},
+        )
+
+
+def validate_configuration(configuration: object) -> list[Problem]:
+    """Every problem in `configuration`; an empty list when it is valid."""
+    if not isinstance(configuration, Mapping):
+        return [
+            Problem(None, None, "configuration must be a dict of task name -> task config, "
+                    f"not {type(configuration).__name__}")
+        ]
+    problems: list[Problem] = []
+    for name, body in configuration.items():
+        if not _is_name(name):
+            problems.append(Problem(repr(name), None, "task names must be non-empty strings"))
+            continue
+        if not isinstance(body, Mapping):
+            problems.append(Problem(name, None, "task config must be a dict of directives, "
+                                    f"not {type(body).__name__}"))
+            continue
+        problems.extend(_task_problems(name, body))
+    return problems
+
+
+def _task_problems(name: str, body: Mapping[Any, Any]) -> list[Problem]:
+    problems = []
+    for directive in DIRECTIVES.values():
+        if directive.name not in body:
+            if directive.required:
+                problems.append(Problem(name, directive.name, "is required"))
+            continue
+        message = directive.check(body[directive.name])
+        if message:
+            problems.append(Problem(name, directive.name, message))
+    after = body.get("after")
+    if (
+        isinstance(after, (list, tuple, set, frozenset))
+        and not after
+        and not body.get("andEvery")
+    ):
+        problems.append(Problem(name, "after", "may be empty only when andEvery is given"))
+    for key, value in body.items():
+        if key in DIRECTIVES:
+            continue
+        if not isinstance(key, str):
+            problems.append(Problem(name, repr(key), "directive names must be strings"))
+        elif (message := _json_error(value)) is not None:
+            problems.append(Problem(name, key, f"custom directive {message}"))
+    return problems
+
+
+def parse_configuration(configuration: object) -> dict[str, TaskConfig]:
+    """Validate `configuration` and build its `TaskConfig`s.
+
+    Raises `ConfigurationError` listing every problem; one bad task rejects all.
+    """
+    problems = validate_configuration(configuration)
+    if problems:
+        raise ConfigurationError(problems)
+    assert isinstance(configuration, Mapping)
+    # A JSON round trip gives the task private, plain copies of the directives,
+    # exactly as they will read back from storage.
+    return {
+        name: TaskConfig.from_dict(name, json.loads(json.dumps(_jsonable_body(body))))
+        for name, body in configuration.items()
+    }
+
+
+def _jsonable_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: sorted(value) if isinstance(value, (set, frozenset)) else value
+        for key, value in body.items()
+    }

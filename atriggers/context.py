@@ -1,0 +1,173 @@
+"""What a running task sees: `TaskContext`, and the signals it raises to retry or
+skip itself."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ._json import object_arg
+from .errors import MaxRetriesExceeded, with_context
+from .instance import Meta, TaskInstance
+from .tasks import TaskDefinition
+
+if TYPE_CHECKING:
+    from .manager import TriggerManager
+
+__all__ = ["Retry", "Skip", "TaskContext", "TaskSignal", "exception_metadata"]
+
+
+class TaskSignal(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a task to end its run with a status other than finished/failed."""
+
+    def __init__(self, metadata: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.metadata = dict(metadata or {})
+
+
+class Retry(TaskSignal):
+    """``raise context.retry(...)``: the instance is replayed after a cooldown."""
+
+    def __init__(
+        self,
+        metadata: Mapping[str, Any] | None = None,
+        replacement_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        cooldown: float | None = None,
+    ) -> None:
+        super().__init__(metadata)
+        self.replacement_kwargs = replacement_kwargs
+        self.cooldown = cooldown
+        if cooldown:
+            self.metadata[Meta.COOLDOWN] = cooldown
+
+
+class Skip(TaskSignal):
+    """``raise context.skip(...)``: the instance is marked skipped (no cascade)."""
+
+
+def exception_metadata(exc: BaseException) -> dict[str, Any]:
+    """The metadata a failed instance stores about `exc`."""
+    import traceback
+
+    from ._json import jsonable
+
+    return {
+        Meta.EXCEPTION_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
+        Meta.EXCEPTION_INFO: "".join(traceback.format_exception(exc)),
+        Meta.EXCEPTION_CONTEXT: jsonable(getattr(exc, "context", None) or {}),
+    }
+
+
+class _TrackingAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Records the highest level logged through it on the task context."""
+
+    def __init__(self, logger: logging.Logger, extra: Mapping[str, object], owner: TaskContext) -> None:
+        super().__init__(logger, extra)
+        self._owner = owner
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level > self._owner.log_level:
+            self._owner.log_level = level
+        super().log(level, msg, *args, **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+class TaskContext:
+    """Everything a task function receives."""
+
+    def __init__(
+        self, manager: TriggerManager, instance: TaskInstance, definition: TaskDefinition
+    ) -> None:
+        self.manager = manager
+        self.instance = instance
+        self.definition = definition
+        #: Highest log level emitted through `get_logger_context` loggers.
+        self.log_level = logging.NOTSET
+
+    @property
+    def instance_name(self) -> str:
+        return self.instance.name
+
+    @property
+    def task_name(self) -> str:
+        return self.instance.task_name
+
+    @property
+    def uid(self) -> str:
+        return self.manager.uid
+
+    @property
+    def trigger_kwargs(self) -> dict[str, Any]:
+        """Trigger name -> kwargs it fired with, ``withParams`` merged underneath."""
+        actual: dict[str, Any] = self.instance.metadata.get(Meta.ACTUAL_KWARGS) or {}
+        return actual
+
+    @contextmanager
+    def get_logger_context(self, context: Mapping[str, Any] | None = None) -> Iterator[logging.LoggerAdapter]:  # type: ignore[type-arg]
+        """A logger for the task; the highest level it emits is stored on the
+        instance (``logLevel``). An exception escaping the block is logged."""
+        logger = logging.getLogger(f"atriggers.tasks.{self.definition.name}")
+        adapter = _TrackingAdapter(
+            logger,
+            {"uid": self.uid, "instance": self.instance_name, "context": dict(context or {})},
+            self,
+        )
+        try:
+            yield adapter
+        except TaskSignal:
+            raise
+        except Exception as exc:
+            adapter.exception("%s failed: %s", self.instance_name, exc,
+                              extra={"context": getattr(exc, "context", {})})
+            raise
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        *,
+        cooldown: float | None = None,
+        replacement_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Retry | MaxRetriesExceeded:
+        """The exception to raise to run this instance again::
+
+            raise context.retry(exc, cooldown=30)
+
+        The instance becomes ``replayed`` and a clone runs after `cooldown`
+        seconds, with `replacement_kwargs` if given. Past the task's
+        ``max_retries`` this returns `MaxRetriesExceeded` instead, which fails the
+        instance.
+        """
+        details = dict(metadata or {})
+        if exc is not None:
+            details.update(exception_metadata(exc))
+        if self.instance.depth >= self.definition.max_retries:
+            error = MaxRetriesExceeded(
+                f"{self.instance_name}: attempting retry #{self.instance.depth + 1}, "
+                f"but task {self.definition.name!r} has max_retries={self.definition.max_retries}"
+            )
+            error.__cause__ = exc
+            return with_context(error, {"retryMetadata": details})
+        if cooldown is not None and cooldown < 0:
+            raise ValueError(f"cooldown must be >= 0 seconds, not {cooldown}")
+        replacement = None
+        if replacement_kwargs is not None:
+            replacement = object_arg(replacement_kwargs, "replacement_kwargs")
+            for trigger, kwargs in replacement.items():
+                object_arg(kwargs, f"replacement_kwargs[{trigger!r}]")
+        return Retry(details, replacement, cooldown)
+
+    def skip(self, metadata: Mapping[str, Any] | None = None) -> Skip:
+        """The exception to raise to mark this instance skipped::
+
+            raise context.skip({"reason": "nothing to import"})
+        """
+        return Skip(metadata)
+
+    def __repr__(self) -> str:
+        return f"<TaskContext {self.uid}/{self.instance_name}>"

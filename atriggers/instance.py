@@ -1,0 +1,192 @@
+"""Task instances and their statuses."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .config import TaskConfig
+
+__all__ = ["Meta", "Status", "TaskInstance"]
+
+
+class Status(str, Enum):
+    """The life cycle of a task instance."""
+
+    UNSTARTED = "unstarted"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+    REPLAYED = "replayed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_resolved(self) -> bool:
+        return self in RESOLVED
+
+
+RESOLVED = frozenset({Status.FINISHED, Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
+#: Statuses in which the instance's log level no longer matters.
+_LOGS_IRRELEVANT = frozenset({Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
+
+
+class Meta:
+    """Instance metadata keys, as in the original library."""
+
+    RESULT = "result"
+    EXCEPTION_TYPE = "exceptionType"
+    EXCEPTION_INFO = "exceptionInfo"
+    EXCEPTION_CONTEXT = "exceptionContext"
+    PARENT = "parent"
+    TIMESTAMPS = "timestamps"
+    LOG_LEVEL = "logLevel"
+    LOGS_RESOLVED = "logsResolved"
+    COOLDOWN = "cooldown"
+    DEPTH = "depth"
+    ACTUAL_KWARGS = "actualKwargs"
+    CREATED = "created"
+    LAST_MODIFIED = "lastModified"
+
+
+@dataclass(slots=True)
+class TaskInstance:
+    """One run (or future run) of a trigger task in a session.
+
+    Instances handed out by atriggers are snapshots: changing one changes nothing
+    stored. Use the manager's methods to change an instance.
+    """
+
+    name: str
+    task_name: str
+    status: Status = Status.UNSTARTED
+    #: Trigger name -> kwargs of every `after` trigger applied so far.
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: `unless` triggers applied so far.
+    abandon_state: frozenset[str] = frozenset()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: The task's configuration (not stored with the instance).
+    config: TaskConfig | None = field(default=None, compare=False, repr=False)
+
+    # -- what may happen next ----------------------------------------------------
+
+    @property
+    def can_schedule(self) -> bool:
+        """The instance has not started, so triggers can still be applied to it."""
+        return self.status is Status.UNSTARTED
+
+    @property
+    def can_abandon(self) -> bool:
+        """Unstarted, and every `unless` trigger of its task has arrived."""
+        unless = self.config.unless if self.config else frozenset()
+        return self.can_schedule and bool(unless) and unless <= self.abandon_state
+
+    @property
+    def can_run(self) -> bool:
+        """Unstarted, every `after` trigger applied, and not to be abandoned."""
+        after = self.config.after if self.config else frozenset()
+        return self.can_schedule and after <= self.kwargs.keys() and not self.can_abandon
+
+    @property
+    def can_replay(self) -> bool:
+        return self.status is Status.FAILED
+
+    @property
+    def can_skip(self) -> bool:
+        return self.status is Status.FAILED
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.status in RESOLVED
+
+    # -- metadata views ----------------------------------------------------------
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        result = self.metadata.get(Meta.RESULT)
+        return result if isinstance(result, dict) else None
+
+    @property
+    def parent(self) -> str | None:
+        parent = self.metadata.get(Meta.PARENT)
+        return parent if isinstance(parent, str) else None
+
+    @property
+    def depth(self) -> int:
+        return int(self.metadata.get(Meta.DEPTH) or 0)
+
+    @property
+    def cooldown(self) -> float:
+        return float(self.metadata.get(Meta.COOLDOWN) or 0)
+
+    @property
+    def timestamps(self) -> dict[str, str]:
+        timestamps = self.metadata.get(Meta.TIMESTAMPS)
+        return dict(timestamps) if isinstance(timestamps, dict) else {}
+
+    @property
+    def log_level(self) -> int:
+        return int(self.metadata.get(Meta.LOG_LEVEL) or logging.NOTSET)
+
+    @property
+    def log_level_name(self) -> str:
+        return logging.getLevelName(self.log_level)
+
+    @property
+    def logs_resolved(self) -> bool:
+        """False while the instance logged at ERROR or above and nobody marked
+        those logs resolved (abandoned, replayed and skipped instances excepted)."""
+        return (
+            self.status in _LOGS_IRRELEVANT
+            or self.log_level < logging.ERROR
+            or bool(self.metadata.get(Meta.LOGS_RESOLVED))
+        )
+
+    # -- serialization -----------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as stored."""
+        return {
+            "task": self.task_name,
+            "status": self.status.value,
+            "kwargs": self.kwargs,
+            "abandonState": sorted(self.abandon_state),
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, name: str, data: dict[str, Any], config: TaskConfig | None = None
+    ) -> TaskInstance:
+        return cls(
+            name=name,
+            task_name=data["task"],
+            status=Status(data["status"]),
+            kwargs=data.get("kwargs") or {},
+            abandon_state=frozenset(data.get("abandonState") or ()),
+            metadata=data.get("metadata") or {},
+            config=config,
+        )
+
+    def copy(self) -> TaskInstance:
+        """A copy whose containers can be changed without touching this one.
+
+        Nested values (trigger kwargs, results) are shared: atriggers replaces
+        them, it never changes them in place.
+        """
+        metadata = dict(self.metadata)
+        if isinstance(metadata.get(Meta.TIMESTAMPS), dict):
+            metadata[Meta.TIMESTAMPS] = dict(metadata[Meta.TIMESTAMPS])
+        return TaskInstance(
+            self.name, self.task_name, self.status, dict(self.kwargs),
+            self.abandon_state, metadata, self.config,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status.value})"

@@ -1,0 +1,424 @@
+"""`TriggerManager`: one session's operations, orchestrated.
+
+Every operation is: per-session lock -> read snapshot -> apply a pure rule
+(`atriggers.rules`) to a draft -> compare-and-swap write -> dispatch what the rule
+scheduled -> subclass hook. On a version conflict the rule is re-applied to the
+fresh state, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Collection, Coroutine, Mapping
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, TypeVar
+
+from . import rules
+from ._json import object_arg
+from .config import parse_configuration
+from .context import Retry, Skip, TaskContext, exception_metadata
+from .errors import (
+    ConcurrencyError,
+    InstanceNotFound,
+    InvalidInput,
+    InvalidStatus,
+    TriggerError,
+    UnknownTask,
+    with_context,
+)
+from .instance import Meta, Status, TaskInstance
+from .runners.base import get_runner
+from .state import Draft, SessionState
+from .storage.base import Storage, VersionConflict
+from .tasks import TaskRegistry
+from .tasks import registry as default_tasks
+
+__all__ = ["TriggerManager", "get_manager_class", "register_manager"]
+
+log = logging.getLogger("atriggers")
+
+T = TypeVar("T")
+InstanceRef = str | TaskInstance
+
+#: Entry-point group for manager subclasses (``name = "pkg.mod:Class"``), so
+#: remote workers rebuild the right manager for a session.
+ENTRY_POINT_GROUP = "atriggers.managers"
+
+
+def _name_of(instance: InstanceRef) -> str:
+    if isinstance(instance, TaskInstance):
+        return instance.name
+    if not isinstance(instance, str):
+        raise InvalidInput(f"instance must be a name or a TaskInstance, not {instance!r}")
+    return instance
+
+
+def _trigger_name(trigger: object) -> str:
+    if not isinstance(trigger, str) or not trigger.strip():
+        raise InvalidInput(f"trigger names must be non-empty strings, not {trigger!r}")
+    return trigger
+
+
+class TriggerManager:
+    """Fires triggers into one session (`uid`) of a `storage`, and runs what they
+    make ready. Cheap to create: make one per request or per task."""
+
+    #: Name under which remote workers find this class (`register_manager`).
+    manager_name: ClassVar[str] = "default"
+    #: Runner for tasks without ``using``.
+    default_runner: ClassVar[str] = "asyncio"
+    #: Attempts of an operation before `ConcurrencyError`.
+    max_attempts: ClassVar[int] = 12
+
+    def __init__(
+        self,
+        storage: Storage,
+        uid: str,
+        *,
+        default_runner: str | None = None,
+        tasks: TaskRegistry | None = None,
+    ) -> None:
+        if not isinstance(storage, Storage):
+            raise TypeError(f"storage must be an atriggers Storage, not {storage!r}")
+        if not isinstance(uid, str) or not uid:
+            raise InvalidInput(f"uid must be a non-empty string, not {uid!r}")
+        self.storage = storage
+        self.uid = uid
+        if default_runner is not None:
+            self.default_runner = default_runner  # type: ignore[misc]
+        self.tasks = tasks if tasks is not None else default_tasks
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.uid!r} on {self.storage!r}>"
+
+    # -- configuration and triggers ----------------------------------------------
+
+    async def update_configuration(self, configuration: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge tasks into the session's configuration (same name replaces).
+
+        Raises `ConfigurationError` naming every bad task and directive; then
+        nothing is stored.
+        """
+        tasks = parse_configuration(configuration)
+        await self._apply(lambda d: rules.configure(d, tasks))
+
+    async def fire(
+        self, trigger_name: str, trigger_kwargs: Mapping[str, Any] | None = None
+    ) -> list[TaskInstance]:
+        """Fire a trigger; returns the instances it scheduled (already dispatched).
+
+        A failed dispatch does not raise: the instance is stored as failed.
+        """
+        trigger = _trigger_name(trigger_name)
+        kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
+        return await self._shielded(self._fire(trigger, kwargs))
+
+    async def _fire(self, trigger: str, kwargs: dict[str, Any]) -> list[TaskInstance]:
+        ready = await self._apply(lambda d: rules.fire(d, trigger, kwargs))
+        await self._dispatch(ready)
+        await self.post_fire(trigger, ready)
+        return ready
+
+    # -- repairs ----------------------------------------------------------------------
+
+    async def replay_failed_instance(
+        self,
+        instance: InstanceRef,
+        replacement_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> TaskInstance:
+        """Mark a failed instance ``replayed`` and run a clone of it (metadata
+        ``parent`` names the failed one), with `replacement_kwargs` (trigger ->
+        kwargs, replacing all of them) if given. Returns the clone."""
+        name = _name_of(instance)
+        replacement = _kwargs_by_trigger(replacement_kwargs, "replacement_kwargs")
+        return await self._shielded(self._replay(name, replacement))
+
+    async def _replay(self, name: str, replacement: dict[str, Any] | None) -> TaskInstance:
+        clone = await self._apply(lambda d: rules.replay(d, name, replacement), [name])
+        await self._dispatch([clone])
+        await self.post_replay(clone)
+        return clone
+
+    async def skip_failed_instance(
+        self,
+        instance: InstanceRef,
+        cascade: bool = False,
+        result: Mapping[str, Any] | None = None,
+    ) -> TaskInstance:
+        """Mark a failed instance ``skipped``; with `cascade`, its task's name
+        fires with `result` as if it had finished."""
+        name = _name_of(instance)
+        result_kwargs = object_arg(result, "result")
+        return await self._shielded(self._skip(name, cascade, result_kwargs))
+
+    async def _skip(self, name: str, cascade: bool, result: dict[str, Any]) -> TaskInstance:
+        skipped, ready = await self._apply(lambda d: rules.skip(d, name, cascade, result), [name])
+        if cascade:
+            await self._dispatch(ready)
+            await self.post_fire(skipped.task_name, ready)
+        await self.post_skip(skipped, cascade)
+        return skipped
+
+    async def update_instance_status(
+        self,
+        instance: InstanceRef,
+        status: Status | str,
+        metadata: Mapping[str, Any] | None = None,
+        cascade: bool = False,
+        cascade_kwargs: Mapping[str, Any] | None = None,
+    ) -> TaskInstance:
+        """Set an instance's status (and merge `metadata`); with `cascade`, fire
+        its task's name with `cascade_kwargs`. An operator's tool: no checks on
+        which status may follow which."""
+        name = _name_of(instance)
+        try:
+            new_status = Status(status)
+        except ValueError:
+            known = ", ".join(s.value for s in Status)
+            raise InvalidInput(f"unknown status {status!r} (one of: {known})") from None
+        meta = object_arg(metadata, "metadata")
+        kwargs = object_arg(cascade_kwargs, "cascade_kwargs")
+        return await self._shielded(self._set_status(name, new_status, meta, cascade, kwargs))
+
+    async def _set_status(
+        self, name: str, status: Status, meta: dict[str, Any], cascade: bool, kwargs: dict[str, Any]
+    ) -> TaskInstance:
+        updated, ready = await self._apply(
+            lambda d: rules.set_status(d, name, status, meta, cascade, kwargs), [name]
+        )
+        if cascade:
+            await self._dispatch(ready)
+            await self.post_fire(updated.task_name, ready)
+        return updated
+
+    async def update_instance_metadata(
+        self, instance: InstanceRef, metadata: Mapping[str, Any]
+    ) -> TaskInstance:
+        """Merge `metadata` into the instance's metadata (status unchanged)."""
+        name = _name_of(instance)
+        meta = object_arg(metadata, "metadata")
+        return await self._apply(lambda d: rules.update_metadata(d, name, meta), [name])
+
+    async def mark_instance_logs_resolved(self, instance: InstanceRef) -> TaskInstance:
+        """Mark the instance's ERROR-level logs as dealt with."""
+        name = _name_of(instance)
+        return await self._apply(
+            lambda d: rules.update_metadata(d, name, {Meta.LOGS_RESOLVED: True}), [name]
+        )
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get_state(self) -> SessionState:
+        """A snapshot of the whole session, every instance included."""
+        return await self.storage.load_all(self.uid)
+
+    async def get_instance(self, name: str) -> TaskInstance:
+        """One instance, read from storage (`InstanceNotFound` if none)."""
+        state = await self.storage.load(self.uid, [name])
+        try:
+            return state.instances[name]
+        except KeyError:
+            raise InstanceNotFound(name, self.uid) from None
+
+    async def join(self) -> None:
+        """Wait until every in-process run started through this manager, and the
+        runs their cascades started, has finished."""
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
+
+    # -- hooks for subclasses --------------------------------------------------------
+
+    async def post_fire(self, trigger_name: str, tasks_scheduled: list[TaskInstance]) -> None:
+        """Called after a fire (cascades included) is stored and dispatched."""
+
+    async def post_replay(self, task_instance: TaskInstance) -> None:
+        """Called after a replay is stored and dispatched, with the new instance."""
+
+    async def post_skip(self, task_instance: TaskInstance, cascade: bool) -> None:
+        """Called after a skip is stored (and after its cascade, if any)."""
+
+    # -- running instances: the one code path of every runner ---------------------
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Adopt an in-process run: `join` and closing the storage wait for it."""
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        self.storage.track(task)
+
+    async def run_instance(self, instance: InstanceRef) -> TaskInstance | None:
+        """Run a scheduled instance here and now, store the outcome, cascade.
+
+        Runners call this (in-process, or in a worker after rebuilding the
+        manager). Returns the instance in its final state, or None when it was not
+        ``scheduled`` (already taken by another worker, or changed by an operator):
+        an instance runs at most once.
+        """
+        name = _name_of(instance)
+        running = await self._apply(lambda d: rules.start(d, name), [name])
+        if running is None:
+            log.info("%s/%s is not scheduled any more; not running it", self.uid, name)
+            return None
+        try:
+            definition = self.tasks.get(running.config.run if running.config else running.task_name)
+        except UnknownTask as exc:
+            return await self.record_failure(name, exc)
+        context = TaskContext(self, running, definition)
+        try:
+            result = _check_result(await definition(context), definition.name)
+        except Retry as signal:
+            return await self._retry(name, signal, context.log_level)
+        except Skip as signal:
+            meta = {**object_arg(signal.metadata, "skip metadata"), Meta.LOG_LEVEL: context.log_level}
+            skipped, _ = await self._apply(
+                lambda d: rules.set_status(d, name, Status.SKIPPED, meta), [name]
+            )
+            return skipped
+        except asyncio.CancelledError as exc:
+            await self.record_failure(name, exc, context.log_level)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a task's failure is data
+            return await self.record_failure(name, exc, context.log_level)
+        finished, ready = await self._apply(
+            lambda d: rules.finish(d, name, result, context.log_level), [name]
+        )
+        if finished is not None:
+            await self._dispatch(ready)
+            await self.post_fire(finished.task_name, ready)
+        return finished
+
+    async def _retry(self, name: str, signal: Retry, log_level: int) -> TaskInstance | None:
+        meta = {**object_arg(signal.metadata, "retry metadata"), Meta.LOG_LEVEL: log_level}
+        clone = await self._apply(
+            lambda d: rules.retry(d, name, meta, signal.replacement_kwargs), [name]
+        )
+        if clone is not None:
+            await self._dispatch([clone])
+            await self.post_replay(clone)
+        return clone
+
+    async def record_failure(
+        self, instance: InstanceRef, exc: BaseException, log_level: int | None = None
+    ) -> TaskInstance | None:
+        """Store a scheduled or running instance as ``failed`` because of `exc`
+        (a task error, a dispatch error, a cancelled run). Runners use it; the
+        instance can then be replayed. No-op for instances in other statuses."""
+        name = _name_of(instance)
+        meta = exception_metadata(exc)
+        if log_level is not None:
+            meta[Meta.LOG_LEVEL] = log_level
+        return await self._apply(lambda d: rules.fail(d, name, meta), [name])
+
+    async def _dispatch(self, instances: list[TaskInstance]) -> None:
+        for instance in instances:
+            using = instance.config.using if instance.config else None
+            try:
+                runner = get_runner(using or self.default_runner)
+                await runner.run(self, instance)
+            except Exception as exc:  # noqa: BLE001 - stored on the instance
+                log.warning("dispatching %s/%s failed: %r", self.uid, instance.name, exc)
+                try:
+                    await self.record_failure(instance.name, exc)
+                except TriggerError:
+                    log.exception(
+                        "%s/%s could not be dispatched and its failure could not be "
+                        "stored: it stays scheduled until an operator fails and replays it",
+                        self.uid, instance.name,
+                    )
+
+    # -- the operation loop -------------------------------------------------------------
+
+    async def _shielded(self, operation: Coroutine[Any, Any, T]) -> T:
+        """Run an operation that stores then dispatches to its end even if the
+        caller is cancelled: a stored ``scheduled`` must always be dispatched."""
+        task = asyncio.get_running_loop().create_task(operation)
+        self.storage.track(task)
+        return await asyncio.shield(task)
+
+    async def _apply(self, rule: Callable[[Draft], T], names: Collection[str] = ()) -> T:
+        """Lock, read, apply `rule` to a draft, compare-and-swap write; retry."""
+        storage = self.storage
+        fresh = False
+        async with storage.lock(self.uid):
+            for attempt in range(self.max_attempts):
+                state = await storage.read(self.uid, names, fresh=fresh)
+                draft = Draft(state)
+                try:
+                    result = rule(draft)
+                except (InstanceNotFound, InvalidStatus, InvalidInput):
+                    if fresh:
+                        raise
+                    # The cached snapshot may be stale: refuse only what storage says.
+                    fresh = True
+                    continue
+                if not draft.changed:
+                    if fresh:
+                        return result
+                    fresh = True
+                    continue
+                try:
+                    await storage.write(draft.changes())
+                except VersionConflict:
+                    fresh = False  # the conflict left the current state in the cache
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                    continue
+                return result
+        raise ConcurrencyError(
+            f"session {self.uid!r} kept changing under concurrent writers; "
+            f"gave up after {self.max_attempts} attempts with nothing written"
+        )
+
+
+def _kwargs_by_trigger(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    kwargs = object_arg(value, what)
+    for trigger, inner in kwargs.items():
+        if not isinstance(inner, dict):
+            raise InvalidInput(f"{what} maps trigger names to kwargs; {trigger!r} maps to {inner!r}")
+    return kwargs
+
+
+def _check_result(result: object, task: str) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        raise with_context(
+            TypeError(
+                f"task {task!r} returned {type(result).__name__}; a task must return a "
+                f"mapping (the kwargs its cascade fires with) or None"
+            ),
+            {"actualResult": repr(result)[:1000]},
+        )
+    try:
+        return object_arg(result, f"result of task {task!r}")
+    except InvalidInput as exc:
+        raise with_context(exc, {"actualResult": repr(result)[:1000]}) from exc
+
+
+# -- manager registry, for remote workers -----------------------------------------------
+
+_managers: dict[str, type[TriggerManager]] = {"default": TriggerManager}
+
+
+def register_manager(cls: type[TriggerManager], name: str | None = None) -> type[TriggerManager]:
+    """Let workers rebuild `cls` by name (default: ``cls.manager_name``).
+    Usable as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, TriggerManager)):
+        raise TypeError(f"register a TriggerManager subclass, not {cls!r}")
+    _managers[name or cls.manager_name] = cls
+    return cls
+
+
+def get_manager_class(name: str) -> type[TriggerManager]:
+    """The manager class registered under `name` (or in the entry-point group)."""
+    cls = _managers.get(name)
+    if cls is None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            cls = register_manager(ep.load(), name)
+            break
+    if cls is None:
+        raise LookupError(f"no trigger manager registered as {name!r} (known: {', '.join(sorted(_managers))})")
+    return cls

@@ -1,0 +1,232 @@
+"""Session snapshots, and the drafts that record what an operation changes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import TaskConfig
+from .errors import InstanceNotFound
+from .instance import Meta, Status, TaskInstance
+
+__all__ = ["Change", "Draft", "SessionState", "utc_now"]
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC timestamp, as stored in instance metadata."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """A read-only snapshot of one session.
+
+    `instances` holds every instance when the snapshot comes from
+    `TriggerManager.get_state()` (``complete`` is true). Snapshots used internally
+    for a fire hold only the unresolved instances and those asked for by name,
+    which is what keeps a fire's cost independent of the session's history.
+    """
+
+    uid: str
+    version: int = 0
+    tasks: Mapping[str, TaskConfig] = field(default_factory=dict)
+    instances: Mapping[str, TaskInstance] = field(default_factory=dict)
+    latest_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Task name -> how many instances it has ever had (the next ``#n``).
+    instance_counts: Mapping[str, int] = field(default_factory=dict)
+    complete: bool = True
+
+    def instances_of_task(self, task: str | TaskConfig) -> list[TaskInstance]:
+        """The task's instances, oldest first."""
+        name = task.name if isinstance(task, TaskConfig) else task
+        found = [i for i in self.instances.values() if i.task_name == name]
+        found.sort(key=_instance_number)
+        return found
+
+    def get_unresolved_tasks(self) -> list[TaskConfig]:
+        """Tasks with no instance yet, or with at least one unresolved instance."""
+        unresolved = {i.task_name for i in self.instances.values() if not i.is_resolved}
+        return [
+            task for name, task in self.tasks.items()
+            if name in unresolved or not self.instance_counts.get(name)
+        ]
+
+    def get_unresolved_instances(self) -> list[TaskInstance]:
+        return [i for i in self.instances.values() if not i.is_resolved]
+
+    def get_instances_with_unresolved_logs(self) -> list[TaskInstance]:
+        return [i for i in self.instances.values() if not i.logs_resolved]
+
+    def debug_repr(self) -> dict[str, Any]:
+        """The whole snapshot as plain JSON-ready data."""
+        return {
+            "uid": self.uid,
+            "version": self.version,
+            "tasks": {name: task.to_dict() for name, task in self.tasks.items()},
+            "instances": {name: i.to_dict() for name, i in self.instances.items()},
+            "latestKwargs": {k: dict(v) for k, v in self.latest_kwargs.items()},
+        }
+
+
+def _instance_number(instance: TaskInstance) -> int:
+    _, _, number = instance.name.rpartition("#")
+    return int(number) if number.isdigit() else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one operation changed in a session: exactly what storage must write."""
+
+    #: The full new configuration, when the operation changed it.
+    tasks: Mapping[str, TaskConfig] | None
+    #: Latest kwargs of the triggers fired by the operation.
+    triggers: Mapping[str, Mapping[str, Any]]
+    #: The full new instance counts, when the operation created instances.
+    instance_counts: Mapping[str, int] | None
+    #: Instances created or changed, in their new form.
+    instances: tuple[TaskInstance, ...]
+    #: The snapshot after the change (version = base version + 1).
+    state: SessionState
+
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+
+class Draft:
+    """Copy-on-write view of a `SessionState` that the rules change.
+
+    The rules (`atriggers.rules`) are pure functions over a draft; `changes()`
+    then tells storage what to write.
+    """
+
+    def __init__(self, state: SessionState, now: str | None = None) -> None:
+        self.base = state
+        self.uid = state.uid
+        self.now = now or utc_now()
+        self.tasks: Mapping[str, TaskConfig] = state.tasks
+        self._instances: dict[str, TaskInstance] = dict(state.instances)
+        self._latest: Mapping[str, Mapping[str, Any]] = state.latest_kwargs
+        self._counts: Mapping[str, int] = state.instance_counts
+        self._changed: dict[str, TaskInstance] = {}
+        self._fired: dict[str, Mapping[str, Any]] = {}
+        self._tasks_changed = False
+
+    # -- reading -----------------------------------------------------------------
+
+    @property
+    def latest_kwargs(self) -> Mapping[str, Mapping[str, Any]]:
+        return self._latest
+
+    def count(self, task: str) -> int:
+        return self._counts.get(task, 0)
+
+    def get(self, name: str) -> TaskInstance:
+        try:
+            return self._instances[name]
+        except KeyError:
+            raise InstanceNotFound(name, self.uid) from None
+
+    def instances(self) -> Iterator[TaskInstance]:
+        return iter(self._instances.values())
+
+    def tasks_using(self, trigger: str) -> list[TaskConfig]:
+        return [t for t in self.tasks.values() if t.uses_trigger(trigger)]
+
+    # -- writing -----------------------------------------------------------------
+
+    def edit(self, name: str) -> TaskInstance:
+        """The named instance, private to this draft and recorded as changed."""
+        instance = self._changed.get(name)
+        if instance is None:
+            instance = self.get(name).copy()
+            self._changed[name] = self._instances[name] = instance
+        return instance
+
+    def set_status(self, instance: TaskInstance, status: Status) -> None:
+        instance.status = status
+        self.touch(instance, status.value)
+
+    def touch(self, instance: TaskInstance, *stamps: str) -> None:
+        """Record the last-modified time (and one timestamp per name in `stamps`)."""
+        timestamps = instance.metadata.setdefault(Meta.TIMESTAMPS, {})
+        timestamps.setdefault(Meta.CREATED, self.now)
+        timestamps[Meta.LAST_MODIFIED] = self.now
+        for stamp in stamps:
+            timestamps[stamp] = self.now
+
+    def create(
+        self,
+        task: TaskConfig,
+        kwargs: dict[str, dict[str, Any]],
+        abandon_state: frozenset[str] = frozenset(),
+        metadata: dict[str, Any] | None = None,
+    ) -> TaskInstance:
+        number = self.count(task.name)
+        counts = dict(self._counts)
+        counts[task.name] = number + 1
+        self._counts = counts
+        instance = TaskInstance(
+            name=f"{task.name}#{number}",
+            task_name=task.name,
+            kwargs=kwargs,
+            abandon_state=abandon_state,
+            metadata=dict(metadata or {}),
+            config=task,
+        )
+        self.touch(instance, Status.UNSTARTED.value)
+        self._changed[instance.name] = self._instances[instance.name] = instance
+        return instance
+
+    def record_fire(self, trigger: str, kwargs: Mapping[str, Any]) -> None:
+        if self._latest is self.base.latest_kwargs:
+            self._latest = dict(self._latest)
+        self._latest[trigger] = kwargs  # type: ignore[index]
+        self._fired[trigger] = kwargs
+
+    def replace_tasks(self, tasks: Mapping[str, TaskConfig]) -> None:
+        self.tasks = tasks
+        self._tasks_changed = True
+        # Loaded instances follow their task's new configuration.
+        for name, instance in self._instances.items():
+            config = tasks.get(instance.task_name)
+            if config is None or instance.config is config:
+                continue
+            if name in self._changed:
+                instance.config = config
+            else:
+                copy = instance.copy()
+                copy.config = config
+                self._instances[name] = copy
+
+    # -- result --------------------------------------------------------------------
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._changed or self._fired or self._tasks_changed)
+
+    def changes(self) -> Change:
+        """What to write, and the snapshot that results."""
+        active = {
+            name: i for name, i in self._instances.items()
+            if self.base.complete or not i.is_resolved
+        }
+        state = SessionState(
+            uid=self.uid,
+            version=self.base.version + 1,
+            tasks=self.tasks,
+            instances=active,
+            latest_kwargs=self._latest,
+            instance_counts=self._counts,
+            complete=self.base.complete,
+        )
+        counts_changed = self._counts is not self.base.instance_counts
+        return Change(
+            tasks=self.tasks if self._tasks_changed else None,
+            triggers=self._fired,
+            instance_counts=self._counts if counts_changed else None,
+            instances=tuple(self._changed.values()),
+            state=state,
+        )

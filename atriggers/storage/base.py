@@ -1,0 +1,216 @@
+"""The storage plug-in point: a per-session versioned store with compare-and-swap.
+
+A backend implements five methods (`load`, `load_all`, `store`, `list_sessions`
+and, if it holds resources, `close`). This base class adds what every backend
+shares: per-session asyncio locks that never outlive their users, a bounded cache
+of recent working snapshots (so a fire in a steady process costs one write and no
+read), and tracking of in-process runs so closing the storage drains them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from ..errors import TriggerError
+from ..state import Change, SessionState
+
+__all__ = ["SessionLocks", "Storage", "VersionConflict"]
+
+log = logging.getLogger("atriggers.storage")
+
+
+class VersionConflict(TriggerError):
+    """Raised by `Storage.store` when the session's stored version is not the one
+    the change was computed from. The manager re-reads and re-applies.
+
+    A backend that can cheaply read the current state in the same round trip
+    passes it as `fresh`, saving the re-read.
+    """
+
+    def __init__(self, uid: str, expected: int, fresh: SessionState | None = None) -> None:
+        self.uid = uid
+        self.expected = expected
+        self.fresh = fresh
+        super().__init__(f"session {uid!r} is no longer at version {expected}")
+
+
+class _Entry:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class SessionLocks:
+    """One asyncio lock per session uid, dropped as soon as nobody holds or waits
+    for it: a million distinct uids leave nothing behind."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @asynccontextmanager
+    async def hold(self, uid: str) -> AsyncIterator[None]:
+        entry = self._entries.get(uid)
+        if entry is None:
+            entry = self._entries[uid] = _Entry()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._entries[uid]
+
+
+class Storage(ABC):
+    """Base class of session stores. Use as ``async with``."""
+
+    #: URL scheme this backend is opened with (``open_storage``).
+    scheme: ClassVar[str]
+
+    def __init__(self, *, cache_size: int = 1024, close_timeout: float = 30.0) -> None:
+        self.cache_size = cache_size
+        self.close_timeout = close_timeout
+        self._cache: OrderedDict[str, SessionState] = OrderedDict()
+        self._locks = SessionLocks()
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    # -- what a backend implements -------------------------------------------------
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """A URL that `open_storage` turns into a storage holding the same data
+        (remote workers use it to reach the session)."""
+
+    @abstractmethod
+    async def load(self, uid: str, names: Collection[str] = ()) -> SessionState:
+        """The session's working snapshot: configuration, latest kwargs, instance
+        counts, every unresolved instance, plus the instances named in `names`
+        whatever their status (``complete=False``). An unknown uid reads as an
+        empty session at version 0."""
+
+    @abstractmethod
+    async def load_all(self, uid: str) -> SessionState:
+        """The session with every instance (``complete=True``)."""
+
+    @abstractmethod
+    async def store(self, uid: str, expected_version: int, change: Change) -> None:
+        """Write `change` atomically if the session is still at `expected_version`
+        (0: the session must not exist yet), moving it to ``change.version``.
+        Otherwise write nothing and raise `VersionConflict`. Backend failures are
+        raised as `StorageError`, with nothing half-written."""
+
+    @abstractmethod
+    async def list_sessions(self) -> list[str]:
+        """The uids of every stored session, sorted."""
+
+    async def open(self) -> None:
+        """Acquire resources (connections). Called by ``async with``."""
+
+    async def close(self) -> None:
+        """Release resources. Called by `aclose` after in-flight runs drained."""
+
+    # -- shared machinery --------------------------------------------------------------
+
+    def lock(self, uid: str) -> Any:
+        """Async context manager serializing operations on `uid` in this process."""
+        return self._locks.hold(uid)
+
+    async def read(self, uid: str, names: Collection[str] = (), *, fresh: bool = False) -> SessionState:
+        """Working snapshot of `uid`, from the cache unless `fresh` or a named
+        instance is missing from it. A cached snapshot may be stale if another
+        process wrote since; `store`'s version check catches that."""
+        if not fresh:
+            cached = self._cache.get(uid)
+            if cached is not None and all(n in cached.instances for n in names):
+                self._cache.move_to_end(uid)
+                return cached
+        state = await self.load(uid, names)
+        self._remember(state)
+        return state
+
+    async def write(self, change: Change) -> None:
+        """Store `change` with compare-and-swap and cache the resulting snapshot."""
+        uid = change.state.uid
+        try:
+            await self.store(uid, change.version - 1, change)
+        except VersionConflict as conflict:
+            if conflict.fresh is not None:
+                self._remember(conflict.fresh)
+            else:
+                self._cache.pop(uid, None)
+            raise
+        except BaseException:
+            # Whether the write landed is unknown: never trust the cache for it.
+            self._cache.pop(uid, None)
+            raise
+        self._remember(change.state)
+
+    def forget(self, uid: str) -> None:
+        """Drop the cached snapshot of `uid`."""
+        self._cache.pop(uid, None)
+
+    def _remember(self, state: SessionState) -> None:
+        if self.cache_size <= 0 or state.complete:
+            return
+        self._cache[state.uid] = state
+        self._cache.move_to_end(state.uid)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep `task` (an in-process run) alive; `aclose` waits for it."""
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for in-process runs (cascades included) to finish. After
+        `timeout` seconds, cancel the rest: each records its instance as failed
+        (replayable) before ending."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._inflight:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                pending = set(self._inflight)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                break
+            await asyncio.wait(set(self._inflight), timeout=remaining)
+
+    async def aclose(self) -> None:
+        """Drain in-process runs (see `close_timeout`), then release resources."""
+        try:
+            await self.drain(self.close_timeout)
+        finally:
+            self._cache.clear()
+            await self.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"

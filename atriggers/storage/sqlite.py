@@ -1,0 +1,348 @@
+"""SQLite storage through aiosqlite: the embedded default.
+
+Cost model: handing work to aiosqlite's thread and back costs far more than a
+whole SQLite transaction, so every operation here is one hand-off, and operations
+that arrive while one is in flight share the next hand-off and its transaction
+(group commit). Several processes may share one file: WAL lets readers proceed
+while one writer holds the lock, and each write checks the session's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from ..errors import StorageError
+from ..state import Change, SessionState
+from .base import Storage, VersionConflict
+from .codec import ConfigCache, EncodedChange, decode_state, encode_change
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
+
+#: Stored in ``PRAGMA user_version``; later releases migrate older files.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE atriggers_sessions (
+    uid         TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    config      TEXT NOT NULL,
+    counts      TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE atriggers_triggers (
+    uid     TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    kwargs  TEXT NOT NULL,
+    PRIMARY KEY (uid, name)
+);
+CREATE TABLE atriggers_instances (
+    uid       TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    task      TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    resolved  INTEGER NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (uid, name)
+);
+-- A fire reads only unresolved instances: its cost must not grow with history.
+CREATE INDEX atriggers_instances_unresolved
+    ON atriggers_instances (uid) WHERE resolved = 0;
+CREATE INDEX atriggers_instances_status ON atriggers_instances (status, uid);
+"""
+
+#: schema version -> statements that bring a file from that version to the next.
+_MIGRATIONS: dict[int, str] = {}
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+# -- work done in aiosqlite's thread -----------------------------------------------
+
+_Rows = tuple[
+    tuple[int, str, str] | None, list[tuple[str, str]], list[tuple[str, str]]
+]
+
+
+def _select_session(db: sqlite3.Connection, uid: str, names: Collection[str], everything: bool) -> _Rows:
+    header = db.execute(
+        "SELECT version, config, counts FROM atriggers_sessions WHERE uid = ?", (uid,)
+    ).fetchone()
+    if header is None:
+        return None, [], []
+    triggers = db.execute(
+        "SELECT name, kwargs FROM atriggers_triggers WHERE uid = ?", (uid,)
+    ).fetchall()
+    if everything:
+        instances = db.execute(
+            "SELECT name, body FROM atriggers_instances WHERE uid = ?", (uid,)
+        ).fetchall()
+    else:
+        instances = db.execute(
+            "SELECT name, body FROM atriggers_instances WHERE uid = ? AND resolved = 0", (uid,)
+        ).fetchall()
+        loaded = {name for name, _ in instances}
+        for name in names:
+            if name not in loaded:
+                instances.extend(db.execute(
+                    "SELECT name, body FROM atriggers_instances WHERE uid = ? AND name = ?",
+                    (uid, name),
+                ).fetchall())
+    return header, triggers, instances
+
+
+@dataclass(slots=True)
+class _Read:
+    uid: str
+    names: Collection[str]
+    everything: bool = False
+
+    writes = False
+
+    def __call__(self, db: sqlite3.Connection) -> _Rows:
+        return _select_session(db, self.uid, self.names, self.everything)
+
+
+@dataclass(slots=True)
+class _Conflict:
+    rows: _Rows
+
+
+@dataclass(slots=True)
+class _Write:
+    uid: str
+    expected: int
+    change: EncodedChange
+
+    writes = True
+
+    def __call__(self, db: sqlite3.Connection) -> _Conflict | None:
+        c = self.change
+        if self.expected == 0:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO atriggers_sessions "
+                "(uid, version, config, counts, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (self.uid, c.version, c.tasks or "{}", c.counts or "{}", time.time()),
+            )
+        else:
+            cursor = db.execute(
+                "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
+                "counts = coalesce(?, counts), updated_at = ? WHERE uid = ? AND version = ?",
+                (c.version, c.tasks, c.counts, time.time(), self.uid, self.expected),
+            )
+        if cursor.rowcount != 1:
+            # Someone else wrote first: hand back the current state with the news.
+            return _Conflict(_select_session(db, self.uid, (), False))
+        if c.triggers:
+            db.executemany(
+                "INSERT OR REPLACE INTO atriggers_triggers (uid, name, kwargs) VALUES (?, ?, ?)",
+                [(self.uid, name, kwargs) for name, kwargs in c.triggers],
+            )
+        if c.instances:
+            db.executemany(
+                "INSERT OR REPLACE INTO atriggers_instances "
+                "(uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(self.uid, *row) for row in c.instances],
+            )
+        return None
+
+
+_Op = _Read | _Write
+
+
+def _run_batch(db: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
+    """One transaction for the whole batch. A database error aborts all of it."""
+    db.execute("BEGIN IMMEDIATE" if any(op.writes for op in ops) else "BEGIN")
+    try:
+        results = [op(db) for op in ops]
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _setup(db: sqlite3.Connection, synchronous: str) -> None:
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {synchronous}")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'atriggers_sessions'"
+        ).fetchone():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            version = SCHEMA_VERSION
+        while version < SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            version += 1
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"database schema version {version} is newer than this atriggers "
+                f"understands ({SCHEMA_VERSION}); upgrade atriggers"
+            )
+        db.execute(f"PRAGMA user_version = {version}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+class SQLiteStorage(Storage):
+    """Sessions in one SQLite file (WAL mode), shareable by many processes.
+
+    ``synchronous="NORMAL"`` (the default) is durable across application crashes;
+    in WAL mode a power loss can undo the last transactions but never corrupts the
+    file. Use ``"FULL"`` to survive power loss too, at a cost per commit.
+    """
+
+    scheme = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = 30.0,
+        synchronous: Synchronous = "NORMAL",
+        cache_size: int = 1024,
+        close_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(cache_size=cache_size, close_timeout=close_timeout)
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = Path(path)
+        self.timeout = timeout
+        self.synchronous = synchronous
+        self._conn: aiosqlite.Connection | None = None
+        self._configs = ConfigCache()
+        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path.resolve()}"
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStorage:
+        prefix = "sqlite:///"
+        if not url.startswith(prefix) or url == prefix:
+            raise ValueError(
+                f"SQLite URLs look like sqlite:///relative/path or sqlite:////absolute/path, not {url!r}"
+            )
+        return cls(url[len(prefix):])
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
+            conn = await aiosqlite.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite database {str(self.path)!r}: {exc}") from exc
+        try:
+            await self._call(conn, _setup, self.synchronous)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    # -- reads and writes -------------------------------------------------------------
+
+    async def load(self, uid: str, names: Collection[str] = ()) -> SessionState:
+        rows = await self._submit(_Read(uid, tuple(names)))
+        return self._decode(uid, rows, complete=False)
+
+    async def load_all(self, uid: str) -> SessionState:
+        rows = await self._submit(_Read(uid, (), everything=True))
+        return self._decode(uid, rows, complete=True)
+
+    async def store(self, uid: str, expected_version: int, change: Change) -> None:
+        outcome = await self._submit(_Write(uid, expected_version, encode_change(change)))
+        if isinstance(outcome, _Conflict):
+            raise VersionConflict(uid, expected_version, self._decode(uid, outcome.rows, complete=False))
+
+    async def list_sessions(self) -> list[str]:
+        conn = self._require()
+        rows = await self._call(
+            conn, lambda db: db.execute("SELECT uid FROM atriggers_sessions ORDER BY uid").fetchall()
+        )
+        return [uid for (uid,) in rows]
+
+    def _decode(self, uid: str, rows: _Rows, *, complete: bool) -> SessionState:
+        header, triggers, instances = rows
+        if header is None:
+            return SessionState(uid=uid, complete=complete)
+        version, config, counts = header
+        return decode_state(
+            uid, version, self._configs.decode(config), counts, triggers, instances,
+            complete=complete,
+        )
+
+    # -- group commit -------------------------------------------------------------------
+
+    def _require(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StorageError(
+                f"{self!r} is not open: use `async with SQLiteStorage(...)` or `await storage.open()`"
+            )
+        return self._conn
+
+    async def _submit(self, op: _Op) -> Any:
+        self._require()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        if self._flusher is None:
+            # The flush runs in its own task so that a cancelled caller can never
+            # strand the other operations of its batch.
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._call(self._require(), _run_batch, [op for op, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - every caller gets the error
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._flusher = None
+
+    @staticmethod
+    async def _call(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(sqlite3_connection, *args)` in aiosqlite's thread: one hand-off.
+
+        aiosqlite's public methods cost one hand-off per statement; a transaction
+        of several statements needs its private `_execute` (stable since 0.17).
+        """
+        db = conn._conn  # noqa: SLF001
+        try:
+            return await conn._execute(fn, db, *args)  # noqa: SLF001
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite error: {exc}") from exc
