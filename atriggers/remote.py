@@ -1,0 +1,93 @@
+"""Running an instance in another process (a Celery worker, a Lambda function).
+
+The message sent is a small `RunRequest` naming the session, never its data: the
+worker rebuilds storage (from the URL) and manager (by registered name), loads the
+instance and runs it through `TriggerManager.run_instance`, the same code path as
+the in-process runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInput
+from .instance import TaskInstance
+from .manager import TriggerManager, get_manager_class
+from .storage.base import Storage
+from .storage.registry import open_storage
+
+__all__ = ["RunRequest", "StoragePool", "execute_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """Which instance of which session to run, as a few hundred bytes of JSON."""
+
+    storage_url: str
+    uid: str
+    instance: str
+    manager: str = "default"
+
+    @classmethod
+    def for_instance(cls, manager: TriggerManager, instance: TaskInstance) -> RunRequest:
+        return cls(manager.storage.url, manager.uid, instance.name, manager.manager_name)
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "storage": self.storage_url,
+            "uid": self.uid,
+            "instance": self.instance,
+            "manager": self.manager,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRequest:
+        if not isinstance(data, Mapping):
+            raise InvalidInput(f"a run request is a JSON object, not {type(data).__name__}")
+        fields = {}
+        for key in ("storage", "uid", "instance"):
+            value = data.get(key)
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"run request field {key!r} must be a non-empty string, got {value!r}")
+            fields[key] = value
+        manager = data.get("manager", "default")
+        if not isinstance(manager, str) or not manager:
+            raise InvalidInput(f"run request field 'manager' must be a non-empty string, got {manager!r}")
+        return cls(fields["storage"], fields["uid"], fields["instance"], manager)
+
+
+class StoragePool:
+    """Open storages by URL, kept open across requests: a worker pays for opening
+    a database (or a connection pool) once, not per task."""
+
+    def __init__(self) -> None:
+        self._storages: dict[str, Storage] = {}
+
+    async def get(self, url: str) -> Storage:
+        storage = self._storages.get(url)
+        if storage is None:
+            storage = open_storage(url)
+            await storage.open()
+            self._storages[url] = storage
+        return storage
+
+    async def aclose(self) -> None:
+        storages, self._storages = self._storages, {}
+        for storage in storages.values():
+            await storage.aclose()
+
+
+async def execute_request(request: RunRequest, pool: StoragePool) -> TaskInstance | None:
+    """Run the requested instance and wait for in-process cascades it started.
+
+    Returns the instance in its final state, or None if it was not scheduled (a
+    duplicate delivery): each instance runs at most once.
+    """
+    storage = await pool.get(request.storage_url)
+    manager = get_manager_class(request.manager)(storage, request.uid)
+    try:
+        return await manager.run_instance(request.instance)
+    finally:
+        await manager.join()

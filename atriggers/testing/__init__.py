@@ -1,0 +1,1 @@
+"""Tools for testing code built on atriggers: fixtures, assertions, conformance."""
