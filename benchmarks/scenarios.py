@@ -1,0 +1,382 @@
+"""The scenarios of issue 7. Each one drives atriggers through its public API,
+checks the final state and returns raw measurements.
+
+A scenario is ``async def (kind, directory, quick) -> Outcome`` where `kind` is
+``"sqlite"`` (a WAL file in `directory`) or ``"memory"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atriggers import Status, TriggerManager
+from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.storage.base import Storage
+
+from . import _tasks  # noqa: F401 - registers bench.noop
+from .measure import baseline_select1, check, percentile, rss_mb
+
+__all__ = ["SCENARIOS", "Outcome"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Never runnable: "never" is never fired.
+IDLE = {"t": {"after": ["a", "never"], "run": "bench.noop"}}
+#: Every "tick" makes an instance that can never run.
+EVERY_IDLE = {"t": {"after": ["never"], "andEvery": "tick", "run": "bench.noop"}}
+#: Every "tick" makes an instance that runs at once.
+EVERY_RUN = {"t": {"after": [], "andEvery": "tick", "run": "bench.noop"}}
+#: Runs once both "a" and "b" have fired.
+PAIR = {"t": {"after": ["a", "b"], "run": "bench.noop"}}
+
+
+@dataclass
+class Outcome:
+    fires: int
+    seconds: float
+    #: Seconds per `fire` call, as the caller saw them.
+    latencies: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def open_store(kind: str, directory: Path, name: str, **options: Any) -> Storage:
+    if kind == "sqlite":
+        return SQLiteStorage(directory / f"{name}.db", **options)
+    if kind == "memory":
+        return MemoryStorage(**options)
+    raise ValueError(f"unknown storage kind {kind!r}")
+
+
+async def timed_fire(
+    manager: TriggerManager, trigger: str, kwargs: dict[str, Any], latencies: list[float]
+) -> int:
+    start = time.perf_counter()
+    ready = await manager.fire(trigger, kwargs)
+    latencies.append(time.perf_counter() - start)
+    return len(ready)
+
+
+def statuses(instances: Any) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for instance in instances:
+        found[instance.status.value] = found.get(instance.status.value, 0) + 1
+    return found
+
+
+# -- 1. fires into one session, never runnable ---------------------------------------------
+
+
+async def fire_idle(kind: str, directory: Path, quick: bool) -> Outcome:
+    n = 300 if quick else 1000
+    rounds = 1000 if not quick else 300
+    extra: dict[str, Any] = {}
+    async with open_store(kind, directory, "fire_idle") as store:
+        manager = TriggerManager(store, "s")
+        await manager.update_configuration(IDLE)
+        base = (await manager.get_state()).version
+        for i in range(50):  # warm-up (not counted), same session
+            await manager.fire("a", {"i": -1 - i})
+        base += 50
+        if kind == "sqlite":
+            # The round-trip baseline, measured in this process just before and
+            # after, so the ratio is not skewed by what the machine does meanwhile.
+            before = await baseline_select1(directory / "rt.db", rounds)
+        latencies: list[float] = []
+        start = time.perf_counter()
+        for i in range(n):
+            check(await timed_fire(manager, "a", {"i": i}, latencies) == 0, "a fire scheduled a task")
+        seconds = time.perf_counter() - start
+        if kind == "sqlite":
+            after = await baseline_select1(directory / "rt.db", rounds)
+            extra["select1_p50_ms"] = percentile(before + after, 0.5) * 1e3
+        state = await manager.get_state()
+    check(list(state.instances) == ["t#0"], f"expected only t#0, got {list(state.instances)}")
+    check(state.instances["t#0"].status is Status.UNSTARTED, "t#0 should stay unstarted")
+    check(state.version == base + n, f"version {state.version}, expected {base + n}: a fire was lost")
+    check(state.latest_kwargs["a"] == {"i": n - 1}, "latest kwargs of 'a' are wrong")
+    return Outcome(n, seconds, latencies, extra)
+
+
+# -- 2. andEvery fires, instances accumulate, never runnable ------------------------------
+
+
+async def every_idle(kind: str, directory: Path, quick: bool) -> Outcome:
+    n = 300 if quick else 1000
+    async with open_store(kind, directory, "every_idle") as store:
+        manager = TriggerManager(store, "s")
+        await manager.update_configuration(EVERY_IDLE)
+        latencies: list[float] = []
+        start = time.perf_counter()
+        for i in range(n):
+            check(await timed_fire(manager, "tick", {"i": i}, latencies) == 0, "a tick scheduled a task")
+        seconds = time.perf_counter() - start
+        state = await manager.get_state()
+    check(len(state.instances) == n, f"expected {n} instances, got {len(state.instances)}")
+    check(statuses(state.instances.values()) == {"unstarted": n}, "every instance should be unstarted")
+    check(state.instances[f"t#{n - 1}"].kwargs == {"tick": {"i": n - 1}}, "last instance's kwargs")
+    first, last = latencies[: n // 10], latencies[-(n // 10):]
+    return Outcome(n, seconds, latencies, {
+        "first_10pct_p50_ms": percentile(first, 0.5) * 1e3,
+        "last_10pct_p50_ms": percentile(last, 0.5) * 1e3,
+    })
+
+
+# -- 3. andEvery fires whose tasks run ------------------------------------------------------
+
+
+async def every_run(kind: str, directory: Path, quick: bool) -> Outcome:
+    n = 300 if quick else 1000
+    async with open_store(kind, directory, "every_run") as store:
+        manager = TriggerManager(store, "s")
+        await manager.update_configuration(EVERY_RUN)
+        latencies: list[float] = []
+        start = time.perf_counter()
+        for i in range(n):
+            check(await timed_fire(manager, "tick", {"i": i}, latencies) == 1, "a tick must schedule one run")
+        await manager.join()
+        seconds = time.perf_counter() - start
+        state = await manager.get_state()
+    check(len(state.instances) == n, f"expected {n} instances, got {len(state.instances)}")
+    check(statuses(state.instances.values()) == {"finished": n}, f"not all finished: {statuses(state.instances.values())}")
+    return Outcome(n, seconds, latencies)
+
+
+# -- 4. many sessions driven concurrently -----------------------------------------------------
+
+
+async def sessions(kind: str, directory: Path, quick: bool) -> Outcome:
+    n = 200 if quick else 1000
+    latencies: list[float] = []
+
+    async def one(store: Storage, uid: str) -> None:
+        manager = TriggerManager(store, uid)
+        await manager.update_configuration(PAIR)
+        check(await timed_fire(manager, "a", {"uid": uid}, latencies) == 0, f"{uid}: 'a' alone ran t")
+        check(await timed_fire(manager, "b", {}, latencies) == 1, f"{uid}: 'b' did not schedule t")
+        await manager.join()
+
+    async with open_store(kind, directory, "sessions") as store:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(store, f"s{i}") for i in range(n)))
+        seconds = time.perf_counter() - start
+        states = await asyncio.gather(*(TriggerManager(store, f"s{i}").get_state() for i in range(n)))
+    for state in states:
+        check(list(state.instances) == ["t#0"], f"{state.uid}: instances {list(state.instances)}")
+        check(state.instances["t#0"].status is Status.FINISHED, f"{state.uid}: t#0 not finished")
+        check(state.instances["t#0"].kwargs == {"a": {"uid": state.uid}, "b": {}}, f"{state.uid}: kwargs")
+    return Outcome(2 * n, seconds, latencies, {"sessions": n})
+
+
+# -- 5. growth: resolved instances do not slow a fire ----------------------------------------
+
+
+GROWTH = {
+    "t": {"after": ["a", "never"], "run": "bench.noop"},
+    "h": {"after": [], "andEvery": "tick", "run": "bench.noop"},
+}
+
+
+async def growth(kind: str, directory: Path, quick: bool) -> Outcome:
+    """Two sessions: "small" keeps 10 resolved instances, "big" grows to N. At each
+    checkpoint, fires into both alternate so that the ratio compares like with
+    like; "cold" fires first drop the cached snapshot, so they include the read."""
+    checkpoints = [10, 1000] if quick else [10, 1000, 5000, 10000]
+    probes = 200 if quick else 400
+    per_n: dict[int, dict[str, float]] = {}
+    last: list[float] = []
+    fires = 0
+    start = time.perf_counter()
+    async with open_store(kind, directory, "growth") as store:
+        small, big = TriggerManager(store, "small"), TriggerManager(store, "big")
+        for manager in (small, big):
+            await manager.update_configuration(GROWTH)
+        resolved = {"small": 0, "big": 0}
+
+        async def grow(manager: TriggerManager, to: int) -> None:
+            # Bounded bursts: concurrent runs share transactions, as in production.
+            while resolved[manager.uid] < to:
+                burst = min(100, to - resolved[manager.uid])
+                for _ in range(burst):
+                    check(len(await manager.fire("tick", {})) == 1, "a tick must run h")
+                await manager.join()
+                resolved[manager.uid] += burst
+
+        await grow(small, 10)
+        for target in checkpoints:
+            await grow(big, target)
+            warm: dict[str, list[float]] = {"small": [], "big": []}
+            cold: dict[str, list[float]] = {"small": [], "big": []}
+            for i in range(probes):
+                for manager in (small, big):
+                    await timed_fire(manager, "a", {"i": i}, warm[manager.uid])
+            for i in range(probes // 4):
+                for manager in (small, big):
+                    store.forget(manager.uid)
+                    await timed_fire(manager, "a", {"i": i}, cold[manager.uid])
+            fires += 2 * (probes + probes // 4)
+            per_n[target] = {
+                "warm_ms": percentile(warm["big"], 0.5) * 1e3,
+                "warm_ratio": percentile(warm["big"], 0.5) / percentile(warm["small"], 0.5),
+                "cold_ms": percentile(cold["big"], 0.5) * 1e3,
+                "cold_ratio": percentile(cold["big"], 0.5) / percentile(cold["small"], 0.5),
+            }
+            last = warm["big"]
+        seconds = time.perf_counter() - start
+        big_state = await big.get_state()
+        small_state = await small.get_state()
+    top = checkpoints[-1]
+    for state, count in ((big_state, top), (small_state, 10)):
+        found = statuses(i for i in state.instances.values() if i.task_name == "h")
+        check(found == {"finished": count}, f"{state.uid}: h instances {found}, expected {count} finished")
+        check(state.instances["t#0"].status is Status.UNSTARTED, f"{state.uid}: t#0 must stay unstarted")
+    return Outcome(fires, seconds, last, {"by_resolved": per_n, "max_resolved": top})
+
+
+# -- 6. several OS processes firing into one session -------------------------------------------
+
+
+def _spawn_workers(
+    path: Path, uid: str, processes: int, fires: int, run: bool
+) -> list[dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "benchmarks.worker", str(path), uid, str(fires)]
+    workers = [
+        subprocess.Popen(
+            [*command, str(p), "run" if run else "idle"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        )
+        for p in range(processes)
+    ]
+    try:
+        for worker in workers:  # every process is imported and connected: start together
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            check(line.strip() == "ready", f"worker did not start: {line!r}")
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        reports = []
+        for worker in workers:
+            out, _ = worker.communicate(timeout=300)
+            check(worker.returncode == 0, f"worker exited with {worker.returncode}")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        return reports
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+
+async def _processes(kind: str, directory: Path, quick: bool, run: bool) -> Outcome:
+    check(kind == "sqlite", "the multi-process scenario needs a shared file")
+    processes, per = (4, 100) if quick else (4, 250)
+    path = directory / ("procs_run.db" if run else "procs.db")
+    async with SQLiteStorage(path) as store:
+        manager = TriggerManager(store, "shared")
+        await manager.update_configuration(EVERY_RUN if run else IDLE)
+        base = (await manager.get_state()).version
+    # The workers block this loop while they run: nothing else is on it.
+    reports = await asyncio.to_thread(_spawn_workers, path, "shared", processes, per, run)
+    latencies = [x for report in reports for x in report["latencies"]]
+    seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    total = processes * per
+    async with SQLiteStorage(path) as store:
+        state = await TriggerManager(store, "shared").get_state()
+    check(len(latencies) == total, f"{len(latencies)} fires reported, expected {total}")
+    if run:
+        check(len(state.instances) == total, f"{len(state.instances)} instances, expected {total}: fires lost")
+        check(statuses(state.instances.values()) == {"finished": total}, f"statuses {statuses(state.instances.values())}")
+        check(sum(r["scheduled"] for r in reports) == total, "each fire must schedule exactly one run")
+    else:
+        check(state.version == base + total, f"version {state.version}, expected {base + total}: fires lost")
+        check(list(state.instances) == ["t#0"], f"instances {list(state.instances)}")
+    return Outcome(total, seconds, latencies, {
+        "processes": processes,
+        "conflicts": sum(r["conflicts"] for r in reports),
+        "lost": 0,
+    })
+
+
+async def procs(kind: str, directory: Path, quick: bool) -> Outcome:
+    return await _processes(kind, directory, quick, run=False)
+
+
+async def procs_run(kind: str, directory: Path, quick: bool) -> Outcome:
+    return await _processes(kind, directory, quick, run=True)
+
+
+# -- 7. scale: many distinct sessions in one process --------------------------------------------
+
+
+async def scale(kind: str, directory: Path, quick: bool) -> Outcome:
+    """Configure and fire into N distinct uids, 500 at a time, then compare RSS with
+    what it was after a warm-up wave: the locks and snapshot caches must not grow."""
+    n = 5000 if quick else 100_000
+    wave = 500
+    latencies: list[float] = []
+
+    async def one(store: Storage, uid: str, sample: list[float]) -> None:
+        manager = TriggerManager(store, uid)
+        await manager.update_configuration(IDLE)
+        await timed_fire(manager, "a", {"uid": uid}, sample)
+
+    async with open_store(kind, directory, "scale") as store:
+        for i in range(0, 2 * wave, wave):  # warm-up: the cache fills, arenas settle
+            await asyncio.gather(*(one(store, f"w{j}", []) for j in range(i, i + wave)))
+        gc.collect()
+        before = rss_mb()
+        start = time.perf_counter()
+        for i in range(0, n, wave):
+            await asyncio.gather(*(one(store, f"s{j}", latencies) for j in range(i, min(n, i + wave))))
+        seconds = time.perf_counter() - start
+        gc.collect()
+        after = rss_mb()
+        locks = len(store._locks)  # noqa: SLF001 - the leak this scenario looks for
+        cached = len(store._cache)  # noqa: SLF001
+        uids = await store.list_sessions()
+        samples = await asyncio.gather(
+            *(TriggerManager(store, f"s{j}").get_state() for j in range(0, n, max(1, n // 100)))
+        )
+    check(len(uids) == n + 2 * wave, f"{len(uids)} sessions stored, expected {n + 2 * wave}")
+    check(locks == 0, f"{locks} session locks left behind")
+    check(cached <= store.cache_size, f"{cached} cached snapshots, cache_size is {store.cache_size}")
+    for state in samples:
+        check(
+            list(state.instances) == ["t#0"] and state.instances["t#0"].kwargs == {"a": {"uid": state.uid}},
+            f"{state.uid}: wrong state",
+        )
+    return Outcome(n, seconds, latencies, {
+        "sessions": n,
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "rss_delta_mb": after - before,
+        "cached_snapshots": cached,
+        "locks_left": locks,
+    })
+
+
+Scenario = Callable[[str, Path, bool], Awaitable[Outcome]]
+
+#: name -> (function, storage kinds it runs on)
+SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
+    "fire_idle": (fire_idle, ("sqlite", "memory")),
+    "every_idle": (every_idle, ("sqlite", "memory")),
+    "every_run": (every_run, ("sqlite", "memory")),
+    "sessions": (sessions, ("sqlite", "memory")),
+    "growth": (growth, ("sqlite", "memory")),
+    "procs": (procs, ("sqlite",)),
+    "procs_run": (procs_run, ("sqlite",)),
+    "scale": (scale, ("sqlite", "memory")),
+}
