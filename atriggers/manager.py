@@ -420,5 +420,6 @@ def get_manager_class(name: str) -> type[TriggerManager]:
             cls = register_manager(ep.load(), name)
             break
     if cls is None:
-        raise LookupError(f"no trigger manager registered as {name!r} (known: {', '.join(sorted(_managers))})")
+        known = ", ".join(sorted(_managers))
+        raise LookupError(f"no trigger manager registered as {name!r} (known: {known})")
     return cls

@@ -341,8 +341,8 @@ class SQLiteStorage(Storage):
         aiosqlite's public methods cost one hand-off per statement; a transaction
         of several statements needs its private `_execute` (stable since 0.17).
         """
-        db = conn._conn  # noqa: SLF001
+        db = conn._conn
         try:
-            return await conn._execute(fn, db, *args)  # noqa: SLF001
+            return await conn._execute(fn, db, *args)  # type: ignore[no-untyped-call]
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite error: {exc}") from exc
