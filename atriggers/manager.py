@@ -30,7 +30,7 @@ from .errors import (
 )
 from .instance import Meta, Status, TaskInstance
 from .runners.base import get_runner
-from .state import Draft, SessionState
+from .state import Change, Draft, SessionState
 from .storage.base import Storage, VersionConflict
 from .tasks import TaskRegistry
 from .tasks import registry as default_tasks
@@ -358,13 +358,20 @@ class TriggerManager:
                         return result
                     fresh = True
                     continue
+                outcome = [result]
+
+                def reapply(current: SessionState) -> Change | None:
+                    redo = Draft(current)
+                    outcome[0] = rule(redo)
+                    return redo.changes() if redo.changed else None
+
                 try:
-                    await storage.write(draft.changes())
+                    await storage.write(draft.changes(), reapply)
                 except VersionConflict:
                     fresh = False  # the conflict left the current state in the cache
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                    await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
                     continue
-                return result
+                return outcome[0]
         raise ConcurrencyError(
             f"session {self.uid!r} kept changing under concurrent writers; "
             f"gave up after {self.max_attempts} attempts with nothing written"
