@@ -341,6 +341,13 @@ class TriggerManager:
         """Lock, read, apply `rule` to a draft, compare-and-swap write; retry."""
         storage = self.storage
         fresh = False
+        outcome: list[T] = []
+
+        def reapply(current: SessionState) -> Change | None:
+            redo = Draft(current)
+            outcome[:] = [rule(redo)]
+            return redo.changes() if redo.changed else None
+
         async with storage.lock(self.uid):
             for attempt in range(self.max_attempts):
                 state = await storage.read(self.uid, names, fresh=fresh)
@@ -358,13 +365,7 @@ class TriggerManager:
                         return result
                     fresh = True
                     continue
-                outcome = [result]
-
-                def reapply(current: SessionState) -> Change | None:
-                    redo = Draft(current)
-                    outcome[0] = rule(redo)
-                    return redo.changes() if redo.changed else None
-
+                outcome[:] = [result]
                 try:
                     await storage.write(draft.changes(), reapply)
                 except VersionConflict:

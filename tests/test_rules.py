@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from atriggers import InstanceNotFound, InvalidStatus, SessionState, Status, parse_configuration
-from atriggers import rules
+from atriggers import InstanceNotFound, InvalidStatus, SessionState, Status, parse_configuration, rules
 from atriggers.state import Draft
 
 
