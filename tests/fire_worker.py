@@ -17,7 +17,7 @@ from atriggers.storage import SQLiteStorage
 async def main(db_path: str, uid: str, count: int, runs_file: str) -> None:
     @task("worker.record")
     async def record(context: TaskContext) -> dict[str, Any]:
-        with open(runs_file, "a") as out:
+        with open(runs_file, "a") as out:  # noqa: ASYNC230 - a test helper
             out.write(f"{context.instance_name}\n")
         return {"pid": os.getpid()}
 

@@ -28,10 +28,12 @@ async def ok(context: TaskContext) -> dict[str, Any]:
 @pytest.fixture
 async def manager(sqlite_storage: SQLiteStorage) -> TriggerManager:
     manager = TriggerManager(sqlite_storage, "bad-input")
-    await manager.update_configuration({
-        "t": {"after": ["go"], "run": "bad.ok"},
-        "t_wait": {"after": ["go", "later"], "run": "bad.ok"},
-    })
+    await manager.update_configuration(
+        {
+            "t": {"after": ["go"], "run": "bad.ok"},
+            "t_wait": {"after": ["go", "later"], "run": "bad.ok"},
+        }
+    )
     await manager.fire("go", {"v": 1})
     await manager.join()
     return manager
@@ -60,7 +62,12 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("replay unstarted", lambda m: m.replay_failed_instance("t_wait#0"), InvalidStatus, "unstarted"),
     ("bad status", lambda m: m.update_instance_status("t#0", "done"), InvalidInput, "unknown status 'done'"),
     ("bad metadata", lambda m: m.update_instance_metadata("t#0", {"x": object()}), InvalidInput, "JSON"),
-    ("bad replacement", lambda m: m.replay_failed_instance("t#0", {"go": 1}), InvalidInput, "maps trigger names"),  # type: ignore[dict-item]
+    (
+        "bad replacement",
+        lambda m: m.replay_failed_instance("t#0", {"go": 1}),  # type: ignore[dict-item]
+        InvalidInput,
+        "maps trigger names",
+    ),
     ("bad skip result", lambda m: m.skip_failed_instance("t#0", True, {"r": {1}}), InvalidInput, "JSON"),
 ]
 

@@ -39,9 +39,9 @@ async def test_hundreds_of_concurrent_fires_on_one_session(db_path: Path, storag
     async with storage:
         manager = TriggerManager(storage, f"many-{storage_kind}")
         await manager.update_configuration(EVERY_TICK)
-        results = await asyncio.gather(*(
-            TriggerManager(storage, manager.uid).fire("tick", {"n": n}) for n in range(300)
-        ))
+        results = await asyncio.gather(
+            *(TriggerManager(storage, manager.uid).fire("tick", {"n": n}) for n in range(300))
+        )
         await manager.join()
         await asyncio.gather(*(TriggerManager(storage, manager.uid).join() for _ in range(1)))
         await storage.drain()
@@ -72,8 +72,9 @@ async def test_concurrent_fires_across_sessions_share_hand_offs(db_path: Path) -
     async with SQLiteStorage(db_path) as storage:
         storage._call = counting_call  # type: ignore[method-assign]
         managers = [TriggerManager(storage, f"s{n}") for n in range(200)]
-        await asyncio.gather(*(m.update_configuration({"t": {"after": ["a", "b"], "run": "cc.count"}})
-                               for m in managers))
+        await asyncio.gather(
+            *(m.update_configuration({"t": {"after": ["a", "b"], "run": "cc.count"}}) for m in managers)
+        )
         calls = 0
         await asyncio.gather(*(m.fire("a") for m in managers))
         # 200 fires, every snapshot cached: far fewer thread hand-offs than fires.
@@ -118,8 +119,13 @@ async def test_version_conflict_writes_nothing(db_path: Path) -> None:
         manager = TriggerManager(storage, "cas")
         await manager.fire("a", {"v": 1})
         state = await storage.load("cas")
-        stale = Change(tasks=None, triggers={"a": {"v": 99}}, instance_counts=None, instances=(),
-                       state=state.__class__(uid="cas", version=state.version))  # expects version - 1
+        stale = Change(
+            tasks=None,
+            triggers={"a": {"v": 99}},
+            instance_counts=None,
+            instances=(),
+            state=state.__class__(uid="cas", version=state.version),
+        )  # expects version - 1
         with pytest.raises(VersionConflict):
             await storage.store("cas", state.version - 1, stale)
         after = await storage.load_all("cas")
@@ -131,8 +137,11 @@ async def test_endless_conflicts_raise_concurrency_error_with_nothing_written() 
         async def store(self, uid: str, expected_version: int, change: Change) -> None:
             # Another writer always gets there first.
             rival = await self.load(uid)
-            await super().store(uid, rival.version, Change(None, {"rival": {}}, None, (),
-                                                           rival.__class__(uid=uid, version=rival.version + 1)))
+            await super().store(
+                uid,
+                rival.version,
+                Change(None, {"rival": {}}, None, (), rival.__class__(uid=uid, version=rival.version + 1)),
+            )
             await super().store(uid, expected_version, change)
 
     async with Contended() as storage:

@@ -71,13 +71,20 @@ def test_after_as_set_list_or_tuple_are_equal() -> None:
 
 
 def test_directives_are_parsed() -> None:
-    config = parse_configuration({
-        "t_importResponses": {
-            "after": ["t_importSubject"], "andEvery": "pageReceived", "run": "app.Import",
-            "unless": ["stop"], "withParams": {"scoring": {"model": "Psych 01"}},
-            "using": "celery", "lambdaFunction": "fn", "priority": 3,
+    config = parse_configuration(
+        {
+            "t_importResponses": {
+                "after": ["t_importSubject"],
+                "andEvery": "pageReceived",
+                "run": "app.Import",
+                "unless": ["stop"],
+                "withParams": {"scoring": {"model": "Psych 01"}},
+                "using": "celery",
+                "lambdaFunction": "fn",
+                "priority": 3,
+            }
         }
-    })["t_importResponses"]
+    )["t_importResponses"]
     assert isinstance(config, TaskConfig)
     assert config.after == {"t_importSubject", "pageReceived"}  # andEvery is implicitly required
     assert config.and_every == "pageReceived"

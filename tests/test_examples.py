@@ -12,7 +12,10 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 def test_questionnaire_example(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "questionnaire.py"), str(tmp_path / "q.db")],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     out = result.stdout
     assert "t_computePsychometricScore#0  finished" in out

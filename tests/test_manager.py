@@ -92,7 +92,9 @@ def config(run: str, **extra: Any) -> dict[str, Any]:
     return {"t": {"after": ["go"], "run": run, **extra}}
 
 
-async def fire_and_wait(manager: TriggerManager, trigger: str = "go", kwargs: dict[str, Any] | None = None) -> list[TaskInstance]:
+async def fire_and_wait(
+    manager: TriggerManager, trigger: str = "go", kwargs: dict[str, Any] | None = None
+) -> list[TaskInstance]:
     scheduled = await manager.fire(trigger, kwargs)
     await manager.join()
     return scheduled
@@ -100,10 +102,12 @@ async def fire_and_wait(manager: TriggerManager, trigger: str = "go", kwargs: di
 
 async def test_fire_runs_task_and_cascades(sqlite_storage: SQLiteStorage) -> None:
     manager = TriggerManager(sqlite_storage, "cascade")
-    await manager.update_configuration({
-        "t_a": {"after": ["go"], "run": "tm.echo"},
-        "t_b": {"after": ["t_a"], "run": "tm.echo", "withParams": {"extra": {"k": 1}}},
-    })
+    await manager.update_configuration(
+        {
+            "t_a": {"after": ["go"], "run": "tm.echo"},
+            "t_b": {"after": ["t_a"], "run": "tm.echo", "withParams": {"extra": {"k": 1}}},
+        }
+    )
     scheduled = await manager.fire("go", {"x": 1})
     assert [i.name for i in scheduled] == ["t_a#0"]
     assert scheduled[0].status is Status.SCHEDULED
@@ -144,8 +148,10 @@ async def test_failure_is_stored_with_type_traceback_and_context(sqlite_storage:
     assert [i.name for i in state.get_unresolved_instances()] == ["t#0"]
 
 
-@pytest.mark.parametrize(("run", "words"), [("tm.not_a_mapping", "must return a mapping"),
-                                             ("tm.not_json", "cannot be stored as JSON")])
+@pytest.mark.parametrize(
+    ("run", "words"),
+    [("tm.not_a_mapping", "must return a mapping"), ("tm.not_json", "cannot be stored as JSON")],
+)
 async def test_bad_result_fails_instance_clearly(sqlite_storage: SQLiteStorage, run: str, words: str) -> None:
     manager = TriggerManager(sqlite_storage, "bad-result")
     await manager.update_configuration(config(run))
@@ -233,14 +239,16 @@ async def test_task_skips_itself(sqlite_storage: SQLiteStorage) -> None:
 
 async def test_logger_context_records_highest_level(sqlite_storage: SQLiteStorage, caplog: Any) -> None:
     manager = TriggerManager(sqlite_storage, "logs")
-    await manager.update_configuration({
-        "t_err": {"after": ["go"], "run": "tm.logs_error"},
-        "t_warn": {"after": ["go"], "run": "tm.logs_warning"},
-    })
+    await manager.update_configuration(
+        {
+            "t_err": {"after": ["go"], "run": "tm.logs_error"},
+            "t_warn": {"after": ["go"], "run": "tm.logs_warning"},
+        }
+    )
     with caplog.at_level(logging.INFO, logger="atriggers.tasks"):
         await fire_and_wait(manager)
     record = next(r for r in caplog.records if r.getMessage() == "something to look at")
-    assert record.instance == "t_err#0" and record.context == {"step": 1}  # type: ignore[attr-defined]
+    assert record.instance == "t_err#0" and record.context == {"step": 1}
     state = await manager.get_state()
     err, warn = state.instances["t_err#0"], state.instances["t_warn#0"]
     assert err.log_level == logging.ERROR and err.log_level_name == "ERROR" and not err.logs_resolved
@@ -253,13 +261,16 @@ async def test_logger_context_records_highest_level(sqlite_storage: SQLiteStorag
 
 async def test_update_instance_status_and_metadata(sqlite_storage: SQLiteStorage) -> None:
     manager = TriggerManager(sqlite_storage, "status")
-    await manager.update_configuration({
-        "t": {"after": ["go"], "unless": ["never"], "run": "tm.echo"},
-        "t_next": {"after": ["t"], "run": "tm.echo"},
-    })
+    await manager.update_configuration(
+        {
+            "t": {"after": ["go"], "unless": ["never"], "run": "tm.echo"},
+            "t_next": {"after": ["t"], "run": "tm.echo"},
+        }
+    )
     await manager.fire("never")  # creates t#0 as abandoned
-    updated = await manager.update_instance_status("t#0", "finished", {"note": "done by hand"},
-                                                   cascade=True, cascade_kwargs={"manual": True})
+    updated = await manager.update_instance_status(
+        "t#0", "finished", {"note": "done by hand"}, cascade=True, cascade_kwargs={"manual": True}
+    )
     await manager.join()
     assert updated.status is Status.FINISHED and updated.metadata["note"] == "done by hand"
     assert "finished" in updated.timestamps
@@ -279,9 +290,12 @@ async def test_post_fire_hook_sees_scheduled_instances(sqlite_storage: SQLiteSto
             fired.append((trigger_name, [i.name for i in tasks_scheduled]))
 
     manager = Manager(sqlite_storage, "hooks")
-    await manager.update_configuration({
-        "t_a": {"after": ["go"], "run": "tm.echo"}, "t_b": {"after": ["t_a"], "run": "tm.echo"},
-    })
+    await manager.update_configuration(
+        {
+            "t_a": {"after": ["go"], "run": "tm.echo"},
+            "t_b": {"after": ["t_a"], "run": "tm.echo"},
+        }
+    )
     await fire_and_wait(manager)
     assert fired == [("go", ["t_a#0"]), ("t_a", ["t_b#0"]), ("t_b", [])]
 
@@ -342,10 +356,12 @@ async def test_using_picks_the_runner_per_task(sqlite_storage: SQLiteStorage) ->
     assert isinstance(runner, RecordingRunner)
     try:
         manager = TriggerManager(sqlite_storage, "using")
-        await manager.update_configuration({
-            "t_a": {"after": ["go"], "run": "tm.echo", "using": "recording"},
-            "t_b": {"after": ["go"], "run": "tm.echo"},
-        })
+        await manager.update_configuration(
+            {
+                "t_a": {"after": ["go"], "run": "tm.echo", "using": "recording"},
+                "t_b": {"after": ["go"], "run": "tm.echo"},
+            }
+        )
         await fire_and_wait(manager)
         assert runner.seen == ["t_a#0"]
         state = await manager.get_state()
@@ -394,8 +410,6 @@ async def test_cooldown_delays_the_run(sqlite_storage: SQLiteStorage) -> None:
     assert loop.time() - start >= 0.02  # two retries of 0.01 s each
 
 
-
-
 @task("tm.slow")
 async def slow(context: TaskContext) -> dict[str, Any]:
     await asyncio.sleep(30)
@@ -406,10 +420,12 @@ async def test_closing_storage_cancels_stragglers_and_records_them(db_path: Any)
     storage = SQLiteStorage(db_path, close_timeout=0.2)
     await storage.open()
     manager = TriggerManager(storage, "shutdown")
-    await manager.update_configuration({
-        "t_run": {"after": ["go"], "run": "tm.slow"},
-        "t_wait": {"after": ["go"], "run": "tm.echo"},
-    })
+    await manager.update_configuration(
+        {
+            "t_run": {"after": ["go"], "run": "tm.slow"},
+            "t_wait": {"after": ["go"], "run": "tm.echo"},
+        }
+    )
     await manager.fire("go")
     await asyncio.sleep(0.05)
     await storage.aclose()

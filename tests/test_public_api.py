@@ -10,8 +10,17 @@ import atriggers
 
 CONTRACT = {
     "atriggers": [
-        "TriggerManager", "TaskConfig", "TaskInstance", "TaskContext", "Status", "SessionState",
-        "task", "with_context", "TriggerError", "ConfigurationError", "ConcurrencyError",
+        "TriggerManager",
+        "TaskConfig",
+        "TaskInstance",
+        "TaskContext",
+        "Status",
+        "SessionState",
+        "task",
+        "with_context",
+        "TriggerError",
+        "ConfigurationError",
+        "ConcurrencyError",
         "MaxRetriesExceeded",
     ],
     "atriggers.storage": ["MemoryStorage", "SQLiteStorage", "open_storage"],
@@ -36,18 +45,34 @@ def test_all_matches_module_contents(module: str) -> None:
 
 def test_errors_share_one_root_and_builtin_bases() -> None:
     assert issubclass(atriggers.ConfigurationError, ValueError)
-    for name in ("ConfigurationError", "ConcurrencyError", "MaxRetriesExceeded", "InstanceNotFound",
-                 "InvalidStatus", "InvalidInput", "StorageError", "UnknownRunner", "UnknownTask"):
+    for name in (
+        "ConfigurationError",
+        "ConcurrencyError",
+        "MaxRetriesExceeded",
+        "InstanceNotFound",
+        "InvalidStatus",
+        "InvalidInput",
+        "StorageError",
+        "UnknownRunner",
+        "UnknownTask",
+    ):
         assert issubclass(getattr(atriggers, name), atriggers.TriggerError), name
     assert issubclass(atriggers.InstanceNotFound, KeyError)
     assert issubclass(atriggers.InvalidStatus, ValueError)
 
 
 def test_status_is_a_str_enum() -> None:
-    assert atriggers.Status.FINISHED == "finished"
+    assert atriggers.Status("finished") is atriggers.Status.FINISHED
     assert isinstance(atriggers.Status.FAILED, str)
     assert [s.value for s in atriggers.Status] == [
-        "unstarted", "scheduled", "running", "finished", "failed", "abandoned", "replayed", "skipped"
+        "unstarted",
+        "scheduled",
+        "running",
+        "finished",
+        "failed",
+        "abandoned",
+        "replayed",
+        "skipped",
     ]
 
 

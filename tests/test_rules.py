@@ -44,7 +44,9 @@ QUESTIONNAIRE = {
     "t_importSubject": {"after": ["firstPageReceived", "questionnaireComplete"], "run": "subject"},
     "t_importResponses": {"after": ["t_importSubject"], "andEvery": "pageReceived", "run": "responses"},
     "t_importBrowserMetadata": {
-        "after": ["t_importSubject", "pageReceived"], "unless": ["isEmbeddedApplication"], "run": "browser",
+        "after": ["t_importSubject", "pageReceived"],
+        "unless": ["isEmbeddedApplication"],
+        "run": "browser",
     },
 }
 
@@ -73,12 +75,16 @@ def test_and_every_makes_one_instance_per_firing_and_waits_for_after() -> None:
     assert ready == ["t_importSubject#0"]
     cascade = s.run("t_importSubject#0", {"subjectId": 7})
     assert sorted(cascade) == [
-        "t_importBrowserMetadata#0", "t_importResponses#0", "t_importResponses#1", "t_importResponses#2",
+        "t_importBrowserMetadata#0",
+        "t_importResponses#0",
+        "t_importResponses#1",
+        "t_importResponses#2",
     ]
     # Later pages: one new instance each, born with the latest subject kwargs.
     assert s.fire("pageReceived", {"page": 4}) == ["t_importResponses#3"]
     assert s.state.instances["t_importResponses#3"].kwargs == {
-        "t_importSubject": {"subjectId": 7}, "pageReceived": {"page": 4},
+        "t_importSubject": {"subjectId": 7},
+        "pageReceived": {"page": 4},
     }
 
 
@@ -149,7 +155,9 @@ def test_task_added_after_its_triggers_fired_uses_latest_kwargs() -> None:
 
 
 def test_instance_names_count_per_task() -> None:
-    s = Session({"x": {"after": [], "andEvery": "t", "run": "r"}, "y": {"after": [], "andEvery": "t", "run": "r"}})
+    s = Session(
+        {"x": {"after": [], "andEvery": "t", "run": "r"}, "y": {"after": [], "andEvery": "t", "run": "r"}}
+    )
     for _ in range(3):
         s.fire("t")
     assert sorted(s.state.instances) == ["x#0", "x#1", "x#2", "y#0", "y#1", "y#2"]
@@ -164,13 +172,21 @@ def test_cascade_fires_task_name_with_result() -> None:
 
 
 def test_start_records_actual_kwargs_with_params_merged_under() -> None:
-    s = Session({"t": {"after": ["go"], "run": "r",
-                       "withParams": {"scoring": {"model": "Psych 01", "v": 1}, "go": {"extra": True, "x": 0}}}})
+    s = Session(
+        {
+            "t": {
+                "after": ["go"],
+                "run": "r",
+                "withParams": {"scoring": {"model": "Psych 01", "v": 1}, "go": {"extra": True, "x": 0}},
+            }
+        }
+    )
     s.fire("go", {"x": 5})
     running = s.apply(rules.start, "t#0")
     assert running.status is Status.RUNNING
     assert running.metadata["actualKwargs"] == {
-        "scoring": {"model": "Psych 01", "v": 1}, "go": {"extra": True, "x": 5},
+        "scoring": {"model": "Psych 01", "v": 1},
+        "go": {"extra": True, "x": 5},
     }
 
 
@@ -265,7 +281,9 @@ def test_snapshot_is_not_changed_by_rules() -> None:
 
 def test_working_snapshot_drops_resolved_instances() -> None:
     s = Session({"t": {"after": [], "andEvery": "go", "run": "r"}})
-    s.state = SessionState(**{**{f: getattr(s.state, f) for f in s.state.__dataclass_fields__}, "complete": False})
+    s.state = SessionState(
+        **{**{f: getattr(s.state, f) for f in s.state.__dataclass_fields__}, "complete": False}
+    )
     s.fire("go")
     s.run("t#0")
     assert "t#0" not in s.state.instances  # resolved: no longer part of the working view

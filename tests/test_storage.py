@@ -20,10 +20,12 @@ async def ok(context: TaskContext) -> dict[str, Any]:
 
 async def test_fire_reads_only_unresolved_instances(sqlite_storage: SQLiteStorage) -> None:
     manager = TriggerManager(sqlite_storage, "history")
-    await manager.update_configuration({
-        "t": {"after": [], "andEvery": "tick", "run": "st.ok"},
-        "t_wait": {"after": ["never"], "andEvery": "tick", "run": "st.ok"},
-    })
+    await manager.update_configuration(
+        {
+            "t": {"after": [], "andEvery": "tick", "run": "st.ok"},
+            "t_wait": {"after": ["never"], "andEvery": "tick", "run": "st.ok"},
+        }
+    )
     for n in range(50):
         await manager.fire("tick", {"n": n})
     await manager.join()
