@@ -272,10 +272,7 @@ class TriggerManager:
             return await self._retry(name, signal, context.log_level)
         except Skip as signal:
             meta = {**object_arg(signal.metadata, "skip metadata"), Meta.LOG_LEVEL: context.log_level}
-            skipped, _ = await self._apply(
-                lambda d: rules.set_status(d, name, Status.SKIPPED, meta), [name]
-            )
-            return skipped
+            return await self._apply(lambda d: rules.skip_running(d, name, meta), [name])
         except asyncio.CancelledError as exc:
             await self.record_failure(name, exc, context.log_level)
             raise

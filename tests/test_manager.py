@@ -466,3 +466,24 @@ async def test_concurrency_limit_is_honoured(db_path: Any) -> None:
         assert peak == 3
     finally:
         unregister_runner("limited")
+
+
+@task("tm.wait_then_finish")
+async def wait_then_finish(context: TaskContext) -> dict[str, Any]:
+    await asyncio.sleep(0.05)
+    return {"late": True}
+
+
+async def test_operator_decision_stands_over_a_late_outcome(sqlite_storage: SQLiteStorage) -> None:
+    manager = TriggerManager(sqlite_storage, "operator")
+    await manager.update_configuration(
+        {**config("tm.wait_then_finish"), "t_next": {"after": ["t"], "run": "tm.echo"}}
+    )
+    await manager.fire("go")
+    await asyncio.sleep(0.01)  # the run is under way
+    await manager.update_instance_status("t#0", "failed", {"reason": "worker lost"})
+    await manager.join()
+    state = await manager.get_state()
+    assert state.instances["t#0"].status is Status.FAILED
+    assert state.instances["t#0"].metadata["reason"] == "worker lost"
+    assert "t_next#0" not in state.instances
