@@ -4,11 +4,12 @@ skip itself."""
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ._json import object_arg
+from ._json import jsonable, object_arg
 from .errors import MaxRetriesExceeded, with_context
 from .instance import Meta, TaskInstance
 from .tasks import TaskDefinition
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["Retry", "Skip", "TaskContext", "TaskSignal", "exception_metadata"]
 
 
-class TaskSignal(Exception):  # noqa: N818 - a signal, not an error
+class TaskSignal(Exception):
     """Raised by a task to end its run with a status other than finished/failed."""
 
     def __init__(self, metadata: Mapping[str, Any] | None = None) -> None:
@@ -49,10 +50,6 @@ class Skip(TaskSignal):
 
 def exception_metadata(exc: BaseException) -> dict[str, Any]:
     """The metadata a failed instance stores about `exc`."""
-    import traceback
-
-    from ._json import jsonable
-
     return {
         Meta.EXCEPTION_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
         Meta.EXCEPTION_INFO: "".join(traceback.format_exception(exc)),

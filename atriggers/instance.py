@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .config import TaskConfig
@@ -12,7 +12,7 @@ from .config import TaskConfig
 __all__ = ["Meta", "Status", "TaskInstance"]
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """The life cycle of a task instance."""
 
     UNSTARTED = "unstarted"
@@ -23,9 +23,6 @@ class Status(str, Enum):
     ABANDONED = "abandoned"
     REPLAYED = "replayed"
     SKIPPED = "skipped"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_resolved(self) -> bool:

@@ -30,7 +30,7 @@ from .errors import (
 )
 from .instance import Meta, Status, TaskInstance
 from .runners.base import get_runner
-from .state import Draft, SessionState
+from .state import Change, Draft, SessionState
 from .storage.base import Storage, VersionConflict
 from .tasks import TaskRegistry
 from .tasks import registry as default_tasks
@@ -272,10 +272,7 @@ class TriggerManager:
             return await self._retry(name, signal, context.log_level)
         except Skip as signal:
             meta = {**object_arg(signal.metadata, "skip metadata"), Meta.LOG_LEVEL: context.log_level}
-            skipped, _ = await self._apply(
-                lambda d: rules.set_status(d, name, Status.SKIPPED, meta), [name]
-            )
-            return skipped
+            return await self._apply(lambda d: rules.skip_running(d, name, meta), [name])
         except asyncio.CancelledError as exc:
             await self.record_failure(name, exc, context.log_level)
             raise
@@ -341,6 +338,13 @@ class TriggerManager:
         """Lock, read, apply `rule` to a draft, compare-and-swap write; retry."""
         storage = self.storage
         fresh = False
+        outcome: list[T] = []
+
+        def reapply(current: SessionState) -> Change | None:
+            redo = Draft(current)
+            outcome[:] = [rule(redo)]
+            return redo.changes() if redo.changed else None
+
         async with storage.lock(self.uid):
             for attempt in range(self.max_attempts):
                 state = await storage.read(self.uid, names, fresh=fresh)
@@ -358,13 +362,14 @@ class TriggerManager:
                         return result
                     fresh = True
                     continue
+                outcome[:] = [result]
                 try:
-                    await storage.write(draft.changes())
+                    await storage.write(draft.changes(), reapply)
                 except VersionConflict:
                     fresh = False  # the conflict left the current state in the cache
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                    await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
                     continue
-                return result
+                return outcome[0]
         raise ConcurrencyError(
             f"session {self.uid!r} kept changing under concurrent writers; "
             f"gave up after {self.max_attempts} attempts with nothing written"
@@ -420,5 +425,6 @@ def get_manager_class(name: str) -> type[TriggerManager]:
             cls = register_manager(ep.load(), name)
             break
     if cls is None:
-        raise LookupError(f"no trigger manager registered as {name!r} (known: {', '.join(sorted(_managers))})")
+        known = ", ".join(sorted(_managers))
+        raise LookupError(f"no trigger manager registered as {name!r} (known: {known})")
     return cls

@@ -25,6 +25,7 @@ __all__ = [
     "retry",
     "set_status",
     "skip",
+    "skip_running",
     "start",
     "update_metadata",
 ]
@@ -205,6 +206,14 @@ def finish(
     instance.metadata[Meta.LOG_LEVEL] = log_level
     draft.set_status(instance, Status.FINISHED)
     return instance, fire(draft, instance.task_name, result)
+
+
+def skip_running(draft: Draft, name: str, metadata: Mapping[str, Any]) -> TaskInstance | None:
+    """A running task skipped itself (no cascade); only a ``running`` instance."""
+    if draft.get(name).status is not Status.RUNNING:
+        return None
+    instance, _ = set_status(draft, name, Status.SKIPPED, metadata)
+    return instance
 
 
 def fail(draft: Draft, name: str, metadata: Mapping[str, Any]) -> TaskInstance | None:

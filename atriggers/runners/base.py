@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from ..errors import UnknownRunner
 
@@ -39,8 +39,10 @@ class BaseRunner(ABC):
 
 _runners: dict[str, BaseRunner] = {}
 
+R = TypeVar("R", bound=BaseRunner)
 
-def register_runner(runner: BaseRunner, name: str | None = None) -> BaseRunner:
+
+def register_runner(runner: R, name: str | None = None) -> R:
     """Make `runner` available under `name` (default: ``runner.name``)."""
     if not isinstance(runner, BaseRunner):
         raise TypeError(f"register a BaseRunner instance, not {runner!r}")
@@ -63,8 +65,8 @@ def get_runner(name: str) -> BaseRunner:
         return register_runner(AsyncioRunner())
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
         loaded = ep.load()
-        runner = loaded() if isinstance(loaded, type) else loaded
-        return register_runner(runner, name)
+        made: BaseRunner = loaded() if isinstance(loaded, type) else loaded
+        return register_runner(made, name)
     known = ", ".join(sorted({*_runners, "asyncio"}))
     raise UnknownRunner(
         f"no runner registered as {name!r} (known: {known}); register one with "

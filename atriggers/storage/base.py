@@ -13,7 +13,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -21,7 +21,11 @@ from typing import Any, ClassVar, Self
 from ..errors import TriggerError
 from ..state import Change, SessionState
 
-__all__ = ["SessionLocks", "Storage", "VersionConflict"]
+__all__ = ["Reapply", "SessionLocks", "Storage", "VersionConflict"]
+
+#: Recomputes an operation's change against the session's current state (None:
+#: nothing to change). Pure and quick: it may run in a storage's worker thread.
+Reapply = Callable[[SessionState], Change | None]
 
 log = logging.getLogger("atriggers.storage")
 
@@ -142,11 +146,28 @@ class Storage(ABC):
         self._remember(state)
         return state
 
-    async def write(self, change: Change) -> None:
-        """Store `change` with compare-and-swap and cache the resulting snapshot."""
+    async def store_or_reapply(
+        self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
+    ) -> Change | None:
+        """Like `store`, but on a version conflict a backend that can hold the
+        session locked (a SQLite transaction) reads the current state, calls
+        ``reapply(current)`` for the change to make instead, and writes that, all
+        in one atomic step: no conflict reaches the caller. Returns the change
+        written (None if `reapply` found nothing to change). Exceptions from
+        `reapply` propagate with nothing written.
+
+        The default just calls `store` and lets `VersionConflict` through: the
+        manager then re-reads and re-applies itself.
+        """
+        await self.store(uid, expected_version, change)
+        return change
+
+    async def write(self, change: Change, reapply: Reapply | None = None) -> Change | None:
+        """Store `change` with compare-and-swap (see `store_or_reapply`) and cache
+        the resulting snapshot. Returns the change actually written."""
         uid = change.state.uid
         try:
-            await self.store(uid, change.version - 1, change)
+            written = await self.store_or_reapply(uid, change.version - 1, change, reapply)
         except VersionConflict as conflict:
             if conflict.fresh is not None:
                 self._remember(conflict.fresh)
@@ -157,7 +178,9 @@ class Storage(ABC):
             # Whether the write landed is unknown: never trust the cache for it.
             self._cache.pop(uid, None)
             raise
-        self._remember(change.state)
+        if written is not None:
+            self._remember(written.state)
+        return written
 
     def forget(self, uid: str) -> None:
         """Drop the cached snapshot of `uid`."""

@@ -8,6 +8,7 @@ latest kwargs of each trigger (one JSON object per trigger) and its instances
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -64,16 +65,20 @@ class ConfigCache:
     def __init__(self, size: int = 64) -> None:
         self._size = size
         self._parsed: OrderedDict[str, Mapping[str, TaskConfig]] = OrderedDict()
+        # Backends may decode in a worker thread while the loop decodes too.
+        self._lock = threading.Lock()
 
     def decode(self, text: str) -> Mapping[str, TaskConfig]:
-        tasks = self._parsed.get(text)
-        if tasks is None:
-            tasks = {name: TaskConfig.from_dict(name, body) for name, body in loads(text).items()}
+        with self._lock:
+            tasks = self._parsed.get(text)
+            if tasks is not None:
+                self._parsed.move_to_end(text)
+                return tasks
+        tasks = {name: TaskConfig.from_dict(name, body) for name, body in loads(text).items()}
+        with self._lock:
             self._parsed[text] = tasks
             if len(self._parsed) > self._size:
                 self._parsed.popitem(last=False)
-        else:
-            self._parsed.move_to_end(text)
         return tasks
 
 

@@ -21,7 +21,7 @@ import aiosqlite
 
 from ..errors import StorageError
 from ..state import Change, SessionState
-from .base import Storage, VersionConflict
+from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, decode_state, encode_change
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
@@ -115,42 +115,72 @@ class _Conflict:
 
 
 @dataclass(slots=True)
+class _Reapplied:
+    change: Change | None
+
+
+@dataclass(slots=True)
+class _Refused:
+    error: Exception
+
+
+def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange) -> bool:
+    """Write `c` if the session is at `expected`; False (nothing written) if not."""
+    if expected == 0:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO atriggers_sessions "
+            "(uid, version, config, counts, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (uid, c.version, c.tasks or "{}", c.counts or "{}", time.time()),
+        )
+    else:
+        cursor = db.execute(
+            "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
+            "counts = coalesce(?, counts), updated_at = ? WHERE uid = ? AND version = ?",
+            (c.version, c.tasks, c.counts, time.time(), uid, expected),
+        )
+    if cursor.rowcount != 1:
+        return False
+    if c.triggers:
+        db.executemany(
+            "INSERT OR REPLACE INTO atriggers_triggers (uid, name, kwargs) VALUES (?, ?, ?)",
+            [(uid, name, kwargs) for name, kwargs in c.triggers],
+        )
+    if c.instances:
+        db.executemany(
+            "INSERT OR REPLACE INTO atriggers_instances "
+            "(uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?)",
+            [(uid, *row) for row in c.instances],
+        )
+    return True
+
+
+@dataclass(slots=True)
 class _Write:
     uid: str
     expected: int
     change: EncodedChange
+    reapply: Reapply | None
+    decode: Callable[[str, _Rows], SessionState]
 
     writes = True
 
-    def __call__(self, db: sqlite3.Connection) -> _Conflict | None:
-        c = self.change
-        if self.expected == 0:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO atriggers_sessions "
-                "(uid, version, config, counts, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (self.uid, c.version, c.tasks or "{}", c.counts or "{}", time.time()),
-            )
-        else:
-            cursor = db.execute(
-                "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
-                "counts = coalesce(?, counts), updated_at = ? WHERE uid = ? AND version = ?",
-                (c.version, c.tasks, c.counts, time.time(), self.uid, self.expected),
-            )
-        if cursor.rowcount != 1:
-            # Someone else wrote first: hand back the current state with the news.
-            return _Conflict(_select_session(db, self.uid, (), False))
-        if c.triggers:
-            db.executemany(
-                "INSERT OR REPLACE INTO atriggers_triggers (uid, name, kwargs) VALUES (?, ?, ?)",
-                [(self.uid, name, kwargs) for name, kwargs in c.triggers],
-            )
-        if c.instances:
-            db.executemany(
-                "INSERT OR REPLACE INTO atriggers_instances "
-                "(uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?)",
-                [(self.uid, *row) for row in c.instances],
-            )
-        return None
+    def __call__(self, db: sqlite3.Connection) -> _Conflict | _Reapplied | _Refused | None:
+        if _write_change(db, self.uid, self.expected, self.change):
+            return None
+        # Another process wrote first. We hold the database's write lock, so the
+        # current state cannot move: re-apply the operation to it right here.
+        rows = _select_session(db, self.uid, (), False)
+        if self.reapply is None:
+            return _Conflict(rows)
+        current = self.decode(self.uid, rows)
+        try:
+            change = self.reapply(current)
+        except Exception as exc:  # noqa: BLE001 - belongs to this operation only
+            return _Refused(exc)
+        if change is not None:
+            written = _write_change(db, self.uid, current.version, encode_change(change))
+            assert written, "the session cannot change while we hold the write lock"
+        return _Reapplied(change)
 
 
 _Op = _Read | _Write
@@ -277,9 +307,23 @@ class SQLiteStorage(Storage):
         return self._decode(uid, rows, complete=True)
 
     async def store(self, uid: str, expected_version: int, change: Change) -> None:
-        outcome = await self._submit(_Write(uid, expected_version, encode_change(change)))
-        if isinstance(outcome, _Conflict):
-            raise VersionConflict(uid, expected_version, self._decode(uid, outcome.rows, complete=False))
+        await self.store_or_reapply(uid, expected_version, change, None)
+
+    async def store_or_reapply(
+        self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
+    ) -> Change | None:
+        op = _Write(uid, expected_version, encode_change(change), reapply, self._decode_working)
+        outcome = await self._submit(op)
+        if outcome is None:
+            return change
+        if isinstance(outcome, _Reapplied):
+            return outcome.change
+        if isinstance(outcome, _Refused):
+            raise outcome.error
+        raise VersionConflict(uid, expected_version, self._decode_working(uid, outcome.rows))
+
+    def _decode_working(self, uid: str, rows: _Rows) -> SessionState:
+        return self._decode(uid, rows, complete=False)
 
     async def list_sessions(self) -> list[str]:
         conn = self._require()
@@ -341,8 +385,8 @@ class SQLiteStorage(Storage):
         aiosqlite's public methods cost one hand-off per statement; a transaction
         of several statements needs its private `_execute` (stable since 0.17).
         """
-        db = conn._conn  # noqa: SLF001
+        db = conn._conn
         try:
-            return await conn._execute(fn, db, *args)  # noqa: SLF001
+            return await conn._execute(fn, db, *args)  # type: ignore[no-untyped-call]
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite error: {exc}") from exc

@@ -1,0 +1,99 @@
+"""Names resolve through registries and installed entry points, never through
+imports named by a configuration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from atriggers import Status, TriggerManager
+from atriggers.storage import SQLiteStorage
+
+
+async def test_run_never_imports_a_dotted_path(sqlite_storage: SQLiteStorage, tmp_path: Path) -> None:
+    marker = tmp_path / "imported"
+    module = tmp_path / "evil_tasks.py"
+    module.write_text(f"open({str(marker)!r}, 'w').close()\ndef run(context):\n    return {{}}\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        manager = TriggerManager(sqlite_storage, "no-imports")
+        await manager.update_configuration(
+            {"t": {"after": ["go"], "run": "evil_tasks.run", "using": "asyncio"}}
+        )
+        await manager.fire("go")
+        await manager.join()
+        failed = (await manager.get_state()).instances["t#0"]
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert failed.status is Status.FAILED
+    assert failed.metadata["exceptionType"] == "atriggers.errors.UnknownTask"
+    assert not marker.exists()
+    assert "evil_tasks" not in sys.modules
+
+
+def test_entry_points_provide_tasks_runners_and_managers(tmp_path: Path) -> None:
+    """A real installed distribution (a dist-info folder on sys.path) declares a
+    task, a runner and a manager; a fresh process finds all three by name."""
+    dist = tmp_path / "acme_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent("""
+        [atriggers.tasks]
+        acme.hello = acme_plugin:hello
+
+        [atriggers.runners]
+        acme = acme_plugin:AcmeRunner
+
+        [atriggers.managers]
+        acme = acme_plugin:AcmeManager
+        """)
+    )
+    (tmp_path / "acme_plugin.py").write_text(
+        textwrap.dedent("""
+        from atriggers import TriggerManager
+        from atriggers.runners import AsyncioRunner
+
+        async def hello(context):
+            return {"hello": context.uid}
+
+        class AcmeRunner(AsyncioRunner):
+            name = "acme"
+
+        class AcmeManager(TriggerManager):
+            manager_name = "acme"
+        """)
+    )
+    script = textwrap.dedent(f"""
+        import asyncio
+        from atriggers import get_manager_class
+        from atriggers.runners import get_runner
+        from atriggers.storage import SQLiteStorage
+
+        async def main():
+            cls = get_manager_class("acme")
+            assert cls.__name__ == "AcmeManager", cls
+            assert type(get_runner("acme")).__name__ == "AcmeRunner"
+            async with SQLiteStorage({str(tmp_path / "s.db")!r}) as storage:
+                manager = cls(storage, "plugin")
+                await manager.update_configuration(
+                    {{"t": {{"after": ["go"], "run": "acme.hello", "using": "acme"}}}})
+                await manager.fire("go")
+                await manager.join()
+                state = await manager.get_state()
+                print(state.instances["t#0"].status, state.instances["t#0"].result)
+
+        asyncio.run(main())
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "finished {'hello': 'plugin'}"

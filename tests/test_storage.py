@@ -1,0 +1,126 @@
+"""SQLite and memory storage: layout, schema version, URLs, what a fire reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atriggers import Status, StorageError, TaskContext, TriggerManager, task
+from atriggers.storage import MemoryStorage, SQLiteStorage, open_storage
+from atriggers.storage.sqlite import SCHEMA_VERSION
+
+
+@task("st.ok")
+async def ok(context: TaskContext) -> dict[str, Any]:
+    return {"n": context.trigger_kwargs["tick"]["n"]}
+
+
+async def test_fire_reads_only_unresolved_instances(sqlite_storage: SQLiteStorage) -> None:
+    manager = TriggerManager(sqlite_storage, "history")
+    await manager.update_configuration(
+        {
+            "t": {"after": [], "andEvery": "tick", "run": "st.ok"},
+            "t_wait": {"after": ["never"], "andEvery": "tick", "run": "st.ok"},
+        }
+    )
+    for n in range(50):
+        await manager.fire("tick", {"n": n})
+    await manager.join()
+    working = await sqlite_storage.load("history")
+    assert not working.complete
+    assert len(working.instances) == 50 and {i.task_name for i in working.instances.values()} == {"t_wait"}
+    assert working.instance_counts == {"t": 50, "t_wait": 50}
+    named = await sqlite_storage.load("history", ["t#3"])
+    assert named.instances["t#3"].status is Status.FINISHED
+    full = await manager.get_state()
+    assert full.complete and len(full.instances) == 100
+
+
+async def test_schema_is_versioned(db_path: Path) -> None:
+    async with SQLiteStorage(db_path):
+        pass
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"atriggers_sessions", "atriggers_triggers", "atriggers_instances"} <= tables
+
+
+async def test_newer_schema_is_refused(db_path: Path) -> None:
+    async with SQLiteStorage(db_path):
+        pass
+    with sqlite3.connect(db_path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="newer than this atriggers understands"):
+        async with SQLiteStorage(db_path):
+            pass
+
+
+async def test_state_is_json_in_the_database(sqlite_storage: SQLiteStorage, db_path: Path) -> None:
+    import json
+
+    manager = TriggerManager(sqlite_storage, "json")
+    await manager.update_configuration({"t": {"after": [], "andEvery": "tick", "run": "st.ok"}})
+    await manager.fire("tick", {"n": 1, "text": "héllo"})
+    await manager.join()
+    with sqlite3.connect(db_path) as db:
+        body = db.execute("SELECT body FROM atriggers_instances WHERE name = 't#0'").fetchone()[0]
+        kwargs = db.execute("SELECT kwargs FROM atriggers_triggers WHERE name = 'tick'").fetchone()[0]
+    assert json.loads(body)["status"] == "finished"
+    assert json.loads(kwargs) == {"n": 1, "text": "héllo"}
+
+
+async def test_unopened_storage_says_so(db_path: Path) -> None:
+    storage = SQLiteStorage(db_path)
+    with pytest.raises(StorageError, match="not open"):
+        await TriggerManager(storage, "u").fire("x")
+
+
+async def test_unreadable_file_is_a_storage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-db.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError):
+        async with SQLiteStorage(bad):
+            pass
+
+
+async def test_open_storage_urls(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with open_storage("sqlite:///relative.db") as relative:
+        assert isinstance(relative, SQLiteStorage)
+        await TriggerManager(relative, "u").fire("x")
+        assert relative.url == f"sqlite:///{tmp_path / 'relative.db'}"
+    assert (tmp_path / "relative.db").exists()
+    absolute = tmp_path / "absolute.db"
+    async with open_storage(f"sqlite:///{absolute}") as storage:
+        assert isinstance(storage, SQLiteStorage) and storage.path == absolute
+        # The storage's own URL reopens the same file (what remote workers use).
+        assert open_storage(storage.url).path == absolute  # type: ignore[attr-defined]
+    async with open_storage("memory://") as memory:
+        assert isinstance(memory, MemoryStorage)
+    with pytest.raises(ValueError, match="no storage for URL scheme 'nosuch'"):
+        open_storage("nosuch://x")
+    with pytest.raises(ValueError, match="scheme://"):
+        open_storage("state.db")
+
+
+async def test_list_sessions(sqlite_storage: SQLiteStorage, memory_storage: MemoryStorage) -> None:
+    for storage in (sqlite_storage, memory_storage):
+        for uid in ("b", "a", "c"):
+            await TriggerManager(storage, uid).fire("x")
+        assert await storage.list_sessions() == ["a", "b", "c"]
+
+
+async def test_memory_storage_refuses_what_json_cannot_hold(memory_storage: MemoryStorage) -> None:
+    manager = TriggerManager(memory_storage, "m")
+    await manager.update_configuration({"t": {"after": [], "andEvery": "tick", "run": "st.ok"}})
+    await manager.fire("tick", {"n": 1})
+    await manager.join()
+    state = await manager.get_state()
+    assert state.instances["t#0"].result == {"n": 1}
+    # Snapshots are copies: changing one changes nothing stored.
+    state.instances["t#0"].metadata["result"] = {"n": 2}
+    assert (await manager.get_state()).instances["t#0"].result == {"n": 1}
