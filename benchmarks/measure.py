@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import sqlite3
 import time
@@ -12,8 +13,12 @@ from typing import Any
 
 import aiosqlite
 
+ROOT = Path(__file__).resolve().parent.parent
+
 __all__ = [
+    "ROOT",
     "CheckFailed",
+    "child_env",
     "baseline_create_task",
     "baseline_select1",
     "baseline_write_txn",
@@ -32,6 +37,12 @@ class CheckFailed(AssertionError):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise CheckFailed(message)
+
+
+def child_env() -> dict[str, str]:
+    """Environment for the interpreters the suite starts: they import `benchmarks`."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

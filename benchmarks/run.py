@@ -22,23 +22,22 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .measure import (
+    ROOT,
     CheckFailed,
     baseline_create_task,
     baseline_select1,
     baseline_write_txn,
+    child_env,
     peak_rss_mb,
     rss_mb,
     sqlite_version,
     summary,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: The original `triggers` library on a 2-core machine (issue 7): fires/s.
 ORIGINAL_RATE = {
@@ -144,7 +143,7 @@ def child(scenario: str, kind: str, quick: bool) -> int:
 
 
 def _spawn(scenario: str, kind: str, quick: bool) -> tuple[list[dict[str, Any]], str | None]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     command = [sys.executable, "-m", "benchmarks.run", "--child", scenario, "--storage", kind]
     if quick:
         command.append("--quick")
@@ -164,10 +163,29 @@ def _spawn(scenario: str, kind: str, quick: bool) -> tuple[list[dict[str, Any]],
     return list(report["rows"]), None
 
 
+def _median_run(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Of repeated runs, row by row, the one with the median throughput; the
+    spread of the others is kept as ``rate_range``."""
+    chosen = []
+    for i in range(len(runs[0])):
+        candidates = sorted((run[i] for run in runs), key=lambda row: row["rate"])
+        row = dict(candidates[(len(candidates) - 1) // 2])
+        row["rate_range"] = [candidates[0]["rate"], candidates[-1]["rate"]]
+        chosen.append(row)
+    return chosen
+
+
 def _fmt(value: float, digits: int = 2) -> str:
     if value != value:  # NaN
         return "-"
     return f"{value:,.{digits}f}"
+
+
+def _rate(row: dict[str, Any]) -> str:
+    low, high = row.get("rate_range") or (row["rate"], row["rate"])
+    if high == low:
+        return _fmt(row["rate"], 0)
+    return f"{_fmt(row['rate'], 0)} ({_fmt(low, 0)}-{_fmt(high, 0)})"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -179,13 +197,13 @@ def render(rows: list[dict[str, Any]]) -> str:
         target = row.get("target") or {"text": "-", "passed": None}
         verdict = {True: "PASS", False: "MISS", None: ""}[target["passed"]]
         table.append([
-            row["scenario"], row["storage"], str(row["fires"]), _fmt(row["rate"], 0),
+            row["scenario"], row["storage"], str(row["fires"]), _rate(row),
             f"{row['rate'] / orig:.1f}x" if orig else "",
             _fmt(row["p50_ms"], 3), _fmt(row["p99_ms"], 3), _fmt(row.get("rss_peak_mb", float("nan")), 0),
             target["text"], verdict,
         ])
     widths = [max(len(c) for c in column) for column in zip(header, *table, strict=True)]
-    line = " | ".join("{:<%d}" % w for w in widths)
+    line = " | ".join(f"{{:<{w}}}" for w in widths)
     out = ["| " + line.format(*header) + " |", "|-" + "-|-".join("-" * w for w in widths) + "-|"]
     out += ["| " + line.format(*r) + " |" for r in table]
     return "\n".join(out)
@@ -206,14 +224,16 @@ def details(rows: list[dict[str, Any]]) -> str:
                 )
         elif row["scenario"] == "scale":
             out.append(
-                f"scale/{row['storage']}: {extra['sessions']:,} sessions: RSS {extra['rss_before_mb']:.1f} -> "
+                f"scale/{row['storage']}: {extra['sessions']:,} sessions: "
+                f"RSS {extra['rss_before_mb']:.1f} -> "
                 f"{extra['rss_after_mb']:.1f} MB (delta {extra['rss_delta_mb']:+.1f} MB); "
                 f"{extra['cached_snapshots']} cached snapshots, {extra['locks_left']} locks left"
             )
         elif row["scenario"] in ("procs", "procs_run"):
             out.append(
                 f"{row['scenario']}: {extra['processes']} processes, {extra['conflicts']} "
-                f"compare-and-swap conflicts retried, {extra['lost']} fires lost"
+                "compare-and-swap conflicts (re-applied inside the write transaction), "
+                f"{extra['lost']} fires lost"
             )
         elif row["scenario"] == "every_idle":
             out.append(
@@ -233,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated scenarios (default: all): " + ", ".join(SCENARIOS))
     parser.add_argument("--storage", choices=["sqlite", "memory"], help="only this storage")
     parser.add_argument("--json", type=Path, help="also write every row, with details, here")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario N times and report the median run (noisy machines)")
     parser.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -253,23 +275,31 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     for scenario, kind in plan:
         t0 = time.perf_counter()
-        found, error = _spawn(scenario, kind, args.quick)
-        if error:
-            failures.append(f"{scenario}/{kind}: {error}")
+        runs: list[list[dict[str, Any]]] = []
+        for _ in range(args.repeat):
+            found, error = _spawn(scenario, kind, args.quick)
+            if error:
+                failures.append(f"{scenario}/{kind}: {error}")
+                break
+            runs.append(found)
+        if len(runs) < args.repeat:
             print(f"  {scenario:<10} {kind:<7} FAILED", flush=True)
             continue
+        found = _median_run(runs)
         for row in found:
             target = _target(row)
             row["target"] = {"text": target.text, "passed": target.passed}
         rows += found
-        print(f"  {scenario:<10} {kind if scenario != 'baselines' else '':<7} done in {time.perf_counter() - t0:.1f} s", flush=True)
+        label = kind if scenario != "baselines" else ""
+        print(f"  {scenario:<10} {label:<7} done in {time.perf_counter() - t0:.1f} s", flush=True)
     print()
     print(render(rows))
     extra = details(rows)
     if extra:
         print()
         print(extra)
-    print(f"\ntotal {time.perf_counter() - began:.0f} s; load average {os.getloadavg()[0]:.2f}")
+    print(f"\ntotal {time.perf_counter() - began:.0f} s; load average {os.getloadavg()[0]:.2f}"
+          + (f"; median of {args.repeat} runs, range of fires/s in brackets" if args.repeat > 1 else ""))
     if args.quick:
         print("quick mode: sizes are small, so the targets are indicative only")
     if args.json:
@@ -286,8 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if args.strict else 0
     return 0
 
-
-_: Callable[..., Any] = main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,21 +14,29 @@ from pathlib import Path
 from typing import Any
 
 from atriggers import TriggerManager
-from atriggers.state import Change
+from atriggers.state import Change, SessionState
 from atriggers.storage import SQLiteStorage
-from atriggers.storage.base import VersionConflict
+from atriggers.storage.base import Reapply, VersionConflict
 
 from . import _tasks  # noqa: F401 - registers bench.noop
 
 
 class CountingSQLite(SQLiteStorage):
-    """Counts compare-and-swap conflicts (each costs a retry)."""
+    """Counts compare-and-swap conflicts: resolved inside the write transaction
+    (`reapply`) or handed back to the manager (`VersionConflict`, a retry)."""
 
     conflicts = 0
 
-    async def store(self, uid: str, expected_version: int, change: Change) -> None:
+    async def store_or_reapply(
+        self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
+    ) -> Change | None:
+        counted = reapply
+        if reapply is not None:
+            def counted(current: SessionState) -> Change | None:
+                self.conflicts += 1  # in aiosqlite's thread; only that thread counts
+                return reapply(current)
         try:
-            await super().store(uid, expected_version, change)
+            return await super().store_or_reapply(uid, expected_version, change, counted)
         except VersionConflict:
             self.conflicts += 1
             raise

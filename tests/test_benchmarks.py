@@ -1,0 +1,45 @@
+"""The benchmark suite's quick mode runs every scenario, checks its outcome and
+exits 0 (numbers are not asserted: the machine is shared and noisy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["failures"] == []
+    seen = {(row["scenario"], row["storage"]) for row in report["rows"]}
+    for scenario in ("fire_idle", "every_idle", "every_run", "sessions", "growth", "scale"):
+        assert {(scenario, "sqlite"), (scenario, "memory")} <= seen
+    assert {("procs", "sqlite"), ("procs_run", "sqlite")} <= seen
+    assert {r["scenario"] for r in report["rows"] if r["storage"] == "-"} == {
+        "baseline: aiosqlite SELECT 1",
+        "baseline: aiosqlite insert+commit",
+        "baseline: create_task+await",
+    }
+    for row in report["rows"]:
+        assert row["rate"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        if row["scenario"] == "scale":
+            assert row["extra"]["locks_left"] == 0
+    assert "| fire_idle" in done.stdout and "target (measured)" in done.stdout
+
+
+def test_unknown_scenario_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "no_such_thing"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert done.returncode == 2
+    assert "unknown scenario(s): no_such_thing" in done.stderr
