@@ -114,7 +114,7 @@ class TriggerManager:
         """
         trigger = _trigger_name(trigger_name)
         kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
-        return await self._shielded(self._fire(trigger, kwargs))
+        return [i.copy() for i in await self._shielded(self._fire(trigger, kwargs))]
 
     async def _fire(self, trigger: str, kwargs: dict[str, Any]) -> list[TaskInstance]:
         ready = await self._apply(lambda d: rules.fire(d, trigger, kwargs))
@@ -134,7 +134,7 @@ class TriggerManager:
         kwargs, replacing all of them) if given. Returns the clone."""
         name = _name_of(instance)
         replacement = _kwargs_by_trigger(replacement_kwargs, "replacement_kwargs")
-        return await self._shielded(self._replay(name, replacement))
+        return (await self._shielded(self._replay(name, replacement))).copy()
 
     async def _replay(self, name: str, replacement: dict[str, Any] | None) -> TaskInstance:
         clone = await self._apply(lambda d: rules.replay(d, name, replacement), [name])
@@ -152,7 +152,7 @@ class TriggerManager:
         fires with `result` as if it had finished."""
         name = _name_of(instance)
         result_kwargs = object_arg(result, "result")
-        return await self._shielded(self._skip(name, cascade, result_kwargs))
+        return (await self._shielded(self._skip(name, cascade, result_kwargs))).copy()
 
     async def _skip(self, name: str, cascade: bool, result: dict[str, Any]) -> TaskInstance:
         skipped, ready = await self._apply(lambda d: rules.skip(d, name, cascade, result), [name])
@@ -181,7 +181,8 @@ class TriggerManager:
             raise InvalidInput(f"unknown status {status!r} (one of: {known})") from None
         meta = object_arg(metadata, "metadata")
         kwargs = object_arg(cascade_kwargs, "cascade_kwargs")
-        return await self._shielded(self._set_status(name, new_status, meta, cascade, kwargs))
+        updated = await self._shielded(self._set_status(name, new_status, meta, cascade, kwargs))
+        return updated.copy()
 
     async def _set_status(
         self, name: str, status: Status, meta: dict[str, Any], cascade: bool, kwargs: dict[str, Any]
@@ -200,14 +201,15 @@ class TriggerManager:
         """Merge `metadata` into the instance's metadata (status unchanged)."""
         name = _name_of(instance)
         meta = object_arg(metadata, "metadata")
-        return await self._apply(lambda d: rules.update_metadata(d, name, meta), [name])
+        return (await self._apply(lambda d: rules.update_metadata(d, name, meta), [name])).copy()
 
     async def mark_instance_logs_resolved(self, instance: InstanceRef) -> TaskInstance:
         """Mark the instance's ERROR-level logs as dealt with."""
         name = _name_of(instance)
-        return await self._apply(
+        instance = await self._apply(
             lambda d: rules.update_metadata(d, name, {Meta.LOGS_RESOLVED: True}), [name]
         )
+        return instance.copy()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -265,7 +267,7 @@ class TriggerManager:
             definition = self.tasks.get(running.config.run if running.config else running.task_name)
         except UnknownTask as exc:
             return await self.record_failure(name, exc)
-        context = TaskContext(self, running, definition)
+        context = TaskContext(self, running.copy(), definition)
         try:
             result = _check_result(await definition(context), definition.name)
         except Retry as signal:

@@ -487,3 +487,25 @@ async def test_operator_decision_stands_over_a_late_outcome(sqlite_storage: SQLi
     assert state.instances["t#0"].status is Status.FAILED
     assert state.instances["t#0"].metadata["reason"] == "worker lost"
     assert "t_next#0" not in state.instances
+
+
+@task("tm.mutates")
+async def mutates(context: TaskContext) -> dict[str, Any]:
+    context.trigger_kwargs["go"]["x"] = "changed by task"
+    context.instance.metadata["junk"] = True
+    return {}
+
+
+async def test_returned_and_task_side_objects_are_copies(sqlite_storage: SQLiteStorage) -> None:
+    manager = TriggerManager(sqlite_storage, "copies")
+    await manager.update_configuration(config("tm.mutates"))
+    scheduled = await manager.fire("go", {"x": 1})
+    scheduled[0].metadata["junk"] = True
+    scheduled[0].kwargs["go"] = {"x": "changed by caller"}
+    await manager.join()
+    instance = (await manager.get_state()).instances["t#0"]
+    assert instance.kwargs == {"go": {"x": 1}}
+    assert instance.metadata["actualKwargs"] == {"go": {"x": 1}}
+    assert "junk" not in instance.metadata
+    await manager.fire("go2")  # the cached snapshot was not corrupted either
+    assert "junk" not in (await manager.get_state()).instances["t#0"].metadata
