@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from .errors import InvalidInput
@@ -12,8 +13,29 @@ from .errors import InvalidInput
 __all__ = ["dumps", "jsonable", "loads", "object_arg"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-dumps = _encoder.encode
 loads = json.loads
+
+
+def _not_json(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# Built once: JSONEncoder.encode builds a C encoder (and a dict to detect circular
+# references) on every call, which costs about as much as encoding atriggers' small
+# documents. Without that dict, a circular structure ends in RecursionError, which
+# `object_arg` reports like any other value JSON cannot hold.
+_c_encode = (
+    c_make_encoder(None, _not_json, encode_basestring, None, ":", ",", False, False, False)
+    if c_make_encoder is not None
+    else None
+)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of `value`; NaN and infinities are refused."""
+    if _c_encode is None:  # pragma: no cover - CPython has the C encoder
+        return _encoder.encode(value)
+    return "".join(_c_encode(value, 0))
 
 
 def object_arg(value: object, what: str) -> dict[str, Any]:
@@ -28,7 +50,7 @@ def object_arg(value: object, what: str) -> dict[str, Any]:
         raise InvalidInput(f"{what} must be a mapping (a JSON object), not {type(value).__name__}")
     try:
         result: dict[str, Any] = loads(dumps(value))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} cannot be stored as JSON: {exc}") from exc
     return result
 
