@@ -6,7 +6,6 @@ annotations in the module's globals, and these apps are built inside tests.
 """
 
 import asyncio
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -16,12 +15,12 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Header
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from webserve import serve
 
 from atriggers import Status, StorageError, TaskContext, TaskRegistry, TriggerManager
 from atriggers.storage import MemoryStorage, SQLiteStorage
@@ -39,30 +38,6 @@ def registry(delay: float = 0.0) -> TaskRegistry:
 
     tasks.register(work, "work")
     return tasks
-
-
-@asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on a free port until the block ends."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if task.done():
-                await task  # raises what made startup fail
-                raise AssertionError("uvicorn stopped before starting")
-            assert time.monotonic() < deadline, "uvicorn did not start in 10s"
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-        sock.close()
 
 
 def starlette_app(triggers: Triggers, **kwargs: Any) -> Starlette:
