@@ -2,15 +2,17 @@
 
 ::
 
+    from typing import Annotated
     from fastapi import FastAPI
     from atriggers import TriggerManager
     from atriggers.web import Triggers
 
     triggers = Triggers("sqlite:///app.db")
     app = FastAPI(lifespan=triggers.lifespan)
+    Manager = Annotated[TriggerManager, triggers.depends("uid")]
 
     @app.post("/sessions/{uid}/pages")
-    async def page(page: dict, manager: TriggerManager = triggers.depends()):
+    async def page(page: dict, manager: Manager):
         await manager.fire("pageReceived", page)
 
 `Triggers.lifespan` is a plain lifespan context manager (Starlette, FastAPI,
@@ -112,8 +114,6 @@ class Triggers:
     ) -> None:
         if not isinstance(storage, str | Storage):
             raise TypeError(f"storage must be a storage URL or a Storage, not {storage!r}")
-        if isinstance(storage, str):
-            open_storage(storage)  # fail at import time on a bad URL, not at startup
         if not (isinstance(manager_class, type) and issubclass(manager_class, TriggerManager)):
             raise TypeError(
                 f"manager_class must be a TriggerManager subclass, not {manager_class!r}"
@@ -122,6 +122,9 @@ class Triggers:
             raise ValueError(f"close_timeout must be >= 0 seconds, not {close_timeout}")
         self._source = storage
         self._storage: Storage | None = None
+        # Built now so that a bad URL fails at import time, not at startup; a URL
+        # source gets a fresh storage object for every later lifespan.
+        self._next: Storage = open_storage(storage) if isinstance(storage, str) else storage
         self.manager_class = manager_class
         self.default_runner = default_runner
         self.tasks = tasks
@@ -152,7 +155,7 @@ class Triggers:
         """Open the storage (idempotent)."""
         if self._storage is not None:
             return
-        storage = open_storage(self._source) if isinstance(self._source, str) else self._source
+        storage = self._next
         if self.close_timeout is not None:
             storage.close_timeout = self.close_timeout
         await storage.open()
@@ -162,8 +165,11 @@ class Triggers:
         """Drain in-process runs (up to ``close_timeout`` seconds, then cancel
         the stragglers, which are stored as failed) and close the storage."""
         storage, self._storage = self._storage, None
-        if storage is not None:
-            await storage.aclose()
+        if storage is None:
+            return
+        if isinstance(self._source, str):
+            self._next = open_storage(self._source)
+        await storage.aclose()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -214,7 +220,10 @@ class Triggers:
     def depends(self, uid: str | Callable[..., Any] = "uid") -> Any:
         """FastAPI dependency giving the `TriggerManager` of the request's session::
 
-            async def handler(manager: TriggerManager = triggers.depends()): ...
+            Manager = Annotated[TriggerManager, triggers.depends("uid")]
+
+            @app.post("/sessions/{uid}/done")
+            async def done(manager: Manager): ...
 
         `uid` names the path (or query) parameter holding the session uid, or is
         itself a dependency returning it (from a cookie, a header, the user).

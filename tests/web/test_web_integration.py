@@ -80,6 +80,25 @@ async def test_starlette_lifespan_opens_and_closes_the_storage(tmp_path: Path) -
             assert instance.result == {"done": uid}
 
 
+async def test_the_same_triggers_serves_one_lifespan_after_another(tmp_path: Path) -> None:
+    triggers = Triggers(f"sqlite:///{tmp_path}/app.db", tasks=registry())
+    app = starlette_app(triggers, lifespan=triggers.lifespan)
+    storages = []
+    for n in range(2):
+        async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+            await client.post("/s/start")
+            response = await client.post("/s/go", json={"n": n})
+            storages.append(triggers.storage)
+            # t_work is one-shot: the second server sees it already ran.
+            assert response.json() == {"scheduled": ["t_work#0"] if n == 0 else []}
+        assert not triggers.is_open
+    assert storages[0] is not storages[1]  # a fresh storage object per lifespan
+    async with SQLiteStorage(tmp_path / "app.db") as reopened:
+        state = await reopened.load_all("s")
+    assert list(state.instances) == ["t_work#0"]
+    assert state.latest_kwargs["go"] == {"n": 1}
+
+
 async def test_shutdown_drains_in_flight_runs(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     triggers = Triggers(f"sqlite:///{db}", tasks=registry(delay=0.5))

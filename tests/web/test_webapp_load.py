@@ -206,7 +206,7 @@ async def check_file(db: Path, all_questionnaires: list[Questionnaire]) -> list[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("server", [{"WEBAPP_TASK_DELAY": "0.1"}], indirect=True)
+@pytest.mark.parametrize("server", [{"WEBAPP_TASK_DELAY": "0.2"}], indirect=True)
 async def test_questionnaires_under_load_then_clean_shutdown(
     server: Server, client: httpx.AsyncClient
 ) -> None:
