@@ -32,6 +32,7 @@ This module needs no web framework; FastAPI helpers need the ``web`` extra.
 from __future__ import annotations
 
 import inspect
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import ModuleType, TracebackType
@@ -301,34 +302,45 @@ class _LifespanMiddleware:
             await send({"type": "lifespan.startup.failed", "message": f"atriggers: {exc}"})
             return
         replay: list[Message] = [message]
-        outcome: dict[str, bool] = {"started": False, "answered": False}
+        seen = {"started": False, "answered": False, "shutdown": False}
 
         async def app_receive() -> Message:
-            return replay.pop() if replay else await receive()
+            incoming = replay.pop() if replay else await receive()
+            if incoming["type"] == "lifespan.shutdown":
+                seen["shutdown"] = True
+            return incoming
 
         async def app_send(out: Message) -> None:
             kind = out["type"]
             if kind == "lifespan.startup.complete":
-                outcome["started"] = True
+                seen["started"] = True
             elif kind in ("lifespan.startup.failed", "lifespan.shutdown.complete",
                           "lifespan.shutdown.failed"):
-                outcome["answered"] = True
+                seen["answered"] = True
                 out = await self._close(out)
             await send(out)
 
+        failure: str | None = None
         try:
             await self.app(scope, app_receive, app_send)
-        except Exception:
-            if outcome["started"] or outcome["answered"]:
+        except Exception as exc:
+            if seen["answered"]:
                 raise
-        if outcome["answered"]:
+            if seen["started"]:
+                failure = "".join(traceback.format_exception(exc))
+            # else: the app does not do lifespan at all
+        if seen["answered"]:
             return
-        # The app does not do lifespan (it raised or returned at once): do it alone.
-        if not outcome["started"]:
+        # The app does not do lifespan, or its lifespan ended without answering:
+        # finish the protocol alone so the storage still drains and closes.
+        if not seen["started"]:
             await send({"type": "lifespan.startup.complete"})
-        while (await receive())["type"] != "lifespan.shutdown":
-            pass
-        await send(await self._close({"type": "lifespan.shutdown.complete"}))
+        while not seen["shutdown"]:
+            seen["shutdown"] = (await receive())["type"] == "lifespan.shutdown"
+        answer = await self._close({"type": "lifespan.shutdown.complete"})
+        if failure is not None:
+            answer = {"type": "lifespan.shutdown.failed", "message": f"app lifespan: {failure}"}
+        await send(answer)
 
     async def _close(self, message: Message) -> Message:
         try:

@@ -228,6 +228,28 @@ async def test_wrap_runs_the_apps_own_lifespan_inside() -> None:
     assert not triggers.is_open
 
 
+async def test_wrap_still_closes_the_storage_when_the_apps_lifespan_crashes() -> None:
+    triggers = Triggers("memory://", tasks=registry(delay=0.3))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            raise RuntimeError("the app's lifespan crashed after startup")
+        manager = triggers.manager("s")
+        await manager.update_configuration(CONFIG)
+        await manager.fire("go", {"n": 1})
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve(triggers.wrap(app)) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/")).status_code == 204
+        storage = triggers.storage
+    assert not triggers.is_open
+    # The run in flight at shutdown was drained before the storage closed.
+    assert (await storage.load_all("s")).instances["t_work#0"].status is Status.FINISHED
+
+
 async def test_wrap_reports_a_storage_that_cannot_open(tmp_path: Path) -> None:
     not_a_database = tmp_path / "app.db"
     not_a_database.write_bytes(b"this is not an SQLite file" * 100)
