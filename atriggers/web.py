@@ -51,7 +51,7 @@ from .storage.base import Storage
 from .storage.registry import open_storage
 from .tasks import TaskRegistry
 
-__all__ = ["ASGIApp", "Triggers", "status_code_for"]
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "Triggers", "status_code_for"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -165,12 +165,17 @@ class Triggers:
     async def aclose(self) -> None:
         """Drain in-process runs (up to ``close_timeout`` seconds, then cancel
         the stragglers, which are stored as failed) and close the storage."""
-        storage, self._storage = self._storage, None
+        storage = self._storage
         if storage is None:
             return
-        if isinstance(self._source, str):
-            self._next = open_storage(self._source)
-        await storage.aclose()
+        try:
+            # Still reachable while draining: a task may fire into another
+            # session through `triggers.manager(...)`.
+            await storage.aclose()
+        finally:
+            self._storage = None
+            if isinstance(self._source, str):
+                self._next = open_storage(self._source)
 
     async def __aenter__(self) -> Self:
         await self.open()

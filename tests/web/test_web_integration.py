@@ -113,6 +113,27 @@ async def test_shutdown_drains_in_flight_runs(tmp_path: Path) -> None:
     assert instance.status is Status.FINISHED
 
 
+async def test_tasks_drained_at_shutdown_can_still_use_the_triggers(tmp_path: Path) -> None:
+    # A task that fires into another session through `triggers.manager`, and
+    # runs while shutdown drains: the storage must still be reachable.
+    tasks = TaskRegistry(entry_point_group=None)
+    triggers = Triggers(f"sqlite:///{tmp_path}/app.db", tasks=tasks)
+
+    async def notify(context: TaskContext) -> None:
+        await asyncio.sleep(0.3)
+        await triggers.manager("audit").fire("orderDone", {"order": context.uid})
+
+    tasks.register(notify, "notify")
+    app = Starlette(lifespan=triggers.lifespan)
+    async with serve(app):
+        manager = triggers.manager("order-1")
+        await manager.update_configuration({"t_notify": {"after": ["go"], "run": "notify"}})
+        await manager.fire("go", {"n": 1})
+    async with SQLiteStorage(tmp_path / "app.db") as storage:
+        audit = await storage.load_all("audit")
+    assert audit.latest_kwargs["orderDone"] == {"order": "order-1"}
+
+
 async def test_shutdown_cancels_stragglers_after_close_timeout(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     triggers = Triggers(f"sqlite:///{db}", tasks=registry(delay=60), close_timeout=0.2)
