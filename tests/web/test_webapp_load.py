@@ -65,7 +65,7 @@ def start_server(tmp_path: Path, **env: str) -> Server:
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "uvicorn", "--app-dir", str(APP_DIR), "app:app",
+                    sys.executable, "-m", "uvicorn", "--app-dir", str(APP_DIR), "webapp:app",
                     "--host", "127.0.0.1", "--port", str(port), "--lifespan", "on",
                     "--log-level", "warning", "--no-access-log",
                 ],

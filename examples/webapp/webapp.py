@@ -12,7 +12,7 @@ Settings (environment variables):
 - ``WEBAPP_TASK_DELAY``: seconds each import pretends to work (0.05).
 - ``WEBAPP_CLOSE_TIMEOUT``: seconds shutdown waits for running tasks (10).
 
-Run it:  uvicorn --app-dir examples/webapp app:app
+Run it:  uvicorn --app-dir examples/webapp webapp:app
 """
 
 from __future__ import annotations
