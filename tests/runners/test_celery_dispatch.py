@@ -140,6 +140,8 @@ async def test_broker_down_leaves_the_instance_failed_and_replayable(
     assert failed.metadata["exceptionType"] == "atriggers.runners.celery.CeleryDispatchError"
     assert f"127.0.0.1:{closed_port}" in failed.metadata["exceptionInfo"]
     assert "Connection refused" in failed.metadata["exceptionInfo"]
+    with pytest.raises(CeleryDispatchError, match=r"cannot send Celery task 'tests\.parked'"):
+        await down.run(manager, failed)  # what the manager stored above
     down.close()
     # The broker is back (the good runner): the replay is delivered.
     register_runner(wapp.runner)
