@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import logging
 import os
 import threading
@@ -271,17 +270,32 @@ class WorkerLoop:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` on the loop and wait for its result. If the waiting
-        thread is interrupted (soft time limit, shutdown), the run is cancelled:
-        a cancelled running instance is stored as failed, replayable."""
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._ensure())
+        thread is interrupted (a soft time limit, a shutdown), the run is
+        cancelled with the reason: a cancelled running instance is stored as
+        failed, replayable."""
+        loop = self._ensure()
+        started: list[asyncio.Task[Any]] = []
+        ended = threading.Event()
+
+        async def wrapper() -> T:
+            started.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                return await coroutine
+            finally:
+                ended.set()
+
+        future: Future[T] = asyncio.run_coroutine_threadsafe(wrapper(), loop)
         try:
             return future.result()
-        except BaseException:
+        except BaseException as exc:
             if not future.done():
-                future.cancel()
-                # Give the cancelled run a moment to record its failure.
-                with contextlib.suppress(BaseException):
-                    future.result(timeout=10)
+                reason = f"the Celery task was interrupted by {type(exc).__name__}: {exc}"
+                if started:
+                    loop.call_soon_threadsafe(started[0].cancel, reason)
+                    # Give the cancelled run a moment to store its failure.
+                    ended.wait(10)
+                else:
+                    future.cancel()
             raise
 
     def close(self, timeout: float = 30.0) -> None:

@@ -100,3 +100,9 @@ async def block(context: TaskContext) -> dict[str, Any]:
     """Sleeps as long as told: long enough for a test to kill the worker."""
     await asyncio.sleep(context.trigger_kwargs["go"]["seconds"])
     return {"pid": os.getpid()}
+
+
+@celery_task(app, "tests.sleepy", soft_time_limit=1)
+async def sleepy(context: TaskContext) -> None:
+    """Outlives its Celery soft time limit."""
+    await asyncio.sleep(30)

@@ -163,3 +163,17 @@ async def test_instances_of_many_sessions_run_concurrently(
         pids.add(instance.result["pid"])
     assert worker.pid not in pids  # prefork: children run the tasks
     assert time.monotonic() - started < 20
+
+
+async def test_soft_time_limit_fails_the_instance_with_the_reason(
+    worker: Worker, storage: SQLiteStorage
+) -> None:
+    manager = wapp.CeleryManager(storage, "sleepy")
+    await manager.update_configuration({"t_sleepy": {"after": ["go"], "run": "tests.sleepy"}})
+    await manager.fire("go", {})
+    state = await wait_for_state(
+        manager, lambda s: s.instances["t_sleepy#0"].status is Status.FAILED, explain=worker.output
+    )
+    info = state.instances["t_sleepy#0"].metadata["exceptionInfo"]
+    assert "interrupted by SoftTimeLimitExceeded" in info
+    assert state.instances["t_sleepy#0"].metadata["exceptionType"].endswith("CancelledError")
