@@ -1,4 +1,4 @@
-"""Helpers shared by the Celery runner tests."""
+"""Helpers shared by the Celery runner tests (importable without Celery or redis-py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import redis
 
 from atriggers import SessionState, TriggerManager
 
@@ -45,6 +43,8 @@ def all_resolved(state: SessionState) -> bool:
 def queued_messages(broker_url: str, queue: str) -> list[dict[str, Any]]:
     """The raw Celery messages waiting in a redis-backed queue, decoded:
     ``{"headers": ..., "properties": ..., "args": [...]}``."""
+    import redis
+
     client = redis.Redis.from_url(broker_url)
     try:
         raw = client.lrange(queue, 0, -1)
@@ -65,6 +65,8 @@ def queued_messages(broker_url: str, queue: str) -> list[dict[str, Any]]:
 
 
 def purge(broker_url: str) -> None:
+    import redis
+
     client = redis.Redis.from_url(broker_url)
     try:
         client.flushdb()
