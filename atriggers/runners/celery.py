@@ -148,12 +148,14 @@ class CeleryRunner(BaseRunner):
         self.publish_retries = publish_retries
         self.pool_limit = pool_limit
         self.send_options = send_options
-        self._pools: dict[int, Any] = {}
+        self._pools: dict[int, tuple[Any, Any]] = {}
         self._pools_lock = threading.Lock()
 
     @property
     def app(self) -> celery.Celery:
-        return self._app if self._app is not None else celery.current_app
+        if self._app is not None:
+            return self._app
+        return celery.current_app._get_current_object()
 
     def __repr__(self) -> str:
         return f"<CeleryRunner app={self.app.main!r}>"
@@ -212,7 +214,9 @@ class CeleryRunner(BaseRunner):
 
     def _connections(self, app: Any) -> Any:
         with self._pools_lock:
-            pool = self._pools.get(id(app))
+            entry = self._pools.get(id(app))
+            # The app is kept with its pool, so its id cannot be reused.
+            pool = entry[1] if entry is not None and entry[0] is app else None
             if pool is None:
                 connection = app.connection_for_write(
                     connect_timeout=self.socket_timeout,
@@ -221,7 +225,8 @@ class CeleryRunner(BaseRunner):
                         "socket_connect_timeout": self.socket_timeout,
                     },
                 )
-                pool = self._pools[id(app)] = connection.Pool(limit=self.pool_limit)
+                pool = connection.Pool(limit=self.pool_limit)
+                self._pools[id(app)] = (app, pool)
             return pool
 
     @staticmethod
@@ -232,7 +237,7 @@ class CeleryRunner(BaseRunner):
         """Close the runner's broker connections (they reopen on next use)."""
         with self._pools_lock:
             pools, self._pools = self._pools, {}
-        for pool in pools.values():
+        for _app, pool in pools.values():
             pool.force_close_all()
 
 

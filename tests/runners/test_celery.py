@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ import pytest
 from celery_helpers import Worker, WorkerFactory, all_resolved, purge, wait_for_state
 
 from atriggers import Status, TriggerManager
+from atriggers.remote import RunRequest
 from atriggers.storage import MemoryStorage, SQLiteStorage
 
 pytestmark = pytest.mark.celery
@@ -30,6 +32,7 @@ def worker(redis_url: str, start_worker: WorkerFactory) -> Iterator[Worker]:
     worker = start_worker("celery_worker_app", broker, pool="prefork", concurrency=2)
     yield worker
     wapp.runner.close()
+    wapp.app.close()
 
 
 @pytest.fixture
@@ -177,3 +180,24 @@ async def test_soft_time_limit_fails_the_instance_with_the_reason(
     info = state.instances["t_sleepy#0"].metadata["exceptionInfo"]
     assert "interrupted by SoftTimeLimitExceeded" in info
     assert state.instances["t_sleepy#0"].metadata["exceptionType"].endswith("CancelledError")
+
+
+async def test_a_duplicate_delivery_does_not_run_again(
+    worker: Worker, storage: SQLiteStorage
+) -> None:
+    manager = wapp.CeleryManager(storage, "twice")
+    await manager.update_configuration({"t_where": {"after": ["go"], "run": "tests.where"}})
+    await manager.fire("go", {})
+    state = await wait_for_state(manager, all_resolved, explain=worker.output)
+    first = state.instances["t_where#0"]
+    # The same message again, as a redelivery would bring it.
+    payload = RunRequest.for_instance(manager, first).to_dict()
+    result = wapp.app.send_task("tests.where", args=[payload], ignore_result=True)
+    deadline = time.monotonic() + 20
+    while f"{result.id}] succeeded" not in worker.output():
+        assert time.monotonic() < deadline, worker.output()
+        await asyncio.sleep(0.05)
+    assert "'instance': 't_where#0', 'ran': False" in worker.output()
+    again = await manager.get_state()
+    assert again.instances["t_where#0"] == first  # untouched
+    assert again.version == state.version
