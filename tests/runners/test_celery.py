@@ -201,3 +201,21 @@ async def test_a_duplicate_delivery_does_not_run_again(
     again = await manager.get_state()
     assert again.instances["t_where#0"] == first  # untouched
     assert again.version == state.version
+
+
+async def test_a_worker_that_cannot_rebuild_the_session_fails_loudly(
+    worker: Worker, storage: SQLiteStorage
+) -> None:
+    manager = TriggerManager(storage, "orphan")
+    await manager.update_configuration(
+        {"t_where": {"after": ["go"], "run": "tests.where", "using": "parked"}}
+    )
+    await manager.fire("go", {})  # no runner "parked": stored failed; we only need the row
+    payload = {"storage": storage.url, "uid": "orphan", "instance": "t_where#0",
+               "manager": "not-registered-in-the-worker"}
+    result = wapp.app.send_task("tests.where", args=[payload], ignore_result=True)
+    deadline = time.monotonic() + 20
+    while f"{result.id}] raised unexpected: LookupError" not in worker.output():
+        assert time.monotonic() < deadline, worker.output()
+        await asyncio.sleep(0.05)
+    assert "no trigger manager registered as 'not-registered-in-the-worker'" in worker.output()
