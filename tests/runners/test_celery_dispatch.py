@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import celery_worker_app as wapp
@@ -107,8 +108,6 @@ async def test_cooldown_becomes_the_countdown(broker: str, storage: SQLiteStorag
     await wapp.runner.run(manager, cooled)
     [message] = queued_messages(broker, "parked")
     eta = message["headers"]["eta"]
-    from datetime import datetime
-
     assert before + 29 <= datetime.fromisoformat(eta).timestamp() <= time.time() + 31
 
 
