@@ -167,10 +167,13 @@ def _timestamp(instance: TaskInstance, key: str) -> str:
 
 
 def _outcome(instance: TaskInstance) -> str:
+    error = instance.metadata.get(Meta.EXCEPTION_TYPE)
     if instance.status is Status.FAILED:
-        return str(instance.metadata.get(Meta.EXCEPTION_TYPE, ""))
+        return str(error or "")
     if instance.result is not None:
         return _short(instance.result)
+    if error:  # replayed or skipped after a failure
+        return str(error)
     if instance.parent:
         return f"replay of {instance.parent}"
     return ""
