@@ -102,3 +102,18 @@ def test_marker_misuse_is_reported(pytester: pytest.Pytester) -> None:
         "*takes one argument: the configuration dict*",
         "*ConfigurationError: invalid configuration: task 't', directive 'after'*",
     ])
+
+
+def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
+    """docs/testing.md's example is a real test file: run it."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
+    [example] = re.findall(r"```python\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings = error\naddopts = --strict-markers\n"
+    )
+    pytester.makepyfile(test_documented=example)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
