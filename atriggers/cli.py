@@ -205,8 +205,12 @@ async def _storage(url: str, *, create: bool = False) -> Any:
         yield storage
 
 
-async def _existing_session(storage: Storage, uid: str) -> SessionState:
-    state = await storage.load_all(uid)
+async def _existing_session(
+    storage: Storage, uid: str, names: Sequence[str] | None = None
+) -> SessionState:
+    """The whole session, or with `names` its working view (unresolved instances
+    plus those named), which costs nothing per resolved instance."""
+    state = await (storage.load_all(uid) if names is None else storage.load(uid, names))
     if state.version == 0:
         raise CommandError(
             f"no session {uid!r} in {storage.url} "
@@ -449,7 +453,8 @@ Operation = Callable[[TriggerManager], Awaitable[str]]
 async def _operate(args: argparse.Namespace, operation: Operation) -> int:
     """Apply `operation` to the session, wait for what it started here, report."""
     async with _storage(args.url) as storage:
-        before = await _existing_session(storage, args.uid)
+        named = [args.instance] if getattr(args, "instance", None) else []
+        before = await _existing_session(storage, args.uid, named)
         manager = _manager(storage, args.uid, args)
         summary = await operation(manager)
         # In-process runs (the asyncio runner) live in this process: wait for them
@@ -461,7 +466,15 @@ async def _operate(args: argparse.Namespace, operation: Operation) -> int:
             timed_out = True
             # Cancelled runs are stored as failed, so they can be replayed.
             await storage.drain(0)
-        after = await storage.load_all(args.uid)
+        # What may have changed: the instances unresolved before, the one named,
+        # and the ones created since (numbered on from the task's old count).
+        counts = (await storage.load(args.uid)).instance_counts
+        created = [
+            f"{task}#{n}"
+            for task, count in counts.items()
+            for n in range(before.instance_counts.get(task, 0), count)
+        ]
+        after = await storage.load(args.uid, [*before.instances, *created])
     changed = [
         (before.instances.get(name), instance)
         for name, instance in after.instances.items()
