@@ -185,7 +185,7 @@ def test_runner_option(cli: Cli, url: str, workdir: Path) -> None:
     assert states(workdir)["t_echo#0"] == Status.FINISHED.value
 
 
-def test_error_exit_codes(cli: Cli, url: str, session: str) -> None:
+def test_error_exit_codes(cli: Cli, url: str, session: str, workdir: Path) -> None:
     checks = [
         (("show", "sqlite:///missing.db", "s1"), 3, "no SQLite database at 'missing.db'"),
         (("show", url, "nobody"), 3, "no session 'nobody'"),
@@ -206,6 +206,9 @@ def test_error_exit_codes(cli: Cli, url: str, session: str) -> None:
         result = cli(*args)
         assert (result.code, message in result.err) == (code, True), (args, result)
         assert result.err.startswith("atriggers: error: "), result.err
+    (workdir / "garbage.db").write_text("not a database, just text long enough to read " * 4)
+    broken = cli("show", "sqlite:///garbage.db", session)
+    assert (broken.code, "file is not a database" in broken.err) == (5, True), broken
     # None of it changed the session.
     assert "t_boom#0  failed" in cli("show", url, session).out
 
