@@ -1,0 +1,309 @@
+"""A local stand-in for the AWS Lambda Invoke API, run as its own process.
+
+    python tests/runners/lambda_endpoint.py --app lambda_functions \\
+        --function atriggers-worker=handler --throttle busy --deny secret
+
+It serves ``POST /2015-03-31/functions/{name}/invocations`` on 127.0.0.1 (a free
+port, printed as ``READY <port>`` on stdout), checks each request's SigV4
+signature against the dummy credentials, and answers like Lambda: ``Event`` ->
+202 and the event is queued; ``RequestResponse`` -> 200 with the handler's
+result; errors as JSON with ``x-amzn-ErrorType`` (unknown function -> 404
+ResourceNotFoundException, a ``--throttle`` function -> 429
+TooManyRequestsException, a ``--deny`` function -> 403 AccessDeniedException, a
+bad signature -> 403 InvalidSignatureException), so botocore parses real codes.
+
+Like a Lambda execution environment, the main thread calls the handlers one
+event at a time, and the handler objects (with their event loops and storage
+pools) live as long as the process. ``GET /_endpoint/invocations`` lists what was
+received and what came of it. The process stops when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import importlib
+import json
+import os
+import queue
+import re
+import sys
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+ACCESS_KEY = "AKIDATRIGGERSTEST"
+SECRET_KEY = "atriggers-test-secret"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+MAX_EVENT_PAYLOAD = 256 * 1024
+
+_INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations$")
+_AUTH = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
+    r"(?P<service>[^/]+)/aws4_request, ?SignedHeaders=(?P<signed>[^,]+), ?"
+    r"Signature=(?P<sig>[0-9a-f]{64})$"
+)
+
+
+class LambdaContext:
+    """The parts of Lambda's context object handlers use."""
+
+    def __init__(self, function_name: str, timeout: float) -> None:
+        self.function_name = function_name
+        self.aws_request_id = str(uuid.uuid4())
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
+        self._deadline = time.monotonic() + timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class Invocation:
+    function: str
+    invocation_type: str
+    payload: Any
+    status: str = "queued"
+    outcome: Any = None
+    done: Future[Any] = field(default_factory=Future)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "function": self.function,
+            "invocationType": self.invocation_type,
+            "payload": self.payload,
+            "status": self.status,
+            "outcome": self.outcome,
+        }
+
+
+class Endpoint:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.handlers: dict[str, Any] = {}
+        self.throttled = set(args.throttle)
+        self.denied = set(args.deny)
+        self.timeout = args.timeout
+        self.events: queue.Queue[Invocation | None] = queue.Queue()
+        self.log: list[Invocation] = []
+        self.log_lock = threading.Lock()
+        self.function_specs = dict(spec.split("=", 1) for spec in args.function)
+        self.app = args.app
+
+    def load_handlers(self) -> None:
+        module = importlib.import_module(self.app)
+        for function, attribute in self.function_specs.items():
+            self.handlers[function] = getattr(module, attribute)
+
+    def remember(self, invocation: Invocation) -> None:
+        with self.log_lock:
+            self.log.append(invocation)
+
+    def serve_events(self) -> None:
+        """The execution environment: one event at a time, on the main thread."""
+        while (invocation := self.events.get()) is not None:
+            handler = self.handlers[invocation.function]
+            context = LambdaContext(invocation.function, self.timeout)
+            try:
+                invocation.outcome = handler(invocation.payload, context)
+                invocation.status = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported like Lambda does
+                invocation.status = "error"
+                invocation.outcome = {
+                    "errorType": type(exc).__name__,
+                    "errorMessage": str(exc),
+                    "stackTrace": traceback.format_exception(exc),
+                }
+                traceback.print_exc()
+            invocation.done.set_result(None)
+
+    def close(self) -> None:
+        for handler in self.handlers.values():
+            close = getattr(handler, "close", None)
+            if close is not None:
+                close()
+
+
+def _signature_problem(handler: BaseHTTPRequestHandler, body: bytes) -> str | None:
+    """Recompute the request's SigV4 signature; a reason if it does not match."""
+    match = _AUTH.match(handler.headers.get("Authorization", ""))
+    if match is None:
+        return "Missing or malformed Authorization header"
+    if match["key"] != ACCESS_KEY:
+        return f"The security token included in the request is invalid: key {match['key']}"
+    amz_date = handler.headers.get("X-Amz-Date", "")
+    if not amz_date.startswith(match["date"]):
+        return "X-Amz-Date does not match the credential scope"
+    signed = match["signed"].split(";")
+    canonical_headers = "".join(
+        f"{name}:{' '.join((handler.headers.get(name) or '').split())}\n" for name in signed
+    )
+    path, _, query = handler.path.partition("?")
+    canonical_uri = quote(unquote(path), safe="/~")
+    canonical_request = "\n".join([
+        handler.command, canonical_uri, query, canonical_headers, match["signed"],
+        hashlib.sha256(body).hexdigest(),
+    ])
+    scope = f"{match['date']}/{match['region']}/{match['service']}/aws4_request"
+    string_to_sign = "\n".join([
+        "AWS4-HMAC-SHA256", amz_date, scope,
+        hashlib.sha256(canonical_request.encode()).hexdigest(),
+    ])
+    key = f"AWS4{SECRET_KEY}".encode()
+    for part in (match["date"], match["region"], match["service"], "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, match["sig"]):
+        return (
+            "The request signature we calculated does not match the signature you "
+            "provided. Check your AWS Secret Access Key and signing method."
+        )
+    return None
+
+
+def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
+    class RequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send(
+            self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+        ) -> None:
+            self.send_response(status)
+            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, status: int, code: str, message: str, **extra: str) -> None:
+            body = {"Type": "User", "__type": code, "message": message, **extra}
+            self._send(status, json.dumps(body).encode(), {"x-amzn-ErrorType": code})
+
+        def do_GET(self) -> None:
+            if self.path != "/_endpoint/invocations":
+                self._error(404, "UnknownOperationException", f"no route for GET {self.path}")
+                return
+            with endpoint.log_lock:
+                records = [invocation.record() for invocation in endpoint.log]
+            self._send(200, json.dumps(records).encode())
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            match = _INVOKE_PATH.match(self.path.partition("?")[0])
+            if match is None:
+                self._error(404, "UnknownOperationException", f"no route for POST {self.path}")
+                return
+            problem = _signature_problem(self, body)
+            if problem is not None:
+                bad_key = "token" in problem
+                self._error(
+                    403,
+                    "UnrecognizedClientException" if bad_key else "InvalidSignatureException",
+                    problem,
+                )
+                return
+            function = unquote(match["name"])
+            arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}"
+            invocation_type = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+            if function in endpoint.denied:
+                self._error(
+                    403, "AccessDeniedException",
+                    f"User: arn:aws:iam::{ACCOUNT}:user/atriggers-test is not authorized to "
+                    f"perform: lambda:InvokeFunction on resource: {arn} because no "
+                    f"identity-based policy allows the lambda:InvokeFunction action",
+                )
+                return
+            if function in endpoint.throttled:
+                self._error(
+                    429, "TooManyRequestsException", "Rate Exceeded.",
+                    Reason="ReservedFunctionConcurrentInvocationLimitExceeded",
+                )
+                return
+            if function not in endpoint.handlers:
+                self._error(404, "ResourceNotFoundException", f"Function not found: {arn}")
+                return
+            if invocation_type == "Event" and len(body) > MAX_EVENT_PAYLOAD:
+                self._error(
+                    413, "RequestTooLargeException",
+                    f"Request must be smaller than {MAX_EVENT_PAYLOAD} bytes for the "
+                    f"InvokeAsync operation",
+                )
+                return
+            try:
+                payload = json.loads(body or b"{}")
+            except ValueError:
+                self._error(
+                    400, "InvalidRequestContentException", "Could not parse request body into json"
+                )
+                return
+            if invocation_type == "DryRun":
+                self._send(204)
+                return
+            if invocation_type not in ("Event", "RequestResponse"):
+                self._error(
+                    400, "InvalidParameterValueException", f"bad invocation type {invocation_type}"
+                )
+                return
+            invocation = Invocation(function, invocation_type, payload)
+            endpoint.remember(invocation)
+            endpoint.events.put(invocation)
+            if invocation_type == "Event":
+                self._send(202)
+                return
+            invocation.done.result(timeout=endpoint.timeout)
+            headers = {"X-Amz-Executed-Version": "$LATEST"}
+            if invocation.status == "error":
+                headers["X-Amz-Function-Error"] = "Unhandled"
+            self._send(200, json.dumps(invocation.outcome).encode(), headers)
+
+    return RequestHandler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--app", required=True, help="module holding the handlers")
+    parser.add_argument("--function", action="append", default=[], help="NAME=handler_attribute")
+    parser.add_argument("--throttle", action="append", default=[], help="function answering 429")
+    parser.add_argument("--deny", action="append", default=[], help="function answering 403")
+    parser.add_argument("--timeout", type=float, default=60.0, help="function timeout, seconds")
+    args = parser.parse_args()
+
+    endpoint = Endpoint(args)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_request_handler(endpoint))
+    server.daemon_threads = True
+    port = server.server_address[1]
+    # The functions reach "Lambda" (for cascades) at this very endpoint.
+    os.environ["ATRIGGERS_TEST_LAMBDA_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    endpoint.load_handlers()
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+
+    def stop_when_stdin_closes() -> None:
+        sys.stdin.buffer.read()
+        endpoint.events.put(None)
+
+    threading.Thread(target=stop_when_stdin_closes, name="stdin", daemon=True).start()
+    print(f"READY {port}", flush=True)
+    try:
+        endpoint.serve_events()
+    finally:
+        server.shutdown()
+        server.server_close()
+        endpoint.close()
+
+
+if __name__ == "__main__":
+    main()
