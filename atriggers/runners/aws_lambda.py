@@ -191,7 +191,14 @@ class LambdaRunner(BaseRunner):
     def payload_for(manager: TriggerManager, instance: TaskInstance) -> bytes:
         """The invocation payload: the `RunRequest` of `instance` as JSON, plus
         ``notBefore`` (epoch seconds) when the instance has a cooldown."""
-        data: dict[str, Any] = RunRequest.for_instance(manager, instance).to_dict()
+        request = RunRequest.for_instance(manager, instance)
+        if request.storage_url.lower().startswith("memory:"):
+            raise InvalidInput(
+                f"cannot send {instance.name!r} to Lambda: its session lives in a memory:// "
+                f"storage, which only this process can see; use a storage the function can "
+                f"reach (a shared database)"
+            )
+        data: dict[str, Any] = request.to_dict()
         if instance.cooldown > 0:
             data[NOT_BEFORE_KEY] = round(time.time() + instance.cooldown, 3)
         payload = json.dumps(data, separators=(",", ":")).encode()

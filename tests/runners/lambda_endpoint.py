@@ -3,6 +3,8 @@
     python tests/runners/lambda_endpoint.py --app lambda_functions \\
         --function atriggers-worker=handler --throttle busy --deny secret
 
+(``--path DIR`` adds a directory to import the ``--app`` module from.)
+
 It serves ``POST /2015-03-31/functions/{name}/invocations`` on 127.0.0.1 (a free
 port, printed as ``READY <port>`` on stdout), checks each request's SigV4
 signature against the dummy credentials, and answers like Lambda: ``Event`` ->
@@ -279,15 +281,19 @@ def main() -> None:
     parser.add_argument("--throttle", action="append", default=[], help="function answering 429")
     parser.add_argument("--deny", action="append", default=[], help="function answering 403")
     parser.add_argument("--timeout", type=float, default=60.0, help="function timeout, seconds")
+    parser.add_argument("--path", action="append", default=[], help="directory to import from")
     args = parser.parse_args()
 
     endpoint = Endpoint(args)
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_request_handler(endpoint))
     server.daemon_threads = True
     port = server.server_address[1]
-    # The functions reach "Lambda" (for cascades) at this very endpoint.
+    # Functions reach "Lambda" (for cascades) at this very endpoint; botocore
+    # clients made from the environment too.
     os.environ["ATRIGGERS_TEST_LAMBDA_ENDPOINT"] = f"http://127.0.0.1:{port}"
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    os.environ["AWS_ENDPOINT_URL_LAMBDA"] = f"http://127.0.0.1:{port}"
+    for path in [*args.path, str(Path(__file__).resolve().parent)]:
+        sys.path.insert(0, str(Path(path).resolve()))
     endpoint.load_handlers()
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
 

@@ -42,29 +42,37 @@ CLIENT_CONFIG = Config(
 class LambdaEndpoint:
     """`lambda_endpoint.py` running in its own process."""
 
-    def __init__(self) -> None:
+    #: The endpoint of the test suite: its functions are in `lambda_functions.py`.
+    TEST_ARGS = (
+        "--app", "lambda_functions",
+        "--function", f"{WORKER}=handler",
+        "--function", f"{WORKER_AIO}=aio_handler",
+        "--throttle", THROTTLED,
+        "--deny", DENIED,
+        "--timeout", str(FUNCTION_TIMEOUT),
+    )
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args or self.TEST_ARGS
+        self.env = env or {}
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
+        self.returncode: int | None = None
+        self._stderr_reader = threading.Thread()
 
     def start(self, timeout: float = 30.0) -> None:
+        # No AWS settings of the machine leak in: only the dummy credentials.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [
-                sys.executable, str(HERE / "lambda_endpoint.py"),
-                "--app", "lambda_functions",
-                "--function", f"{WORKER}=handler",
-                "--function", f"{WORKER_AIO}=aio_handler",
-                "--throttle", THROTTLED,
-                "--deny", DENIED,
-                "--timeout", str(FUNCTION_TIMEOUT),
-            ],
+            [sys.executable, "-W", "default", str(HERE / "lambda_endpoint.py"), *self.args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env,
         )
         # Drain stderr so a chatty handler can never block on a full pipe.
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
         ready: list[str] = []
         reader = threading.Thread(
             target=lambda: ready.append(self._stdout().readline()), daemon=True
@@ -95,10 +103,11 @@ class LambdaEndpoint:
         assert process.stdin is not None
         process.stdin.close()  # the endpoint's signal to finish and close its handlers
         try:
-            process.wait(timeout)
+            self.returncode = process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+        self._stderr_reader.join(5)
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()

@@ -20,8 +20,9 @@ from atriggers.runners.aws_lambda import (
     FUNCTION_DIRECTIVE,
     LambdaInvokeError,
     LambdaRunner,
+    make_handler,
 )
-from atriggers.storage import SQLiteStorage
+from atriggers.storage import MemoryStorage, SQLiteStorage
 
 from .lambda_fixtures import (
     DENIED,
@@ -48,6 +49,11 @@ def lambda_endpoint() -> Iterator[LambdaEndpoint]:
         yield endpoint
     finally:
         endpoint.stop()
+    # The handlers closed their clients, storages and loops without complaint.
+    stderr = "".join(endpoint.stderr_lines)
+    assert endpoint.returncode == 0, stderr
+    for complaint in ("Unclosed", "Exception ignored", "was destroyed", "Error in atexit"):
+        assert complaint not in stderr, stderr
 
 
 @pytest.fixture
@@ -371,3 +377,34 @@ def test_entry_point_gives_a_lambda_runner() -> None:
         assert runner.client is None  # created from the environment on first use
     finally:
         unregister_runner("lambda")
+
+
+async def test_malformed_event_is_an_invocation_error(lambda_endpoint: LambdaEndpoint) -> None:
+    client = botocore_client(lambda_endpoint.url)
+    try:
+        response = client.invoke(FunctionName=WORKER, Payload=b'{"uid": "x"}')
+        answer = json.loads(response["Payload"].read())
+    finally:
+        client.close()
+    # Raised, so that Lambda retries the event and then hands it to the
+    # function's dead-letter queue or on-failure destination.
+    assert response["FunctionError"] == "Unhandled"
+    assert answer["errorType"] == "InvalidInput"
+    assert "'storage' must be a non-empty string" in answer["errorMessage"]
+
+
+async def test_handler_called_on_a_running_loop_points_to_handle() -> None:
+    handler = make_handler()
+    with pytest.raises(RuntimeError, match=r"await handler\.handle"):
+        handler({"storage": "memory://", "uid": "u", "instance": "t#0"})
+    handler.close()
+
+
+async def test_memory_storage_cannot_be_sent_to_a_function(runner: LambdaRunner) -> None:
+    async with MemoryStorage() as memory:
+        manager = TriggerManager(memory, "memory")
+        await manager.update_configuration({"add": lambda_task("lambda.add", ["start"])})
+        await manager.fire("start", {"a": 1, "b": 1})
+        failed = await manager.get_instance("add#0")
+    assert failed.status is Status.FAILED
+    assert "memory:// storage, which only this process can see" in failed.metadata["exceptionInfo"]
