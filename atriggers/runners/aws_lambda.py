@@ -38,7 +38,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "(pip install 'atriggers[lambda]')"
     ) from exc
 
+from ..context import exception_metadata
 from ..errors import ConfigurationError, InvalidInput, Problem, TriggerError
+from ..instance import Meta, Status
 from ..manager import get_manager_class
 from ..remote import RunRequest, StoragePool, execute_request
 from .base import BaseRunner
@@ -56,6 +58,7 @@ __all__ = [
     "LambdaHandler",
     "LambdaInvokeError",
     "LambdaRunner",
+    "LambdaTimeoutError",
     "handler",
     "make_handler",
 ]
@@ -119,6 +122,11 @@ class LambdaInvokeError(TriggerError):
 class LambdaCooldownError(TriggerError):
     """The instance's ``cooldown`` does not fit in what is left of the Lambda
     invocation's time: it is stored failed rather than cut off mid-wait."""
+
+
+class LambdaTimeoutError(TriggerError):
+    """The instance was still running when the Lambda invocation neared its
+    timeout: it was cancelled and stored failed rather than killed mid-run."""
 
 
 class LambdaRunner(BaseRunner):
@@ -292,12 +300,17 @@ class LambdaHandler:
     dead-letter queue or on-failure destination. A duplicate delivery is
     harmless: only a ``scheduled`` instance runs.
 
+    Deadline: when the context tells the invocation's remaining time
+    (``context.get_remaining_time_in_millis()``), the run gets that time less
+    `margin` seconds (at most a quarter of it), kept to store the outcome.
+    A run that overruns is cancelled and stored failed with
+    `LambdaTimeoutError`, as are the in-process cascades it started, rather
+    than being killed by Lambda and left ``running`` for ever.
+
     Cooldown: an instance with ``cooldown`` (a retry) is invoked at once, with
-    ``notBefore`` in its payload; the handler sleeps until then, if that fits
-    in the invocation's remaining time (``context.get_remaining_time_in_millis()``)
-    less `cooldown_margin`; otherwise the
-    instance is stored failed with `LambdaCooldownError`, replayable. Sleeping is
-    billed time: keep cooldowns for Lambda tasks short (seconds to a few minutes).
+    ``notBefore`` in its payload; the handler sleeps until then if that leaves
+    time to run it, else stores it failed with `LambdaCooldownError`
+    (replayable). Sleeping is billed time: keep cooldowns of Lambda tasks short.
     """
 
     def __init__(
@@ -305,11 +318,13 @@ class LambdaHandler:
         *,
         startup: Callable[[], Awaitable[None]] | None = None,
         shutdown: Callable[[], Awaitable[None]] | None = None,
-        cooldown_margin: float = 10.0,
+        margin: float = 2.0,
     ) -> None:
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0 seconds, not {margin}")
         self.startup = startup
         self.shutdown = shutdown
-        self.cooldown_margin = cooldown_margin
+        self.margin = margin
         self.pool = StoragePool()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -334,6 +349,11 @@ class LambdaHandler:
 
     async def handle(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         """Handle one event on the running loop (for async hosts and tests)."""
+        loop = asyncio.get_running_loop()
+        remaining = _remaining_seconds(context)
+        deadline = None
+        if remaining is not None:
+            deadline = loop.time() + remaining - min(self.margin, remaining / 4)
         if not self._started:
             if self.startup is not None:
                 await self.startup()
@@ -341,47 +361,62 @@ class LambdaHandler:
         data = _decode_event(event)
         request = RunRequest.from_dict(data)
         not_before = data.get(NOT_BEFORE_KEY)
-        if not_before is not None and not isinstance(not_before, (int, float)):
+        if not_before is not None and (
+            not isinstance(not_before, (int, float)) or isinstance(not_before, bool)
+        ):
             raise InvalidInput(
                 f"run request field {NOT_BEFORE_KEY!r} must be a number, got {not_before!r}"
             )
-        refused = await self._cool_down(request, not_before, context)
-        if refused is not None:
-            return refused
-        instance = await execute_request(request, self.pool)
-        return {
-            "uid": request.uid,
-            "instance": request.instance,
-            "status": instance.status.value if instance is not None else "notScheduled",
-        }
-
-    async def _cool_down(
-        self, request: RunRequest, not_before: float | None, context: Any
-    ) -> dict[str, Any] | None:
-        """Sleep until `not_before`; a result dict if the instance cannot run."""
-        if not_before is None:
-            return None
-        wait = not_before - time.time()
-        if wait <= 0:
-            return None
-        remaining = _remaining_seconds(context)
-        if remaining is not None and wait > remaining - self.cooldown_margin:
-            storage = await self.pool.get(request.storage_url)
-            manager = get_manager_class(request.manager)(storage, request.uid)
-            failed = await manager.record_failure(
-                request.instance,
-                LambdaCooldownError(
+        wait = max(0.0, not_before - time.time()) if not_before is not None else 0.0
+        if wait > 0:
+            if deadline is not None and loop.time() + wait >= deadline:
+                return await self._fail(request, LambdaCooldownError(
                     f"instance {request.instance!r} must wait {wait:.1f}s more for its "
-                    f"cooldown but the invocation has {remaining:.1f}s left (margin "
-                    f"{self.cooldown_margin}s): raise the function's timeout or shorten "
-                    f"the cooldown"
-                ),
-            )
-            status = failed.status.value if failed is not None else "notScheduled"
-            return {"uid": request.uid, "instance": request.instance, "status": status}
-        log.info("%s/%s: waiting %.1fs of cooldown", request.uid, request.instance, wait)
-        await asyncio.sleep(wait)
-        return None
+                    f"cooldown but the invocation has {deadline - loop.time():.1f}s left "
+                    f"to run it: raise the function's timeout or shorten the cooldown"
+                ))
+            log.info("%s/%s: waiting %.1fs of cooldown", request.uid, request.instance, wait)
+            await asyncio.sleep(wait)
+        if deadline is None:
+            instance = await execute_request(request, self.pool)
+            return _answer(request, instance)
+        return await self._run_until(request, deadline)
+
+    async def _run_until(self, request: RunRequest, deadline: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        run = loop.create_task(execute_request(request, self.pool))
+        done, _ = await asyncio.wait({run}, timeout=max(0.0, deadline - loop.time()))
+        if run in done:
+            return _answer(request, run.result())
+        # Out of time: cancel the run, then the in-process runs it started
+        # (cascades on the asyncio runner). Each stores its instance failed.
+        run.cancel()
+        storage = await self.pool.get(request.storage_url)
+        await storage.drain(0)
+        await asyncio.wait({run}, timeout=self.margin / 2 or None)
+        return await self._fail(request, LambdaTimeoutError(
+            f"instance {request.instance!r} did not finish before the Lambda invocation's "
+            f"deadline (its timeout less a {self.margin}s margin) and was cancelled: raise "
+            f"the function's timeout or make the task shorter"
+        ))
+
+    async def _fail(self, request: RunRequest, error: TriggerError) -> dict[str, Any]:
+        """Store the instance failed because of `error` (if it is still scheduled
+        or running, or failed by the cancellation `error` explains)."""
+        storage = await self.pool.get(request.storage_url)
+        manager = get_manager_class(request.manager)(storage, request.uid)
+        instance = await manager.record_failure(request.instance, error)
+        if instance is None:
+            instance = await manager.get_instance(request.instance)
+            cancelled = f"{asyncio.CancelledError.__module__}.{asyncio.CancelledError.__qualname__}"
+            if (
+                instance.status is Status.FAILED
+                and instance.metadata.get(Meta.EXCEPTION_TYPE) == cancelled
+            ):
+                instance = await manager.update_instance_metadata(
+                    request.instance, exception_metadata(error)
+                )
+        return _answer(request, instance)
 
     def close(self) -> None:
         """Run `shutdown`, close the pooled storages and the loop."""
@@ -403,6 +438,14 @@ class LambdaHandler:
         finally:
             self._started = False
             await self.pool.aclose()
+
+
+def _answer(request: RunRequest, instance: TaskInstance | None) -> dict[str, Any]:
+    return {
+        "uid": request.uid,
+        "instance": request.instance,
+        "status": instance.status.value if instance is not None else "notScheduled",
+    }
 
 
 def _decode_event(event: object) -> Mapping[str, Any]:
@@ -431,11 +474,11 @@ def make_handler(
     *,
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
-    cooldown_margin: float = 10.0,
+    margin: float = 2.0,
 ) -> LambdaHandler:
     """Build a handler; create it at module level of the deployed handler module
     so it lives (with its loop and storage pool) as long as the container."""
-    return LambdaHandler(startup=startup, shutdown=shutdown, cooldown_margin=cooldown_margin)
+    return LambdaHandler(startup=startup, shutdown=shutdown, margin=margin)
 
 
 #: A ready handler (``Handler: atriggers.runners.aws_lambda.handler``) for

@@ -97,7 +97,14 @@ class Endpoint:
         self.events: queue.Queue[Invocation | None] = queue.Queue()
         self.log: list[Invocation] = []
         self.log_lock = threading.Lock()
-        self.function_specs = dict(spec.split("=", 1) for spec in args.function)
+        # NAME=attribute or NAME=attribute@timeout_seconds
+        self.function_specs: dict[str, str] = {}
+        self.timeouts: dict[str, float] = {}
+        for spec in args.function:
+            name, _, target = spec.partition("=")
+            attribute, _, timeout = target.partition("@")
+            self.function_specs[name] = attribute
+            self.timeouts[name] = float(timeout) if timeout else args.timeout
         self.app = args.app
 
     def load_handlers(self) -> None:
@@ -113,7 +120,7 @@ class Endpoint:
         """The execution environment: one event at a time, on the main thread."""
         while (invocation := self.events.get()) is not None:
             handler = self.handlers[invocation.function]
-            context = LambdaContext(invocation.function, self.timeout)
+            context = LambdaContext(invocation.function, self.timeouts[invocation.function])
             try:
                 invocation.outcome = handler(invocation.payload, context)
                 invocation.status = "ok"
@@ -277,7 +284,9 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--app", required=True, help="module holding the handlers")
-    parser.add_argument("--function", action="append", default=[], help="NAME=handler_attribute")
+    parser.add_argument(
+        "--function", action="append", default=[], help="NAME=handler_attribute[@timeout]"
+    )
     parser.add_argument("--throttle", action="append", default=[], help="function answering 429")
     parser.add_argument("--deny", action="append", default=[], help="function answering 403")
     parser.add_argument("--timeout", type=float, default=60.0, help="function timeout, seconds")

@@ -27,6 +27,8 @@ SECRET_KEY = "atriggers-test-secret"
 REGION = "us-east-1"
 WORKER = "atriggers-worker"
 WORKER_AIO = "atriggers-worker-aio"
+#: A function with a 2-second timeout.
+WORKER_SHORT = "atriggers-worker-short"
 THROTTLED = "atriggers-throttled"
 DENIED = "atriggers-denied"
 #: The handler's function timeout in the endpoint: long cooldowns do not fit.
@@ -47,6 +49,7 @@ class LambdaEndpoint:
         "--app", "lambda_functions",
         "--function", f"{WORKER}=handler",
         "--function", f"{WORKER_AIO}=aio_handler",
+        "--function", f"{WORKER_SHORT}=handler@2",
         "--throttle", THROTTLED,
         "--deny", DENIED,
         "--timeout", str(FUNCTION_TIMEOUT),

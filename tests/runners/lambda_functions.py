@@ -85,6 +85,12 @@ async def flaky(context: TaskContext) -> dict[str, Any]:
     return {"ranAt": time.time()}
 
 
+@task("lambda.sleepy")
+async def sleepy(context: TaskContext) -> dict[str, Any]:
+    await asyncio.sleep(float(context.trigger_kwargs.get("start", {}).get("sleep", 30)))
+    return {"slept": True}
+
+
 # -- handlers ---------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from .lambda_fixtures import (
     THROTTLED,
     WORKER,
     WORKER_AIO,
+    WORKER_SHORT,
     LambdaEndpoint,
     aio_client_context,
     botocore_client,
@@ -333,6 +334,31 @@ async def test_cooldown_is_waited_out_in_the_function(
     assert payload["instance"] == "flaky#1"
     assert payload["notBefore"] == pytest.approx(scheduled_at + 1.0, abs=0.5)
     assert (await manager.get_instance("flaky#0")).status is Status.REPLAYED
+
+
+async def test_run_overrunning_the_function_timeout_is_stored_failed(
+    runner: LambdaRunner, storage: SQLiteStorage
+) -> None:
+    manager = TriggerManager(storage, "overrun")
+    await manager.update_configuration({
+        "sleepy": lambda_task("lambda.sleepy", ["start"], **{FUNCTION_DIRECTIVE: WORKER_SHORT}),
+        "quick": lambda_task("lambda.add", ["start"], **{FUNCTION_DIRECTIVE: WORKER_SHORT}),
+        # An in-process cascade still running at the deadline is cancelled too.
+        "after_quick": {"after": ["quick"], "run": "lambda.sleepy", "using": "asyncio"},
+    })
+    started = time.monotonic()
+    await manager.fire("start", {"sleep": 30, "a": 1, "b": 2})
+    overran = await wait_for(storage, "overrun", "sleepy#0")
+    cascaded = await wait_for(storage, "overrun", "after_quick#0")
+    assert time.monotonic() - started < 10  # 2s timeout each, not 30s of sleep
+    assert overran.status is Status.FAILED
+    assert overran.metadata["exceptionType"].endswith("LambdaTimeoutError")
+    assert "did not finish before the Lambda invocation's deadline" in (
+        overran.metadata["exceptionInfo"]
+    )
+    assert (await manager.get_instance("quick#0")).status is Status.FINISHED
+    assert cascaded.status is Status.FAILED
+    assert cascaded.metadata["exceptionType"] == "asyncio.exceptions.CancelledError"
 
 
 async def test_cooldown_longer_than_the_function_timeout_fails_clearly(
