@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -434,3 +436,21 @@ async def test_memory_storage_cannot_be_sent_to_a_function(runner: LambdaRunner)
         failed = await manager.get_instance("add#0")
     assert failed.status is Status.FAILED
     assert "memory:// storage, which only this process can see" in failed.metadata["exceptionInfo"]
+
+
+def test_core_never_imports_botocore_and_a_missing_extra_is_named() -> None:
+    script = """
+import sys
+import atriggers, atriggers.runners, atriggers.remote, atriggers.storage
+assert "botocore" not in sys.modules, "the core imported botocore"
+sys.modules["botocore"] = None  # as if the extra were not installed
+try:
+    import atriggers.runners.aws_lambda
+except ImportError as exc:
+    print(exc)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "install the 'lambda' extra (pip install 'atriggers[lambda]')" in done.stdout
