@@ -6,8 +6,8 @@ configure tasks with ``using: "lambda"``. Dispatching an instance is one
 a `RunRequest` (storage URL, uid, instance, manager name: a few hundred bytes
 whatever the trigger kwargs, which the function reads from storage).
 
-Function side: point the Lambda handler at `handler` (or at a handler built with
-`make_handler`). It rebuilds storage and manager from the request and runs the
+Function side: build a handler with `make_handler` at module level of the
+function's handler module (or use the ready `handler`). It rebuilds storage and manager from the request and runs the
 instance through `TriggerManager.run_instance`, like every other runner, storing
 the outcome and cascading.
 
@@ -393,7 +393,10 @@ class LambdaHandler:
         run.cancel()
         storage = await self.pool.get(request.storage_url)
         await storage.drain(0)
-        await asyncio.wait({run}, timeout=self.margin / 2 or None)
+        await asyncio.wait({run}, timeout=max(self.margin / 2, 0.5))
+        if run.done() and not run.cancelled() and run.exception() is not None:
+            log.warning("%s/%s: run ended with %r after its deadline",
+                        request.uid, request.instance, run.exception())
         return await self._fail(request, LambdaTimeoutError(
             f"instance {request.instance!r} did not finish before the Lambda invocation's "
             f"deadline (its timeout less a {self.margin}s margin) and was cancelled: raise "
