@@ -7,9 +7,10 @@ a `RunRequest` (storage URL, uid, instance, manager name: a few hundred bytes
 whatever the trigger kwargs, which the function reads from storage).
 
 Function side: build a handler with `make_handler` at module level of the
-function's handler module (or use the ready `handler`). It rebuilds storage and manager from the request and runs the
-instance through `TriggerManager.run_instance`, like every other runner, storing
-the outcome and cascading.
+function's handler module (or use the ready `handler`). It rebuilds storage and
+manager from the request and runs the instance through
+`TriggerManager.run_instance`, like every other runner, storing the outcome and
+cascading.
 
 Needs the ``lambda`` extra (botocore): ``pip install 'atriggers[lambda]'``.
 """
