@@ -14,9 +14,10 @@ ResourceNotFoundException, a ``--throttle`` function -> 429
 TooManyRequestsException, a ``--deny`` function -> 403 AccessDeniedException, a
 bad signature -> 403 InvalidSignatureException), so botocore parses real codes.
 
-Like a Lambda execution environment, the main thread calls the handlers one
-event at a time, and the handler objects (with their event loops and storage
-pools) live as long as the process. ``GET /_endpoint/invocations`` lists what was
+Events are handled by ``--containers`` worker processes, each a Lambda
+execution environment: it imports the handler module once and calls handlers
+one event at a time on its main thread, so handler objects (with their event
+loops and storage pools) live across invocations. ``GET /_endpoint/invocations`` lists what was
 received and what came of it. The process stops when its stdin closes.
 """
 
@@ -27,8 +28,8 @@ import hashlib
 import hmac
 import importlib
 import json
+import multiprocessing
 import os
-import queue
 import re
 import sys
 import threading
@@ -71,12 +72,14 @@ class LambdaContext:
 
 @dataclass
 class Invocation:
+    id: int
     function: str
     invocation_type: str
     payload: Any
     status: str = "queued"
     outcome: Any = None
-    done: Future[Any] = field(default_factory=Future)
+    container: int | None = None
+    done: Future[None] = field(default_factory=Future)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -85,17 +88,47 @@ class Invocation:
             "payload": self.payload,
             "status": self.status,
             "outcome": self.outcome,
+            "container": self.container,
         }
+
+
+def run_container(
+    app: str, paths: list[str], attributes: list[str], events: Any, results: Any
+) -> None:
+    """One execution environment (a process): imports the handler module once,
+    then calls handlers one event at a time, on its main thread, like Lambda."""
+    for path in paths:
+        sys.path.insert(0, path)
+    module = importlib.import_module(app)
+    results.put(("ready", os.getpid()))
+    try:
+        while (item := events.get()) is not None:
+            invocation_id, function, attribute, payload, timeout = item
+            context = LambdaContext(function, timeout)
+            try:
+                outcome = getattr(module, attribute)(payload, context)
+                status = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported like Lambda does
+                status = "error"
+                outcome = {
+                    "errorType": type(exc).__name__,
+                    "errorMessage": str(exc),
+                    "stackTrace": traceback.format_exception(exc),
+                }
+                traceback.print_exc()
+            results.put((invocation_id, status, outcome, os.getpid()))
+    finally:
+        for attribute in dict.fromkeys(attributes):
+            close = getattr(getattr(module, attribute), "close", None)
+            if close is not None:
+                close()
 
 
 class Endpoint:
     def __init__(self, args: argparse.Namespace) -> None:
-        self.handlers: dict[str, Any] = {}
         self.throttled = set(args.throttle)
         self.denied = set(args.deny)
-        self.timeout = args.timeout
-        self.events: queue.Queue[Invocation | None] = queue.Queue()
-        self.log: list[Invocation] = []
+        self.log: dict[int, Invocation] = {}
         self.log_lock = threading.Lock()
         # NAME=attribute or NAME=attribute@timeout_seconds
         self.function_specs: dict[str, str] = {}
@@ -106,39 +139,56 @@ class Endpoint:
             self.function_specs[name] = attribute
             self.timeouts[name] = float(timeout) if timeout else args.timeout
         self.app = args.app
+        self.paths = [str(Path(p).resolve()) for p in [*args.path, Path(__file__).parent]]
+        # spawn: the containers start clean, without this process's threads.
+        self.mp = multiprocessing.get_context("spawn")
+        self.events = self.mp.Queue()
+        self.results = self.mp.Queue()
+        self.containers = [
+            self.mp.Process(
+                target=run_container,
+                args=(self.app, self.paths, list(self.function_specs.values()),
+                      self.events, self.results),
+                name=f"container-{n}",
+            )
+            for n in range(args.containers)
+        ]
 
-    def load_handlers(self) -> None:
-        module = importlib.import_module(self.app)
-        for function, attribute in self.function_specs.items():
-            self.handlers[function] = getattr(module, attribute)
+    def start_containers(self, timeout: float = 60.0) -> None:
+        for container in self.containers:
+            container.start()
+        for _ in self.containers:
+            kind, _pid = self.results.get(timeout=timeout)
+            assert kind == "ready", kind
+        threading.Thread(target=self._collect, name="collector", daemon=True).start()
 
-    def remember(self, invocation: Invocation) -> None:
-        with self.log_lock:
-            self.log.append(invocation)
-
-    def serve_events(self) -> None:
-        """The execution environment: one event at a time, on the main thread."""
-        while (invocation := self.events.get()) is not None:
-            handler = self.handlers[invocation.function]
-            context = LambdaContext(invocation.function, self.timeouts[invocation.function])
-            try:
-                invocation.outcome = handler(invocation.payload, context)
-                invocation.status = "ok"
-            except Exception as exc:  # noqa: BLE001 - reported like Lambda does
-                invocation.status = "error"
-                invocation.outcome = {
-                    "errorType": type(exc).__name__,
-                    "errorMessage": str(exc),
-                    "stackTrace": traceback.format_exception(exc),
-                }
-                traceback.print_exc()
+    def _collect(self) -> None:
+        while (result := self.results.get()) is not None:
+            invocation_id, status, outcome, pid = result
+            with self.log_lock:
+                invocation = self.log[invocation_id]
+                invocation.status, invocation.outcome, invocation.container = status, outcome, pid
             invocation.done.set_result(None)
 
-    def close(self) -> None:
-        for handler in self.handlers.values():
-            close = getattr(handler, "close", None)
-            if close is not None:
-                close()
+    def submit(self, function: str, invocation_type: str, payload: Any) -> Invocation:
+        with self.log_lock:
+            invocation = Invocation(len(self.log), function, invocation_type, payload)
+            self.log[invocation.id] = invocation
+        self.events.put((
+            invocation.id, function, self.function_specs[function], payload,
+            self.timeouts[function],
+        ))
+        return invocation
+
+    def stop(self) -> None:
+        for _ in self.containers:
+            self.events.put(None)
+        for container in self.containers:
+            container.join(20)
+            if container.is_alive():
+                container.terminate()
+                container.join(5)
+        self.results.put(None)
 
 
 def _signature_problem(handler: BaseHTTPRequestHandler, body: bytes) -> str | None:
@@ -206,7 +256,7 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "UnknownOperationException", f"no route for GET {self.path}")
                 return
             with endpoint.log_lock:
-                records = [invocation.record() for invocation in endpoint.log]
+                records = [invocation.record() for invocation in endpoint.log.values()]
             self._send(200, json.dumps(records).encode())
 
         def do_POST(self) -> None:
@@ -241,7 +291,7 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                     Reason="ReservedFunctionConcurrentInvocationLimitExceeded",
                 )
                 return
-            if function not in endpoint.handlers:
+            if function not in endpoint.function_specs:
                 self._error(404, "ResourceNotFoundException", f"Function not found: {arn}")
                 return
             if invocation_type == "Event" and len(body) > MAX_EVENT_PAYLOAD:
@@ -266,13 +316,11 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                     400, "InvalidParameterValueException", f"bad invocation type {invocation_type}"
                 )
                 return
-            invocation = Invocation(function, invocation_type, payload)
-            endpoint.remember(invocation)
-            endpoint.events.put(invocation)
+            invocation = endpoint.submit(function, invocation_type, payload)
             if invocation_type == "Event":
                 self._send(202)
                 return
-            invocation.done.result(timeout=endpoint.timeout)
+            invocation.done.result(timeout=endpoint.timeouts[function] + 10)
             headers = {"X-Amz-Executed-Version": "$LATEST"}
             if invocation.status == "error":
                 headers["X-Amz-Function-Error"] = "Unhandled"
@@ -291,6 +339,9 @@ def main() -> None:
     parser.add_argument("--deny", action="append", default=[], help="function answering 403")
     parser.add_argument("--timeout", type=float, default=60.0, help="function timeout, seconds")
     parser.add_argument("--path", action="append", default=[], help="directory to import from")
+    parser.add_argument(
+        "--containers", type=int, default=2, help="execution environments (processes)"
+    )
     args = parser.parse_args()
 
     endpoint = Endpoint(args)
@@ -298,26 +349,18 @@ def main() -> None:
     server.daemon_threads = True
     port = server.server_address[1]
     # Functions reach "Lambda" (for cascades) at this very endpoint; botocore
-    # clients made from the environment too.
+    # clients made from the environment too. Set before the containers spawn.
     os.environ["ATRIGGERS_TEST_LAMBDA_ENDPOINT"] = f"http://127.0.0.1:{port}"
     os.environ["AWS_ENDPOINT_URL_LAMBDA"] = f"http://127.0.0.1:{port}"
-    for path in [*args.path, str(Path(__file__).resolve().parent)]:
-        sys.path.insert(0, str(Path(path).resolve()))
-    endpoint.load_handlers()
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-
-    def stop_when_stdin_closes() -> None:
-        sys.stdin.buffer.read()
-        endpoint.events.put(None)
-
-    threading.Thread(target=stop_when_stdin_closes, name="stdin", daemon=True).start()
-    print(f"READY {port}", flush=True)
     try:
-        endpoint.serve_events()
+        endpoint.start_containers()
+        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        print(f"READY {port}", flush=True)
+        sys.stdin.buffer.read()  # until the parent closes it (or dies)
     finally:
         server.shutdown()
         server.server_close()
-        endpoint.close()
+        endpoint.stop()
 
 
 if __name__ == "__main__":

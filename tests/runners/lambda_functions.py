@@ -58,6 +58,11 @@ async def double(context: TaskContext) -> dict[str, Any]:
     return {"doubled": context.trigger_kwargs["add"]["sum"] * 2, "pid": os.getpid()}
 
 
+@task("lambda.fan_in")
+async def fan_in(context: TaskContext) -> dict[str, Any]:
+    return {"total": context.trigger_kwargs["left"]["sum"] + context.trigger_kwargs["right"]["sum"]}
+
+
 @task("lambda.tally")
 def tally(context: TaskContext) -> dict[str, Any]:
     # A plain function: runs in a worker thread of the handler's loop.

@@ -4,6 +4,7 @@ handler; both processes share the session state in one SQLite file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -284,19 +285,57 @@ async def test_aiobotocore_client_rejected_invoke(
     assert failed.metadata["exceptionContext"]["httpStatus"] == 429
 
 
-async def test_the_container_keeps_its_loop_across_invocations(
+async def test_each_container_keeps_its_loop_across_invocations(
     runner: LambdaRunner, storage: SQLiteStorage
 ) -> None:
     manager = TriggerManager(storage, "container")
     await manager.update_configuration({
         "who": {**lambda_task("lambda.whoami", []), "andEvery": "ping"},
     })
-    await manager.fire("ping")
-    first = await wait_for(storage, "container", "who#0")
-    await manager.fire("ping")
-    second = await wait_for(storage, "container", "who#1")
-    assert first.status is second.status is Status.FINISHED
-    assert first.result == second.result  # same process, same event loop
+    results = []
+    for n in range(4):  # one at a time: 4 invocations over the endpoint's 2 containers
+        await manager.fire("ping")
+        done = await wait_for(storage, "container", f"who#{n}")
+        assert done.status is Status.FINISHED
+        assert done.result is not None
+        results.append(done.result)
+    loops_by_pid: dict[int, set[int]] = {}
+    for result in results:
+        loops_by_pid.setdefault(result["pid"], set()).add(result["loop"])
+    assert all(len(loops) == 1 for loops in loops_by_pid.values()), loops_by_pid
+    assert len(loops_by_pid) < len(results)  # some container was reused
+
+
+async def test_fan_in_across_containers_dispatches_exactly_once(
+    runner: LambdaRunner, storage: SQLiteStorage, lambda_endpoint: LambdaEndpoint
+) -> None:
+    # Two instances of each session run at once in two function processes and
+    # both cascade into "total": compare-and-swap on the shared SQLite file
+    # must schedule (and invoke) it exactly once per session.
+    configuration = {
+        "left": lambda_task("lambda.add", ["start"]),
+        "right": lambda_task("lambda.add", ["start"]),
+        "total": lambda_task("lambda.fan_in", ["left", "right"]),
+    }
+    uids = [f"fan-in-{n}" for n in range(8)]
+
+    async def session(uid: str) -> None:
+        manager = TriggerManager(storage, uid)
+        await manager.update_configuration(configuration)
+        await manager.fire("start", {"a": len(uid), "b": 1})
+
+    await asyncio.gather(*(session(uid) for uid in uids))
+    for uid in uids:
+        total = await wait_for(storage, uid, "total#0")
+        assert total.status is Status.FINISHED, total.metadata
+        expected = 2 * (len(uid) + 1)
+        assert total.result == {"total": expected}
+        state = await storage.load_all(uid)
+        assert sorted(state.instances) == ["left#0", "right#0", "total#0"]
+        invoked = [r["payload"]["instance"] for r in lambda_endpoint.invocations(uid)]
+        assert sorted(invoked) == ["left#0", "right#0", "total#0"]
+    containers = {r["container"] for uid in uids for r in lambda_endpoint.invocations(uid)}
+    assert len(containers) == 2  # both execution environments took part
 
 
 async def test_duplicate_delivery_runs_once(

@@ -26,7 +26,7 @@ CREDENTIALS = {
 def test_example_runs_end_to_end(tmp_path: Path) -> None:
     endpoint = LambdaEndpoint(
         "--path", str(EXAMPLE), "--app", "lambda_function",
-        "--function", "atriggers-orders=handler",
+        "--function", "atriggers-orders=handler", "--containers", "1",
         env=CREDENTIALS,
     )
     endpoint.start()
