@@ -30,6 +30,7 @@ import importlib
 import json
 import multiprocessing
 import os
+import queue
 import re
 import sys
 import threading
@@ -100,9 +101,18 @@ def run_container(
     for path in paths:
         sys.path.insert(0, path)
     module = importlib.import_module(app)
+    parent = os.getppid()
     results.put(("ready", os.getpid()))
     try:
-        while (item := events.get()) is not None:
+        while True:
+            try:
+                item = events.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # the endpoint died: do not linger
+                    break
+                continue
+            if item is None:
+                break
             invocation_id, function, attribute, payload, timeout = item
             context = LambdaContext(function, timeout)
             try:
