@@ -84,7 +84,7 @@ DIRECTIVES: Mapping[str, Directive] = {
             "after", True, _trigger_list,
             "Trigger names that must all have fired before the task runs (order does not "
             "matter). May be empty only when andEvery is given.",
-            {"type": "array", "items": _NAME_SCHEMA, "uniqueItems": True},
+            {"type": "array", "items": _NAME_SCHEMA},
         ),
         Directive(
             "run", True, _one_name,

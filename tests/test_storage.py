@@ -124,3 +124,9 @@ async def test_memory_storage_refuses_what_json_cannot_hold(memory_storage: Memo
     # Snapshots are copies: changing one changes nothing stored.
     state.instances["t#0"].metadata["result"] = {"n": 2}
     assert (await manager.get_state()).instances["t#0"].result == {"n": 1}
+
+
+async def test_missing_directory_is_a_clear_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        async with SQLiteStorage(tmp_path / "no" / "such" / "dir" / "state.db"):
+            pass

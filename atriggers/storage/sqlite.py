@@ -277,6 +277,13 @@ class SQLiteStorage(Storage):
     async def open(self) -> None:
         if self._conn is not None:
             return
+        if not self.path.parent.is_dir():
+            # Checked here: a failed aiosqlite.connect can leave its thread racing
+            # the event loop's shutdown.
+            raise StorageError(
+                f"cannot open SQLite database {str(self.path)!r}: "
+                f"directory {str(self.path.parent)!r} does not exist"
+            )
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
             conn = await aiosqlite.connect(self.path, timeout=self.timeout, isolation_level=None)

@@ -1,0 +1,119 @@
+"""The pytest plugin as users meet it: loaded through its pytest11 entry point in
+a fresh pytest run (pytester), in auto and strict asyncio modes."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+USER_TESTS = textwrap.dedent(
+    '''
+    import pytest
+
+    from atriggers.testing import (
+        assert_instance_failed,
+        assert_instance_finished,
+        assert_unresolved_tasks,
+    )
+    from atriggers.testing.pytest_plugin import FAILING, PASS_THRU
+
+    CONFIG = {
+        "t_pass": {"after": ["go"], "run": PASS_THRU},
+        "t_fail": {"after": ["go"], "run": FAILING},
+        "t_next": {"after": ["t_pass"], "run": PASS_THRU},
+    }
+
+    @pytest.mark.atriggers_configuration(CONFIG)
+    {mark}
+    async def test_workflow(atriggers_manager):
+        await atriggers_manager.fire("go", {"x": 1})
+        await atriggers_manager.join()
+        await assert_instance_finished(atriggers_manager, "t_pass#0",
+                                       result={"kwargs": {"go": {"x": 1}}})
+        await assert_instance_finished(atriggers_manager, "t_next#0")
+        await assert_instance_failed(atriggers_manager, "t_fail#0", RuntimeError)
+        await assert_unresolved_tasks(atriggers_manager, ["t_fail"])
+
+    @pytest.mark.atriggers_configuration(CONFIG)
+    {mark}
+    async def test_wrong_expectation(atriggers_manager):
+        await atriggers_manager.fire("go")
+        await atriggers_manager.join()
+        await assert_instance_finished(atriggers_manager, "t_fail#0")
+    '''
+)
+
+
+def run(pytester: pytest.Pytester, mode: str) -> pytest.RunResult:
+    mark = "@pytest.mark.asyncio" if mode == "strict" else ""
+    pytester.makeini(
+        f"[pytest]\nasyncio_mode = {mode}\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings = error\naddopts = --strict-markers\n"
+    )
+    pytester.makepyfile(test_user=USER_TESTS.replace("{mark}", mark))
+    return pytester.runpytest("-p", "no:cacheprovider")
+
+
+@pytest.mark.parametrize("mode", ["auto", "strict"])
+def test_fixtures_marker_and_helpers(pytester: pytest.Pytester, mode: str) -> None:
+    result = run(pytester, mode)
+    result.assert_outcomes(passed=1, failed=1)
+    # The failure shows the instance's status, exception type and traceback, and
+    # hides the helper's own frames.
+    result.stdout.fnmatch_lines([
+        "*AssertionError: expected instance 't_fail#0' to be finished, but it is failed",
+        "*t_fail#0: failed",
+        "*exception: builtins.RuntimeError",
+        "*traceback:",
+        "*Traceback (most recent call last):",
+        "*RuntimeError: You weren't supposed to see that.",
+        "*instances of session 'test-session':",
+    ])
+    assert "def assert_instance_status" not in result.stdout.str()
+
+
+def test_marker_is_registered(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.atriggers_configuration(configuration):*"])
+
+
+def test_marker_misuse_is_reported(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_bad=textwrap.dedent(
+            '''
+            import pytest
+
+            @pytest.mark.atriggers_configuration({}, {})
+            async def test_it(atriggers_manager):
+                pass
+
+            @pytest.mark.atriggers_configuration({"t": {"after": "go", "run": "x"}})
+            async def test_bad_config(atriggers_manager):
+                pass
+            '''
+        )
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        "*takes one argument: the configuration dict*",
+        "*ConfigurationError: invalid configuration: task 't', directive 'after'*",
+    ])
+
+
+def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
+    """docs/testing.md's example is a real test file: run it."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
+    [example] = re.findall(r"```python\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings = error\naddopts = --strict-markers\n"
+    )
+    pytester.makepyfile(test_documented=example)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
