@@ -9,7 +9,6 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
@@ -133,5 +132,5 @@ async def baseline_create_task(n: int) -> list[float]:
     return samples
 
 
-def sqlite_version() -> dict[str, Any]:
-    return {"sqlite": sqlite3.sqlite_version, "aiosqlite": aiosqlite.__version__}
+def sqlite_version() -> str:
+    return f"SQLite {sqlite3.sqlite_version}, aiosqlite {aiosqlite.__version__}"
