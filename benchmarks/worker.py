@@ -47,7 +47,8 @@ async def main(path: Path, uid: str, fires: int, index: int, run: bool) -> dict[
         manager = TriggerManager(store, uid)
         await manager.get_state()
         print("ready", flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
+        if (await asyncio.to_thread(sys.stdin.readline)).strip() != "go":
+            raise SystemExit("the benchmark that started this worker went away")
         trigger = "tick" if run else "a"
         latencies = []
         scheduled = 0
