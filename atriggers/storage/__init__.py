@@ -14,3 +14,13 @@ __all__ = [
     "open_storage",
     "register_storage",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use only: `import atriggers.storage` must work without
+    # the redis extra.
+    if name == "RedisStorage":
+        from .redis import RedisStorage
+
+        return RedisStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
