@@ -342,7 +342,8 @@ class RedisStorage(Storage):
             self._script(self._store_script)(keys=self.keys(uid), args=args), "write"
         )
         if _text(reply[0]) == "conflict":
-            raise VersionConflict(uid, expected_version, self._decode(uid, reply[1], complete=False))
+            fresh = self._decode(uid, reply[1], complete=False)
+            raise VersionConflict(uid, expected_version, fresh)
 
     async def list_sessions(self) -> list[str]:
         """Every session's uid, found by scanning for session keys: O(keys in the
@@ -371,7 +372,8 @@ class RedisStorage(Storage):
     def _require(self) -> aioredis.Redis:
         if self._client is None or self._load_script is None:
             raise StorageError(
-                f"{self!r} is not open: use `async with RedisStorage(...)` or `await storage.open()`"
+                f"{self!r} is not open: use `async with RedisStorage(...)` "
+                f"or `await storage.open()`"
             )
         return self._client
 

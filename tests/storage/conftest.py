@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from atriggers.storage import MemoryStorage, SQLiteStorage
-from atriggers.testing.conformance import StorageFactory
+pytest.register_assert_rewrite("atriggers.testing.conformance")
+
+from atriggers.storage import MemoryStorage, SQLiteStorage  # noqa: E402
+from atriggers.testing.conformance import StorageFactory  # noqa: E402
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
@@ -35,7 +37,9 @@ class RedisServer:
     """A redis-server child process on 127.0.0.1, stoppable and restartable on the
     same port and data directory."""
 
-    def __init__(self, directory: Path, *, persistent: bool = False, fsync: str = "everysec") -> None:
+    def __init__(
+        self, directory: Path, *, persistent: bool = False, fsync: str = "everysec"
+    ) -> None:
         if REDIS_SERVER is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.directory = directory
