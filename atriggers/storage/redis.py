@@ -1,7 +1,7 @@
 """Redis storage through redis-py's asyncio client: sessions shared by many machines.
 
-Install with ``pip install 'atriggers[redis]'``. Needs Redis 6.2 or later (or a
-compatible server such as Valkey).
+Install with ``pip install 'atriggers[redis]'``. Tested with Redis 7.0; uses only
+hashes, sets and Lua scripts, which older servers and Valkey have too.
 
 Key layout, for a session ``uid`` and the storage's ``prefix`` (default
 ``atriggers:``)::

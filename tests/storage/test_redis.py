@@ -309,3 +309,21 @@ async def test_operations_continue_on_a_storage_opened_before_the_restart(
         state = await m.get_state()
         assert sorted(i.kwargs["tick"]["n"] for i in state.instances.values()) == [0, 2]
         assert await storage.list_sessions() == ["s1"]
+
+
+async def test_a_client_of_your_own(redis_server: RedisServer, redis_prefix: str) -> None:
+    # Without decode_responses: the storage copes with bytes, and leaves the
+    # client open for its owner.
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with RedisStorage(redis_server.url, prefix=redis_prefix, client=client) as storage:
+            m = manager(storage)
+            await m.update_configuration(WAITING)
+            await m.fire("tick", {"text": "ünïcode"})
+            storage.forget("s1")
+            state = await storage.load("s1")
+            assert state.instances["waiting#0"].kwargs == {"tick": {"text": "ünïcode"}}
+            assert await storage.list_sessions() == ["s1"]
+        assert await client.ping()
+    finally:
+        await client.aclose()
