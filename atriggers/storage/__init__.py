@@ -1,9 +1,14 @@
 """Where sessions live: the `Storage` base class and its backends."""
 
+from typing import TYPE_CHECKING
+
 from .base import SessionLocks, Storage, VersionConflict
 from .memory import MemoryStorage
 from .registry import open_storage, register_storage
 from .sqlite import SQLiteStorage
+
+if TYPE_CHECKING:
+    from .redis import RedisStorage as RedisStorage
 
 __all__ = [
     "MemoryStorage",

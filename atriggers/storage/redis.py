@@ -246,7 +246,10 @@ class RedisStorage(Storage):
         own: dict[str, str] = {}
         rest: list[tuple[str, str]] = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            (own.__setitem__(key, value) if key in _OWN_PARAMS else rest.append((key, value)))
+            if key in _OWN_PARAMS:
+                own[key] = value
+            else:
+                rest.append((key, value))
         redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
         ttl: float | None = None
         if own.get("ttl"):
