@@ -227,6 +227,29 @@ class StorageConformance:
         await storage.load("never-stored")
         assert await storage.list_sessions() == uids
 
+    async def test_large_change_and_large_session(self, storage: Storage) -> None:
+        uid = _uid()
+        size = 1200  # > 1000: backends that slice their reads must cross a slice
+        tasks = parse_configuration({"waiting": {
+            "after": ["tick", "never"], "andEvery": "tick", "unless": ["stop"], "run": "x",
+        }})
+        await _apply(storage, uid, lambda d: rules.configure(d, tasks))
+
+        def many_fires(draft: Draft) -> None:
+            for n in range(size):
+                rules.fire(draft, "tick", {"n": n})
+
+        await _apply(storage, uid, many_fires)  # one change, thousands of instances
+        storage.forget(uid)
+        state = await storage.load(uid)
+        assert len(state.instances) == size and state.instance_counts == {"waiting": size}
+        assert state.instances[f"waiting#{size - 1}"].kwargs == {"tick": {"n": size - 1}}
+        await _apply(storage, uid, lambda d: rules.fire(d, "stop", {}))
+        assert not (await storage.load(uid)).instances
+        everything = await storage.load_all(uid)
+        assert len(everything.instances) == size and everything.version == 3
+        assert {i.status for i in everything.instances.values()} == {Status.ABANDONED}
+
     # -- compare-and-swap -----------------------------------------------------------------
 
     async def test_stale_write_conflicts_and_writes_nothing(self, storage: Storage) -> None:
