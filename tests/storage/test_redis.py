@@ -327,3 +327,48 @@ async def test_a_client_of_your_own(redis_server: RedisServer, redis_prefix: str
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+async def test_a_remote_worker_rebuilds_the_storage_from_its_url(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    from atriggers.instance import TaskInstance
+    from atriggers.remote import RunRequest, StoragePool, execute_request
+    from atriggers.runners import BaseRunner, register_runner, unregister_runner
+    from atriggers.tasks import registry
+
+    queued: list[RunRequest] = []
+
+    class Queue(BaseRunner):
+        name = "test-redis-queue"
+
+        async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
+            queued.append(RunRequest.for_instance(manager, instance))
+
+    async def work(context: Any) -> dict[str, Any]:
+        return {"done": context.trigger_kwargs["go"]["n"]}
+
+    register_runner(Queue())
+    registry.register(work, "test_redis.work")
+    pool = StoragePool()
+    try:
+        async with RedisStorage(redis_server.url, prefix=redis_prefix, ttl=600) as storage:
+            m = TriggerManager(storage, "remote")
+            await m.update_configuration(
+                {"w": {"after": ["go"], "run": "test_redis.work", "using": "test-redis-queue"}}
+            )
+            await m.fire("go", {"n": 7})
+            [request] = queued
+            wire = json.loads(json.dumps(request.to_dict()))
+            done = await execute_request(RunRequest.from_dict(wire), pool)
+            assert done is not None and done.status is Status.FINISHED
+            assert done.result == {"done": 7}
+            storage.forget("remote")
+            assert (await m.get_instance("w#0")).status is Status.FINISHED
+            worker_storage = await pool.get(request.storage_url)
+            assert isinstance(worker_storage, RedisStorage)
+            assert (worker_storage.prefix, worker_storage.ttl) == (redis_prefix, 600)
+    finally:
+        await pool.aclose()
+        unregister_runner("test-redis-queue")
+        registry.unregister("test_redis.work")
