@@ -118,6 +118,7 @@ def storage_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFa
     if request.param == "sqlite":
         path = tmp_path / "sessions.sqlite3"
         return StorageFactory(lambda: SQLiteStorage(path))
+    pytest.importorskip("redis", reason="the redis extra is not installed")
     server: RedisServer = request.getfixturevalue("redis_server")
     prefix: str = request.getfixturevalue("redis_prefix")
     from atriggers.storage.redis import RedisStorage
