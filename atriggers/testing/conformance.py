@@ -145,10 +145,8 @@ class StorageConformance:
     fires_per_process: int = 30
     #: Fires in flight at once in each process.
     concurrency_per_process: int = 4
-    #: `TriggerManager.max_attempts` in the processes. Several processes writing
-    #: one session without pause starve one another's compare-and-swap retries
-    #: beyond the default budget; this suite tests storage, not that budget.
-    max_attempts: int = 200
+    #: `TriggerManager.max_attempts` in the processes (the manager's default).
+    max_attempts: int = TriggerManager.max_attempts
     #: Concurrent fires of the concurrency tests.
     concurrent_fires: int = 200
 
