@@ -69,8 +69,9 @@ class TriggerManager:
     manager_name: ClassVar[str] = "default"
     #: Runner for tasks without ``using``.
     default_runner: ClassVar[str] = "asyncio"
-    #: Attempts of an operation before `ConcurrencyError`.
-    max_attempts: ClassVar[int] = 12
+    #: Attempts of an operation before `ConcurrencyError`. Retries back off with
+    #: full jitter up to 50 ms, so the budget spans about a second of contention.
+    max_attempts: ClassVar[int] = 48
 
     def __init__(
         self,
@@ -369,7 +370,10 @@ class TriggerManager:
                     await storage.write(draft.changes(), reapply)
                 except VersionConflict:
                     fresh = False  # the conflict left the current state in the cache
-                    await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+                    if attempt:
+                        # The first retry goes at once, on the state the conflict
+                        # brought back; later ones spread out so writers stop colliding.
+                        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                     continue
                 return outcome[0]
         raise ConcurrencyError(

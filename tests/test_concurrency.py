@@ -200,3 +200,30 @@ def test_several_processes_fire_into_one_sqlite_session(tmp_path: Path) -> None:
     assert len(ran) == 240 and set(ran.values()) == {1}  # each instance ran exactly once
     fired = sorted((i.kwargs["tick"]["pid"], i.kwargs["tick"]["n"]) for i in state.instances.values())
     assert len(set(fired)) == 240
+
+
+async def test_an_uncached_session_costs_one_hand_off_per_fire(db_path: Path) -> None:
+    async with SQLiteStorage(db_path) as first:
+        manager = TriggerManager(first, "cold")
+        await manager.update_configuration({"t": {"after": ["a", "b", "c"], "run": "cc.ok"}})
+        await manager.fire("a", {"v": 1})
+    async with SQLiteStorage(db_path) as second:
+        calls = 0
+        original = SQLiteStorage._call
+
+        async def counting_call(conn: Any, fn: Any, *args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await original(conn, fn, *args)
+
+        second._call = counting_call  # type: ignore[method-assign]
+        manager = TriggerManager(second, "cold")
+        # Nothing cached: the fire is written as if the session were new, and
+        # re-applied to the stored session inside the same transaction.
+        assert await manager.fire("b", {"v": 2}) == []
+        assert calls == 1
+        assert [i.name for i in await manager.fire("c", {"v": 3})] == ["t#0"]
+        await manager.join()
+        state = await manager.get_state()
+        assert state.instances["t#0"].kwargs == {"a": {"v": 1}, "b": {"v": 2}, "c": {"v": 3}}
+        assert state.instances["t#0"].status is Status.FINISHED

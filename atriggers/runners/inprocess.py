@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TriggerError
 from .base import BaseRunner
 
 if TYPE_CHECKING:
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     from ..manager import TriggerManager
 
 __all__ = ["AsyncioRunner"]
+
+log = logging.getLogger("atriggers.runners")
 
 
 class AsyncioRunner(BaseRunner):
@@ -50,6 +54,15 @@ class AsyncioRunner(BaseRunner):
                 await asyncio.sleep(cooldown)
             async with self._limit():
                 return await manager.run_instance(name)
+        except TriggerError:
+            # Storage failed while recording the run (server down, endless
+            # conflicts): nobody awaits this task, so say so where operators look.
+            log.exception(
+                "%s/%s: its run could not be recorded; it stays scheduled or running "
+                "until an operator marks it failed and replays it",
+                manager.uid, name,
+            )
+            return None
         except asyncio.CancelledError as exc:
             # Still scheduled (in cooldown or waiting for a slot): record why it
             # never ran. A cancelled *running* instance is recorded by run_instance.

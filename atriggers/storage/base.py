@@ -105,6 +105,10 @@ class Storage(ABC):
 
     #: URL scheme this backend is opened with (``open_storage``).
     scheme: ClassVar[str]
+    #: True when `store_or_reapply` resolves conflicts itself (re-applying the
+    #: operation atomically): then an uncached session is not read before an
+    #: operation, it is written as if new and re-applied if it was not.
+    reapplies_conflicts: ClassVar[bool] = False
 
     def __init__(self, *, cache_size: int = 1024, close_timeout: float = 30.0) -> None:
         self.cache_size = cache_size
@@ -164,6 +168,10 @@ class Storage(ABC):
             if cached is not None and all(n in cached.instances for n in names):
                 self._cache.move_to_end(uid)
                 return cached
+            if cached is None and not names and self.reapplies_conflicts:
+                # Guess "new session" instead of paying a round trip to read: if
+                # the session exists, the write re-applies the operation to it.
+                return SessionState(uid=uid, complete=False)
         state = await self.load(uid, names)
         self._remember(state)
         return state

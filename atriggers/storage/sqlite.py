@@ -238,6 +238,7 @@ class SQLiteStorage(Storage):
     """
 
     scheme = "sqlite"
+    reapplies_conflicts = True
 
     def __init__(
         self,

@@ -1,0 +1,393 @@
+"""Redis storage through redis-py's asyncio client: sessions shared by many machines.
+
+Install with ``pip install 'atriggers[redis]'``. Tested with Redis 7.0; uses only
+hashes, sets and Lua scripts, which older servers and Valkey have too.
+
+Key layout, for a session ``uid`` and the storage's ``prefix`` (default
+``atriggers:``)::
+
+    {prefix}{<uid>}:session     hash  version, config, counts, change, updated
+    {prefix}{<uid>}:triggers    hash  trigger name -> latest kwargs (JSON)
+    {prefix}{<uid>}:instances   hash  instance name -> instance (JSON)
+    {prefix}{<uid>}:unresolved  set   names of the unresolved instances
+
+The braces are a Redis Cluster hash tag: a session's four keys live in one slot,
+so the scripts below may touch all of them atomically. Every read and every write
+is one Lua script, so one round trip and atomic: a write checks the session's
+version first (compare-and-swap) and then writes only the header fields, triggers
+and instances the change touched; a read fetches only the unresolved instances
+plus those asked for by name, so neither grows with a session's history.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Collection, Sequence
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "RedisStorage needs the redis client: install the extra with "
+        "`pip install 'atriggers[redis]'`"
+    ) from exc
+
+from ..errors import StorageError
+from ..state import Change, SessionState
+from .base import Storage, VersionConflict
+from .codec import ConfigCache, decode_state, encode_change
+
+__all__ = ["DEFAULT_PREFIX", "RedisStorage"]
+
+DEFAULT_PREFIX = "atriggers:"
+
+# Shared by both scripts: the working view of a session, as
+# {version, config, counts, {trigger, kwargs...}, {instance, body...}}, or {} when
+# the session does not exist. KEYS = session, triggers, instances, unresolved.
+_READ_STATE = """
+local function hmget_chunked(key, names)
+  -- unpack() is bounded by Lua's C stack: fetch in slices.
+  local out = {}
+  for first = 1, #names, 1000 do
+    local last = math.min(first + 999, #names)
+    local part = redis.call('HMGET', key, unpack(names, first, last))
+    for i = 1, #part do out[first + i - 1] = part[i] end
+  end
+  return out
+end
+
+local function read_state(everything, names)
+  local header = redis.call('HMGET', KEYS[1], 'version', 'config', 'counts')
+  if not header[1] then return {} end
+  local triggers = redis.call('HGETALL', KEYS[2])
+  local instances
+  if everything then
+    instances = redis.call('HGETALL', KEYS[3])
+  else
+    local wanted = redis.call('SMEMBERS', KEYS[4])
+    local seen = {}
+    for _, name in ipairs(wanted) do seen[name] = true end
+    for _, name in ipairs(names) do
+      if not seen[name] then
+        seen[name] = true
+        wanted[#wanted + 1] = name
+      end
+    end
+    instances = {}
+    local bodies = hmget_chunked(KEYS[3], wanted)
+    for i, name in ipairs(wanted) do
+      if bodies[i] then
+        instances[#instances + 1] = name
+        instances[#instances + 1] = bodies[i]
+      end
+    end
+  end
+  return {header[1], header[2], header[3], triggers, instances}
+end
+"""
+
+# ARGV = everything ('1' or '0'), then instance names wanted whatever their status.
+_LOAD = _READ_STATE + """
+local names = {}
+for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
+return read_state(ARGV[1] == '1', names)
+"""
+
+# ARGV = expected version, new version, change token, ttl in ms (0: none), now,
+# config ('' unchanged), counts ('' unchanged), number of triggers,
+# then trigger/kwargs pairs, then name/resolved/body triples.
+#
+# Everything that can fail is checked before the first write: Redis does not roll
+# a script back, so a script must not stop half-way.
+_STORE = _READ_STATE + """
+local expected = tonumber(ARGV[1])
+local header = redis.call('HMGET', KEYS[1], 'version', 'change')
+local current = tonumber(header[1] or '0')
+if current ~= expected then
+  if header[2] == ARGV[3] then
+    -- This very change already landed (the client retried after losing the reply).
+    return {'applied'}
+  end
+  return {'conflict', read_state(false, {})}
+end
+local fields = {'version', ARGV[2], 'change', ARGV[3], 'updated', ARGV[5]}
+if expected == 0 then
+  -- A session that expired key by key may have left parts behind.
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  fields[#fields + 1] = 'config'
+  fields[#fields + 1] = (ARGV[6] ~= '' and ARGV[6]) or '{}'
+  fields[#fields + 1] = 'counts'
+  fields[#fields + 1] = (ARGV[7] ~= '' and ARGV[7]) or '{}'
+else
+  if ARGV[6] ~= '' then
+    fields[#fields + 1] = 'config'
+    fields[#fields + 1] = ARGV[6]
+  end
+  if ARGV[7] ~= '' then
+    fields[#fields + 1] = 'counts'
+    fields[#fields + 1] = ARGV[7]
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+local n_triggers = tonumber(ARGV[8])
+local i = 9
+for _ = 1, n_triggers do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+  if ARGV[i + 1] == '1' then
+    redis.call('SREM', KEYS[4], ARGV[i])
+  else
+    redis.call('SADD', KEYS[4], ARGV[i])
+  end
+  i = i + 3
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ttl) end
+end
+return {'ok'}
+"""
+
+#: Query parameters of a storage URL that are ours, not redis-py's.
+_OWN_PARAMS = ("prefix", "ttl")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
+    return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisStorage(Storage):
+    """Sessions in Redis, shareable by any number of processes and machines.
+
+    ``RedisStorage("redis://host:6379/0", prefix="myapp:", ttl=86400)``, or
+    ``open_storage("redis://host:6379/0?prefix=myapp:&ttl=86400")`` (``rediss://``
+    for TLS). Other query parameters go to redis-py (``socket_timeout=...``).
+
+    `prefix` starts every key (give each application its own). `ttl` (seconds, the
+    original library's ``timeout``) makes a session expire that long after its last
+    write; None keeps sessions forever.
+
+    A write that cannot reach Redis raises `StorageError` and either landed
+    entirely or not at all. Durability across a Redis crash is Redis's: use
+    ``appendonly yes`` (and ``appendfsync always`` to lose no acknowledged write
+    even on power loss).
+    """
+
+    scheme = "redis"
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: float | None = None,
+        socket_timeout: float = 5.0,
+        retries: int = 2,
+        client: aioredis.Redis | None = None,
+        cache_size: int = 1024,
+        close_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(cache_size=cache_size, close_timeout=close_timeout)
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"Redis URLs start with redis://, rediss:// or unix://, not {url!r}")
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            # Braces would move the cluster hash tag off the uid.
+            raise ValueError(f"the key prefix must be a string without braces, not {prefix!r}")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+        self.redis_url = url
+        self.prefix = prefix
+        self.ttl = ttl
+        self.socket_timeout = socket_timeout
+        self.retries = retries
+        self._client = client
+        self._owns_client = client is None
+        self._configs = ConfigCache()
+        self._load_script: Any = None
+        self._store_script: Any = None
+
+    @property
+    def url(self) -> str:
+        params: list[tuple[str, str]] = []
+        if self.prefix != DEFAULT_PREFIX:
+            params.append(("prefix", self.prefix))
+        if self.ttl is not None:
+            params.append(("ttl", format(self.ttl, "g")))
+        if not params:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+        return urlunsplit(parts._replace(query=query))
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStorage:
+        """``redis://[user:password@]host[:port][/db][?prefix=...&ttl=seconds&...]``."""
+        parts = urlsplit(url)
+        own: dict[str, str] = {}
+        rest: list[tuple[str, str]] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in _OWN_PARAMS:
+                own[key] = value
+            else:
+                rest.append((key, value))
+        redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        ttl: float | None = None
+        if own.get("ttl"):
+            try:
+                ttl = float(own["ttl"])
+            except ValueError:
+                raise ValueError(f"ttl in {url!r} must be a number of seconds") from None
+        return cls(redis_url, prefix=own.get("prefix", DEFAULT_PREFIX), ttl=ttl)
+
+    def _safe_url(self) -> str:
+        parts = urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+    def __repr__(self) -> str:
+        return f"<RedisStorage {self._safe_url()} prefix={self.prefix!r}>"
+
+    def keys(self, uid: str) -> list[str]:
+        """The keys of session `uid`: session, triggers, instances, unresolved."""
+        base = f"{self.prefix}{{{uid}}}:"
+        return [base + "session", base + "triggers", base + "instances", base + "unresolved"]
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._load_script is not None:
+            return
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self.redis_url,
+                decode_responses=True,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+                # A short budget: ride over a blip, fail clearly when Redis is down.
+                retry=Retry(
+                    ExponentialBackoff(cap=0.5, base=0.05),
+                    self.retries,
+                    (RedisConnectionError, RedisTimeoutError),
+                ),
+            )
+        client = self._client
+        try:
+            await self._call(cast(Awaitable[Any], client.ping()), "connect")
+        except BaseException:
+            if self._owns_client:
+                self._client = None
+                await client.aclose()
+            raise
+        self._load_script = client.register_script(_LOAD)
+        self._store_script = client.register_script(_STORE)
+
+    async def close(self) -> None:
+        self._load_script = self._store_script = None
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- reads and writes -------------------------------------------------------------
+
+    async def load(self, uid: str, names: Collection[str] = ()) -> SessionState:
+        reply = await self._call(
+            self._script(self._load_script)(keys=self.keys(uid), args=["0", *names]), "read"
+        )
+        return self._decode(uid, reply, complete=False)
+
+    async def load_all(self, uid: str) -> SessionState:
+        reply = await self._call(
+            self._script(self._load_script)(keys=self.keys(uid), args=["1"]), "read"
+        )
+        return self._decode(uid, reply, complete=True)
+
+    async def store(self, uid: str, expected_version: int, change: Change) -> None:
+        encoded = encode_change(change)
+        ttl_ms = 0 if self.ttl is None else max(1, round(self.ttl * 1000))
+        args: list[str | int] = [
+            expected_version,
+            encoded.version,
+            uuid.uuid4().hex,
+            ttl_ms,
+            repr(time.time()),
+            encoded.tasks or "",
+            encoded.counts or "",
+            len(encoded.triggers),
+        ]
+        for name, kwargs in encoded.triggers:
+            args += (name, kwargs)
+        for name, _task, _status, resolved, body in encoded.instances:
+            args += (name, "1" if resolved else "0", body)
+        reply = await self._call(
+            self._script(self._store_script)(keys=self.keys(uid), args=args), "write"
+        )
+        if _text(reply[0]) == "conflict":
+            fresh = self._decode(uid, reply[1], complete=False)
+            raise VersionConflict(uid, expected_version, fresh)
+
+    async def list_sessions(self) -> list[str]:
+        """Every session's uid, found by scanning for session keys: O(keys in the
+        database), meant for tools, not for requests."""
+        client = self._require()
+        pattern = _glob_escape(self.prefix) + "{*}:session"
+        start, end = len(self.prefix) + 1, -len("}:session")
+
+        async def scan() -> list[str]:
+            return sorted({_text(key)[start:end] async for key in client.scan_iter(pattern, 1000)})
+
+        result: list[str] = await self._call(scan(), "scan")
+        return result
+
+    def _decode(self, uid: str, reply: Sequence[Any], *, complete: bool) -> SessionState:
+        if not reply:
+            return SessionState(uid=uid, complete=complete)
+        version, config, counts, triggers, instances = reply
+        return decode_state(
+            uid, int(version), self._configs.decode(_text(config)), _text(counts),
+            _pairs(triggers), _pairs(instances), complete=complete,
+        )
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _require(self) -> aioredis.Redis:
+        if self._client is None or self._load_script is None:
+            raise StorageError(
+                f"{self!r} is not open: use `async with RedisStorage(...)` "
+                f"or `await storage.open()`"
+            )
+        return self._client
+
+    def _script(self, script: Any) -> Any:
+        self._require()
+        return script
+
+    async def _call(self, operation: Awaitable[Any], what: str) -> Any:
+        try:
+            return await operation
+        except RedisError as exc:
+            raise StorageError(
+                f"Redis {what} failed at {self._safe_url()}: {type(exc).__name__}: {exc}"
+            ) from exc

@@ -1,0 +1,374 @@
+"""What is particular to RedisStorage: URLs, key layout, TTL, and faults of a real
+redis-server (stopped and restarted mid-session)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+pytest.importorskip("redis", reason="the redis extra is not installed")
+
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from atriggers import StorageError, TriggerManager
+from atriggers.instance import Status
+from atriggers.storage import open_storage
+from atriggers.storage.redis import DEFAULT_PREFIX, RedisStorage
+from atriggers.tasks import TaskRegistry
+
+from .conftest import RedisServer, free_port
+
+# Fires create instances that wait for a trigger nobody fires: no task runs, so a
+# fault can only meet the fire itself.
+WAITING = {"waiting": {"after": ["tick", "never"], "andEvery": "tick", "run": "nothing"}}
+
+
+@pytest_asyncio.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def storage(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[RedisStorage]:
+    async with RedisStorage(redis_server.url, prefix=redis_prefix) as storage:
+        yield storage
+
+
+def manager(storage: RedisStorage, uid: str = "s1") -> TriggerManager:
+    return TriggerManager(storage, uid, tasks=TaskRegistry(entry_point_group=None))
+
+
+# -- URLs and construction ---------------------------------------------------------------
+
+
+async def test_open_storage_understands_redis_urls(redis_server: RedisServer) -> None:
+    url = f"{redis_server.url}?prefix=app:v1:&ttl=90&socket_timeout=2"
+    async with open_storage(url) as storage:
+        assert isinstance(storage, RedisStorage)
+        assert (storage.prefix, storage.ttl) == ("app:v1:", 90.0)
+        assert storage.redis_url == f"{redis_server.url}?socket_timeout=2"
+        again = RedisStorage.from_url(storage.url)
+        assert (again.redis_url, again.prefix, again.ttl) == (storage.redis_url, "app:v1:", 90.0)
+    tls = open_storage("rediss://user:secret@redis.example:6380/2")
+    assert isinstance(tls, RedisStorage) and tls.url == "rediss://user:secret@redis.example:6380/2"
+    assert "secret" not in repr(tls)
+    plain = RedisStorage.from_url(redis_server.url)
+    assert (plain.url, plain.prefix, plain.ttl) == (redis_server.url, DEFAULT_PREFIX, None)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="braces"):
+        RedisStorage("redis://localhost", prefix="app{x}:")
+    with pytest.raises(ValueError, match="ttl"):
+        RedisStorage("redis://localhost", ttl=0)
+    with pytest.raises(ValueError, match="ttl"):
+        RedisStorage.from_url("redis://localhost?ttl=soon")
+    with pytest.raises(ValueError, match="redis://"):
+        RedisStorage("http://localhost")
+
+
+async def test_unopened_storage_says_so() -> None:
+    storage = RedisStorage("redis://127.0.0.1:1/0")
+    with pytest.raises(StorageError, match="not open"):
+        await storage.load("s1")
+
+
+async def test_unreachable_server_fails_clearly_at_open() -> None:
+    port = free_port()
+    storage = RedisStorage(f"redis://127.0.0.1:{port}/0", retries=0)
+    expected = re.escape(f"Redis connect failed at redis://127.0.0.1:{port}/0")
+    with pytest.raises(StorageError, match=expected) as caught:
+        await storage.open()
+    assert isinstance(caught.value.__cause__, RedisError)
+
+
+async def test_password_never_shows_in_errors(redis_server: RedisServer) -> None:
+    # The test server has no password: AUTH fails, and the message must not leak it.
+    url = redis_server.url.replace("redis://", "redis://someone:hunter2@")
+    with pytest.raises(StorageError) as caught:
+        await RedisStorage(url, retries=0).open()
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_importing_storage_does_not_import_redis() -> None:
+    code = (
+        "import sys, atriggers, atriggers.storage, atriggers.remote\n"
+        "assert 'redis' not in sys.modules, 'redis imported'\n"
+        "from atriggers.storage import RedisStorage\n"
+        "assert 'redis' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_missing_extra_names_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "from atriggers.storage import open_storage\n"
+        "try:\n"
+        "    open_storage('redis://localhost')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True)
+    assert "pip install 'atriggers[redis]'" in out.stdout.decode()
+
+
+# -- key layout -----------------------------------------------------------------------------
+
+
+async def test_documented_key_layout(
+    storage: RedisStorage, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    uid = "user:42{x}"
+    m = manager(storage, uid)
+    await m.update_configuration(WAITING)
+    await m.fire("tick", {"n": 1})
+    base = f"{redis_prefix}{{{uid}}}:"
+    parts = ("session", "triggers", "instances", "unresolved")
+    assert storage.keys(uid) == [base + part for part in parts]
+    assert sorted(await raw.keys(redis_prefix + "*")) == sorted(storage.keys(uid))
+    assert len({key_slot(k.encode()) for k in storage.keys(uid)}) == 1
+    header = await raw.hgetall(base + "session")
+    assert set(header) == {"version", "config", "counts", "change", "updated"}
+    assert header["version"] == "2" and json.loads(header["counts"]) == {"waiting": 1}
+    assert json.loads(header["config"])["waiting"]["andEvery"] == "tick"
+    assert await raw.hgetall(base + "triggers") == {"tick": '{"n":1}'}
+    body = json.loads(await raw.hget(base + "instances", "waiting#0") or "null")
+    assert body["status"] == "unstarted"
+    assert await raw.smembers(base + "unresolved") == {"waiting#0"}
+    assert await storage.list_sessions() == [uid]
+
+
+async def test_prefixes_keep_applications_apart(
+    redis_server: RedisServer, storage: RedisStorage, raw: aioredis.Redis
+) -> None:
+    await manager(storage).update_configuration(WAITING)
+    other_prefix = f"other{uuid.uuid4().hex[:8]}:"
+    async with RedisStorage(redis_server.url, prefix=other_prefix) as other:
+        assert (await other.load("s1")).version == 0
+        assert await other.list_sessions() == []
+        await manager(other).update_configuration(WAITING)
+        assert await other.list_sessions() == ["s1"]
+    assert await storage.list_sessions() == ["s1"]
+    await raw.delete(*RedisStorage("redis://x", prefix=other_prefix).keys("s1"))
+
+
+async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
+    # A client that lost the reply to a landed write and sends it again must not
+    # be told "conflict" (the manager would apply the fire a second time).
+    m = manager(storage)
+    await m.update_configuration(WAITING)
+    keys = storage.keys("s1")
+    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, "tick", "{}"]
+    assert await storage._store_script(keys=keys, args=args) == ["ok"]
+    assert await storage._store_script(keys=keys, args=args) == ["applied"]
+    other = [1, 2, "token-2", 0, "0", "", "", 1, "tick", "{}"]
+    assert (await storage._store_script(keys=keys, args=other))[0] == "conflict"
+    assert (await storage.load("s1")).version == 2
+
+
+# -- TTL ----------------------------------------------------------------------------------------
+
+
+async def test_ttl_is_set_and_refreshed_by_each_write(
+    redis_server: RedisServer, redis_prefix: str, raw: aioredis.Redis
+) -> None:
+    async with RedisStorage(redis_server.url, prefix=redis_prefix, ttl=60) as storage:
+        m = manager(storage)
+        await m.update_configuration(WAITING)
+        await m.fire("tick", {})
+        keys = storage.keys("s1")
+        for key in keys:
+            assert 55_000 < await raw.pttl(key) <= 60_000, key
+            await raw.pexpire(key, 5_000)
+        await m.fire("tick", {})
+        for key in keys:
+            assert 55_000 < await raw.pttl(key) <= 60_000, key
+
+
+async def test_expired_session_starts_afresh(
+    redis_server: RedisServer, redis_prefix: str, raw: aioredis.Redis
+) -> None:
+    async with RedisStorage(redis_server.url, prefix=redis_prefix, ttl=0.2) as storage:
+        m = manager(storage)
+        await m.update_configuration(WAITING)
+        await m.fire("tick", {"n": 1})
+        await asyncio.sleep(0.4)
+        storage.forget("s1")
+        assert (await storage.load_all("s1")).version == 0
+        assert await storage.list_sessions() == []
+        # A leftover part (as if one key outlived the others) is not resurrected.
+        await raw.hset(storage.keys("s1")[2], "waiting#0", "{}")
+        await m.update_configuration(WAITING)
+        state = await m.get_state()
+        assert state.version == 1 and not state.instances and not state.latest_kwargs
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    fsync: str = getattr(request, "param", "everysec")
+    server = RedisServer(tmp_path, persistent=True, fsync=fsync)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("persistent_redis", "sig"),
+    [("everysec", signal.SIGTERM), ("always", signal.SIGKILL)],
+    indirect=["persistent_redis"],
+    ids=["sigterm", "sigkill-fsync-always"],
+)
+async def test_redis_restart_mid_session_loses_no_acknowledged_fire(
+    persistent_redis: RedisServer, sig: int
+) -> None:
+    server = persistent_redis
+    async with RedisStorage(server.url, prefix="fault:", retries=0, socket_timeout=2) as storage:
+        m = manager(storage)
+        await m.update_configuration(WAITING)
+        acknowledged: list[int] = []
+        failures: list[StorageError] = []
+        going = asyncio.Event()
+
+        async def keep_firing() -> None:
+            for n in range(100_000):
+                try:
+                    await m.fire("tick", {"n": n})
+                except StorageError as exc:
+                    failures.append(exc)
+                    return
+                acknowledged.append(n)
+                if len(acknowledged) == 50:
+                    going.set()
+
+        firing = asyncio.create_task(keep_firing())
+        async with asyncio.timeout(10):
+            await going.wait()
+        # Stopped from a thread so that fires keep flowing while the server dies.
+        await asyncio.to_thread(server.stop, sig)
+        await asyncio.wait_for(firing, 10)
+        assert len(failures) == 1
+        error = failures[0]
+        assert isinstance(error.__cause__, RedisError)
+        assert f"at {server.url}" in str(error) and "Redis" in str(error)
+
+        with pytest.raises(StorageError, match=r"Redis (read|write) failed"):
+            await m.fire("tick", {"n": -1})
+        with pytest.raises(StorageError):
+            await m.get_state()
+
+        await asyncio.to_thread(server.start)
+        await m.fire("tick", {"n": "after restart"})
+        state = await m.get_state()
+
+    fired = [i.kwargs["tick"]["n"] for i in state.instances.values()]
+    assert set(acknowledged) <= set(fired), "an acknowledged fire was lost"
+    assert "after restart" in fired and -1 not in fired
+    assert len(fired) == len(set(fired)), "a fire was applied twice"
+    # Nothing half-written: one version per stored write, counts match instances.
+    assert state.version == 1 + len(state.instances)
+    assert state.instance_counts == {"waiting": len(state.instances)}
+    assert sorted(state.instances) == sorted(f"waiting#{n}" for n in range(len(state.instances)))
+    assert all(i.status is Status.UNSTARTED for i in state.instances.values())
+    # At most the one fire in flight at the crash may have landed unacknowledged.
+    assert len(fired) <= len(acknowledged) + 2
+
+
+async def test_operations_continue_on_a_storage_opened_before_the_restart(
+    persistent_redis: RedisServer,
+) -> None:
+    server = persistent_redis
+    async with RedisStorage(server.url, prefix="fault:", retries=0) as storage:
+        m = manager(storage)
+        await m.update_configuration(WAITING)
+        await m.fire("tick", {"n": 0})
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(StorageError):
+            await m.fire("tick", {"n": 1})
+        await asyncio.to_thread(server.start)
+        await m.fire("tick", {"n": 2})
+        state = await m.get_state()
+        assert sorted(i.kwargs["tick"]["n"] for i in state.instances.values()) == [0, 2]
+        assert await storage.list_sessions() == ["s1"]
+
+
+async def test_a_client_of_your_own(redis_server: RedisServer, redis_prefix: str) -> None:
+    # Without decode_responses: the storage copes with bytes, and leaves the
+    # client open for its owner.
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with RedisStorage(redis_server.url, prefix=redis_prefix, client=client) as storage:
+            m = manager(storage)
+            await m.update_configuration(WAITING)
+            await m.fire("tick", {"text": "ünïcode"})
+            storage.forget("s1")
+            state = await storage.load("s1")
+            assert state.instances["waiting#0"].kwargs == {"tick": {"text": "ünïcode"}}
+            assert await storage.list_sessions() == ["s1"]
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_a_remote_worker_rebuilds_the_storage_from_its_url(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    from atriggers.instance import TaskInstance
+    from atriggers.remote import RunRequest, StoragePool, execute_request
+    from atriggers.runners import BaseRunner, register_runner, unregister_runner
+    from atriggers.tasks import registry
+
+    queued: list[RunRequest] = []
+
+    class Queue(BaseRunner):
+        name = "test-redis-queue"
+
+        async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
+            queued.append(RunRequest.for_instance(manager, instance))
+
+    async def work(context: Any) -> dict[str, Any]:
+        return {"done": context.trigger_kwargs["go"]["n"]}
+
+    register_runner(Queue())
+    registry.register(work, "test_redis.work")
+    pool = StoragePool()
+    try:
+        async with RedisStorage(redis_server.url, prefix=redis_prefix, ttl=600) as storage:
+            m = TriggerManager(storage, "remote")
+            await m.update_configuration(
+                {"w": {"after": ["go"], "run": "test_redis.work", "using": "test-redis-queue"}}
+            )
+            await m.fire("go", {"n": 7})
+            [request] = queued
+            wire = json.loads(json.dumps(request.to_dict()))
+            done = await execute_request(RunRequest.from_dict(wire), pool)
+            assert done is not None and done.status is Status.FINISHED
+            assert done.result == {"done": 7}
+            storage.forget("remote")
+            assert (await m.get_instance("w#0")).status is Status.FINISHED
+            worker_storage = await pool.get(request.storage_url)
+            assert isinstance(worker_storage, RedisStorage)
+            assert (worker_storage.prefix, worker_storage.ttl) == (redis_prefix, 600)
+    finally:
+        await pool.aclose()
+        unregister_runner("test-redis-queue")
+        registry.unregister("test_redis.work")
