@@ -15,7 +15,11 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
@@ -39,7 +43,11 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
 def test_unknown_scenario_is_refused() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--only", "no_such_thing"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     assert "unknown scenario(s): no_such_thing" in done.stderr

@@ -227,3 +227,29 @@ async def test_an_uncached_session_costs_one_hand_off_per_fire(db_path: Path) ->
         state = await manager.get_state()
         assert state.instances["t#0"].kwargs == {"a": {"v": 1}, "b": {"v": 2}, "c": {"v": 3}}
         assert state.instances["t#0"].status is Status.FINISHED
+
+
+async def test_reapplied_operation_sees_the_resolved_instance_it_names(db_path: Path) -> None:
+    class Racy(SQLiteStorage):
+        """Lets another process write between this one's read and its write."""
+
+        rival: SQLiteStorage | None = None
+
+        async def read(self, uid: str, names: Any = (), *, fresh: bool = False) -> Any:
+            state = await super().read(uid, names, fresh=fresh)
+            if self.rival is not None:
+                rival, self.rival = self.rival, None
+                await TriggerManager(rival, uid).fire("x")
+            return state
+
+    async with SQLiteStorage(db_path) as other, Racy(db_path) as racy:
+        manager = TriggerManager(racy, "named")
+        await manager.update_configuration({"t": {"after": ["a"], "run": "cc.ok"}})
+        await manager.fire("a")
+        await manager.join()  # t#0 finished: resolved, out of the working view
+        racy.rival = other
+        updated = await manager.update_instance_metadata("t#0", {"note": 1})  # re-applied in SQLite
+        assert updated.metadata["note"] == 1
+        stored = (await manager.get_state()).instances["t#0"]
+        assert stored.status is Status.FINISHED and stored.metadata["note"] == 1
+        assert "x" in (await manager.get_state()).latest_kwargs

@@ -91,8 +91,7 @@ def test_mermaid() -> None:
     assert lines[0] == "flowchart LR"
     assert '    trigger0(["firstPageReceived"])' in lines
     assert (
-        '    task2["<b>t_importBrowserMetadata</b><br/>run: q.import_browser_metadata'
-        '<br/>using: celery"]'
+        '    task2["<b>t_importBrowserMetadata</b><br/>run: q.import_browser_metadata<br/>using: celery"]'
     ) in lines
     assert "    trigger2 ==>|every| task1" in lines
     assert "    trigger3 -.->|unless| task2" in lines
@@ -114,10 +113,7 @@ def test_dot() -> None:
     assert text.startswith('digraph "workflow" {\n    rankdir=LR;')
     assert '    trigger0 [shape=ellipse, label="firstPageReceived"];' in text
     assert '    trigger2 -> task1 [style=bold, label="every"];' in text
-    assert (
-        '    trigger3 -> task2 [style=dashed, color="#b02a37", arrowhead=tee, label="unless"];'
-        in text
-    )
+    assert '    trigger3 -> task2 [style=dashed, color="#b02a37", arrowhead=tee, label="unless"];' in text
     assert '    task0 -> task1 [color="#146c43"];' in text
     assert text.rstrip().endswith("}")
 
@@ -125,8 +121,12 @@ def test_dot() -> None:
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz (dot) not installed")
 def test_dot_renders_with_graphviz(tmp_path: Path) -> None:
     svg = subprocess.run(
-        ["dot", "-Tsvg"], input=to_dot(CONFIG), capture_output=True, text=True,
-        timeout=30, check=True,
+        ["dot", "-Tsvg"],
+        input=to_dot(CONFIG),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     assert "t_importBrowserMetadata" in svg and "isEmbeddedApplication" in svg
 

@@ -169,7 +169,10 @@ class _Write:
             return None
         # Another process wrote first. We hold the database's write lock, so the
         # current state cannot move: re-apply the operation to it right here.
-        rows = _select_session(db, self.uid, (), False)
+        # The instances the operation changed are the ones it may have asked for
+        # by name (a resolved instance is not in the working view otherwise).
+        names = [row[0] for row in self.change.instances]
+        rows = _select_session(db, self.uid, names, False)
         if self.reapply is None:
             return _Conflict(rows)
         current = self.decode(self.uid, rows)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 TASKS_MODULE = textwrap.dedent(
-    '''
+    """
     import asyncio
 
     from atriggers import task, with_context
@@ -35,7 +35,7 @@ TASKS_MODULE = textwrap.dedent(
     @task("app.slow")
     async def slow(context):
         await asyncio.sleep(30)
-    '''
+    """
 )
 
 CONFIG: dict[str, Any] = {
@@ -76,7 +76,11 @@ def cli(workdir: Path) -> Cli:
     def run(*args: str, stdin: str | None = None) -> Result:
         done = subprocess.run(
             [sys.executable, "-m", "atriggers", *args],
-            cwd=workdir, input=stdin, capture_output=True, text=True, timeout=60,
+            cwd=workdir,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return Result(done.returncode, done.stdout, done.stderr)
 

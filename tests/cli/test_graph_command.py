@@ -26,8 +26,11 @@ def test_dot_to_a_file(cli: Cli, workdir: Path) -> None:
     text = (workdir / "flow.dot").read_text()
     assert text.startswith('digraph "workflow" {')
     if shutil.which("dot"):
-        subprocess.run(["dot", "-Tsvg", "-o", str(workdir / "flow.svg"), str(workdir / "flow.dot")],
-                       check=True, timeout=30)
+        subprocess.run(
+            ["dot", "-Tsvg", "-o", str(workdir / "flow.svg"), str(workdir / "flow.dot")],
+            check=True,
+            timeout=30,
+        )
         assert "t_after_boom" in (workdir / "flow.svg").read_text()
 
 

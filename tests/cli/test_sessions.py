@@ -45,15 +45,19 @@ def test_fire_runs_tasks_in_process_and_reports(cli: Cli, url: str, workdir: Pat
     assert "fired 'go' in session 's1'; scheduled: t_echo#0, t_boom#0" in result.out
     assert "t_echo#0  (new)  finished" in result.out
     assert "Failed: t_boom#0  builtins.ValueError" in result.out
-    assert "raise with_context(ValueError(\"bad score\")" in result.out
+    assert 'raise with_context(ValueError("bad score")' in result.out
     assert states(workdir) == {"t_echo#0": "finished", "t_boom#0": "failed"}
 
 
 def test_fire_json_and_cascade(cli: Cli, url: str, workdir: Path) -> None:
-    (workdir / "chain.json").write_text(json.dumps({
-        "t_first": {"after": ["go"], "run": "app.echo"},
-        "t_second": {"after": ["t_first"], "run": "app.echo"},
-    }))
+    (workdir / "chain.json").write_text(
+        json.dumps(
+            {
+                "t_first": {"after": ["go"], "run": "app.echo"},
+                "t_second": {"after": ["t_first"], "run": "app.echo"},
+            }
+        )
+    )
     assert cli("configure", url, "c1", "chain.json").code == 0
     result = cli("fire", url, "c1", "go", "--json", "--import", "apptasks")
     assert result.code == 0, result
@@ -108,12 +112,15 @@ def test_show_json(cli: Cli, url: str, session: str) -> None:
 
 
 def test_replay_with_replacement_kwargs(cli: Cli, url: str, session: str, workdir: Path) -> None:
-    result = cli("replay", url, session, "t_boom#0", "--kwargs", '{"go": {"fixed": true}}',
-                 "--import", "apptasks")
+    result = cli(
+        "replay", url, session, "t_boom#0", "--kwargs", '{"go": {"fixed": true}}', "--import", "apptasks"
+    )
     assert result.code == 0, result
     assert "replayed t_boom#0 as t_boom#1" in result.out
     assert states(workdir) == {
-        "t_echo#0": "finished", "t_boom#0": "replayed", "t_boom#1": "finished",
+        "t_echo#0": "finished",
+        "t_boom#0": "replayed",
+        "t_boom#1": "finished",
         "t_after_boom#0": "finished",  # the cascade of the replay ran here too
     }
 
@@ -125,8 +132,9 @@ def test_replay_that_fails_again(cli: Cli, url: str, session: str) -> None:
 
 
 def test_skip_with_cascade(cli: Cli, url: str, session: str, workdir: Path) -> None:
-    result = cli("skip", url, session, "t_boom#0", "--cascade", "--result", '{"manual": 1}',
-                 "--import", "apptasks")
+    result = cli(
+        "skip", url, session, "t_boom#0", "--cascade", "--result", '{"manual": 1}', "--import", "apptasks"
+    )
     assert result.code == 0, result
     assert "skipped t_boom#0; fired 't_boom' as if it had finished" in result.out
     assert states(workdir)["t_after_boom#0"] == "finished"
@@ -156,17 +164,21 @@ def test_sessions_and_filters(cli: Cli, url: str, session: str, workdir: Path) -
     assert cli("sessions", url, "--failed", "-q").out == "s1\n"
     assert cli("sessions", url, "--unresolved", "-q").out == "s1\nwaiting\n"
     data = cli("sessions", url, "--failed", "--json").json()
-    assert data == [{
-        "uid": "s1", "version": data[0]["version"], "tasks": 3, "instances": 2,
-        "unresolvedTasks": ["t_boom", "t_after_boom"], "unresolvedInstances": ["t_boom#0"],
-        "failed": ["t_boom#0"],
-    }]
+    assert data == [
+        {
+            "uid": "s1",
+            "version": data[0]["version"],
+            "tasks": 3,
+            "instances": 2,
+            "unresolvedTasks": ["t_boom", "t_after_boom"],
+            "unresolvedInstances": ["t_boom#0"],
+            "failed": ["t_boom#0"],
+        }
+    ]
     assert cli("sessions", url, "--failed", "--unresolved").code == 2
 
 
-def test_in_process_runs_past_the_timeout_are_stored_failed(
-    cli: Cli, url: str, workdir: Path
-) -> None:
+def test_in_process_runs_past_the_timeout_are_stored_failed(cli: Cli, url: str, workdir: Path) -> None:
     (workdir / "slow.json").write_text('{"t_slow": {"after": ["go"], "run": "app.slow"}}')
     assert cli("configure", url, "s2", "slow.json").code == 0
     result = cli("fire", url, "s2", "go", "--timeout", "0.5", "--import", "apptasks")
@@ -215,6 +227,5 @@ def test_error_exit_codes(cli: Cli, url: str, session: str, workdir: Path) -> No
 
 def test_kwargs_from_a_file(cli: Cli, url: str, session: str, workdir: Path) -> None:
     (workdir / "kw.json").write_text('{"go": {"fixed": true}}')
-    result = cli("replay", url, session, "t_boom#0", "--kwargs", "@kw.json",
-                 "--import", "apptasks")
+    result = cli("replay", url, session, "t_boom#0", "--kwargs", "@kw.json", "--import", "apptasks")
     assert result.code == 0, result

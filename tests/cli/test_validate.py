@@ -16,8 +16,7 @@ from .conftest import Cli
 def test_console_script_is_installed(workdir: Path) -> None:
     script = Path(sysconfig.get_path("scripts")) / "atriggers"
     assert script.exists(), "pip install -e . should install the atriggers script"
-    done = subprocess.run([str(script), "--version"], capture_output=True, text=True,
-                          timeout=60, cwd=workdir)
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, cwd=workdir)
     assert done.returncode == 0 and done.stdout.startswith("atriggers ")
 
 
@@ -49,7 +48,10 @@ def test_every_problem_is_listed_with_task_and_directive(cli: Cli, workdir: Path
     assert lines[1].split() == ["task", "directive", "problem"]
     rows = [line.split(maxsplit=2) for line in lines[3:]]
     assert [(r[0], r[1]) for r in rows] == [
-        ("t_a", "after"), ("t_b", "withParams"), ("t_b", "after"), ("t_c", "after"),
+        ("t_a", "after"),
+        ("t_b", "withParams"),
+        ("t_b", "after"),
+        ("t_c", "after"),
         ("t_c", "run"),
     ]
     assert "not a single string" in rows[0][2]
@@ -100,6 +102,7 @@ def test_schema_command(cli: Cli, workdir: Path) -> None:
 
 
 def test_python_dash_m_matches_main() -> None:
-    done = subprocess.run([sys.executable, "-m", "atriggers", "--version"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "atriggers", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0

@@ -58,8 +58,13 @@ def queued_messages(broker_url: str, queue: str) -> list[dict[str, Any]]:
             body = base64.b64decode(body)
         args, kwargs, _embed = json.loads(body)
         messages.append(
-            {"headers": envelope["headers"], "properties": envelope["properties"],
-             "args": args, "kwargs": kwargs, "content_type": envelope["content-type"]}
+            {
+                "headers": envelope["headers"],
+                "properties": envelope["properties"],
+                "args": args,
+                "kwargs": kwargs,
+                "content_type": envelope["content-type"],
+            }
         )
     return messages
 
@@ -110,4 +115,6 @@ class Worker:
 
     def stop(self) -> None:
         stop_process(self.process, timeout=15)
+
+
 WorkerFactory = Callable[..., Worker]

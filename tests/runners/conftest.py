@@ -53,9 +53,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
-        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            REDIS_SERVER,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--loglevel",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10
@@ -66,9 +80,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}"
     finally:
         stop_process(process)
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +107,31 @@ def start_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerFac
         environment.pop("CELERY_ALWAYS_EAGER", None)
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
-                 "--pool", pool, "--concurrency", str(concurrency), "-Q", ",".join(queues),
-                 "--without-heartbeat", "--without-gossip", "--without-mingle",
-                 "-n", f"w{len(workers)}-{os.getpid()}@%h"],
-                cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    app,
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--pool",
+                    pool,
+                    "--concurrency",
+                    str(concurrency),
+                    "-Q",
+                    ",".join(queues),
+                    "--without-heartbeat",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-n",
+                    f"w{len(workers)}-{os.getpid()}@%h",
+                ],
+                cwd=cwd,
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         worker = Worker(process, log)
         workers.append(worker)

@@ -93,9 +93,7 @@ class Invocation:
         }
 
 
-def run_container(
-    app: str, paths: list[str], attributes: list[str], events: Any, results: Any
-) -> None:
+def run_container(app: str, paths: list[str], attributes: list[str], events: Any, results: Any) -> None:
     """One execution environment (a process): imports the handler module once,
     then calls handlers one event at a time, on its main thread, like Lambda."""
     for path in paths:
@@ -157,8 +155,7 @@ class Endpoint:
         self.containers = [
             self.mp.Process(
                 target=run_container,
-                args=(self.app, self.paths, list(self.function_specs.values()),
-                      self.events, self.results),
+                args=(self.app, self.paths, list(self.function_specs.values()), self.events, self.results),
                 name=f"container-{n}",
             )
             for n in range(args.containers)
@@ -184,10 +181,15 @@ class Endpoint:
         with self.log_lock:
             invocation = Invocation(len(self.log), function, invocation_type, payload)
             self.log[invocation.id] = invocation
-        self.events.put((
-            invocation.id, function, self.function_specs[function], payload,
-            self.timeouts[function],
-        ))
+        self.events.put(
+            (
+                invocation.id,
+                function,
+                self.function_specs[function],
+                payload,
+                self.timeouts[function],
+            )
+        )
         return invocation
 
     def stop(self) -> None:
@@ -217,15 +219,25 @@ def _signature_problem(handler: BaseHTTPRequestHandler, body: bytes) -> str | No
     )
     path, _, query = handler.path.partition("?")
     canonical_uri = quote(unquote(path), safe="/~")
-    canonical_request = "\n".join([
-        handler.command, canonical_uri, query, canonical_headers, match["signed"],
-        hashlib.sha256(body).hexdigest(),
-    ])
+    canonical_request = "\n".join(
+        [
+            handler.command,
+            canonical_uri,
+            query,
+            canonical_headers,
+            match["signed"],
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
     scope = f"{match['date']}/{match['region']}/{match['service']}/aws4_request"
-    string_to_sign = "\n".join([
-        "AWS4-HMAC-SHA256", amz_date, scope,
-        hashlib.sha256(canonical_request.encode()).hexdigest(),
-    ])
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
     key = f"AWS4{SECRET_KEY}".encode()
     for part in (match["date"], match["region"], match["service"], "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -245,9 +257,7 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _send(
-            self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
-        ) -> None:
+        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
             self.send_header("Content-Type", "application/json")
@@ -289,7 +299,8 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
             invocation_type = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
             if function in endpoint.denied:
                 self._error(
-                    403, "AccessDeniedException",
+                    403,
+                    "AccessDeniedException",
                     f"User: arn:aws:iam::{ACCOUNT}:user/atriggers-test is not authorized to "
                     f"perform: lambda:InvokeFunction on resource: {arn} because no "
                     f"identity-based policy allows the lambda:InvokeFunction action",
@@ -297,7 +308,9 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                 return
             if function in endpoint.throttled:
                 self._error(
-                    429, "TooManyRequestsException", "Rate Exceeded.",
+                    429,
+                    "TooManyRequestsException",
+                    "Rate Exceeded.",
                     Reason="ReservedFunctionConcurrentInvocationLimitExceeded",
                 )
                 return
@@ -306,25 +319,21 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                 return
             if invocation_type == "Event" and len(body) > MAX_EVENT_PAYLOAD:
                 self._error(
-                    413, "RequestTooLargeException",
-                    f"Request must be smaller than {MAX_EVENT_PAYLOAD} bytes for the "
-                    f"InvokeAsync operation",
+                    413,
+                    "RequestTooLargeException",
+                    f"Request must be smaller than {MAX_EVENT_PAYLOAD} bytes for the InvokeAsync operation",
                 )
                 return
             try:
                 payload = json.loads(body or b"{}")
             except ValueError:
-                self._error(
-                    400, "InvalidRequestContentException", "Could not parse request body into json"
-                )
+                self._error(400, "InvalidRequestContentException", "Could not parse request body into json")
                 return
             if invocation_type == "DryRun":
                 self._send(204)
                 return
             if invocation_type not in ("Event", "RequestResponse"):
-                self._error(
-                    400, "InvalidParameterValueException", f"bad invocation type {invocation_type}"
-                )
+                self._error(400, "InvalidParameterValueException", f"bad invocation type {invocation_type}")
                 return
             invocation = endpoint.submit(function, invocation_type, payload)
             if invocation_type == "Event":
@@ -342,16 +351,12 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--app", required=True, help="module holding the handlers")
-    parser.add_argument(
-        "--function", action="append", default=[], help="NAME=handler_attribute[@timeout]"
-    )
+    parser.add_argument("--function", action="append", default=[], help="NAME=handler_attribute[@timeout]")
     parser.add_argument("--throttle", action="append", default=[], help="function answering 429")
     parser.add_argument("--deny", action="append", default=[], help="function answering 403")
     parser.add_argument("--timeout", type=float, default=60.0, help="function timeout, seconds")
     parser.add_argument("--path", action="append", default=[], help="directory to import from")
-    parser.add_argument(
-        "--containers", type=int, default=2, help="execution environments (processes)"
-    )
+    parser.add_argument("--containers", type=int, default=2, help="execution environments (processes)")
     args = parser.parse_args()
 
     endpoint = Endpoint(args)

@@ -46,13 +46,20 @@ class LambdaEndpoint:
 
     #: The endpoint of the test suite: its functions are in `lambda_functions.py`.
     TEST_ARGS = (
-        "--app", "lambda_functions",
-        "--function", f"{WORKER}=handler",
-        "--function", f"{WORKER_AIO}=aio_handler",
-        "--function", f"{WORKER_SHORT}=handler@2",
-        "--throttle", THROTTLED,
-        "--deny", DENIED,
-        "--timeout", str(FUNCTION_TIMEOUT),
+        "--app",
+        "lambda_functions",
+        "--function",
+        f"{WORKER}=handler",
+        "--function",
+        f"{WORKER_AIO}=aio_handler",
+        "--function",
+        f"{WORKER_SHORT}=handler@2",
+        "--throttle",
+        THROTTLED,
+        "--deny",
+        DENIED,
+        "--timeout",
+        str(FUNCTION_TIMEOUT),
     )
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
@@ -70,24 +77,23 @@ class LambdaEndpoint:
         env.update(self.env, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             [sys.executable, "-W", "default", str(HERE / "lambda_endpoint.py"), *self.args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         # Drain stderr so a chatty handler can never block on a full pipe.
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_reader.start()
         ready: list[str] = []
-        reader = threading.Thread(
-            target=lambda: ready.append(self._stdout().readline()), daemon=True
-        )
+        reader = threading.Thread(target=lambda: ready.append(self._stdout().readline()), daemon=True)
         reader.start()
         reader.join(timeout)
         line = ready[0] if ready else ""
         if not line.startswith("READY "):
             self.stop()
-            raise RuntimeError(
-                f"the Lambda endpoint did not start ({line!r}):\n{''.join(self.stderr_lines)}"
-            )
+            raise RuntimeError(f"the Lambda endpoint did not start ({line!r}):\n{''.join(self.stderr_lines)}")
         self.url = f"http://127.0.0.1:{int(line.split()[1])}"
 
     def _stdout(self) -> Any:
@@ -121,9 +127,7 @@ class LambdaEndpoint:
             records: list[dict[str, Any]] = json.load(response)
         if uid is None:
             return records
-        return [
-            r for r in records if isinstance(r["payload"], dict) and r["payload"].get("uid") == uid
-        ]
+        return [r for r in records if isinstance(r["payload"], dict) and r["payload"].get("uid") == uid]
 
 
 def botocore_client(endpoint_url: str, secret: str = SECRET_KEY) -> Any:

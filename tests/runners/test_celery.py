@@ -43,8 +43,7 @@ async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
 
 def summary(manager_state: Any) -> list[tuple[str, str, list[str], Any]]:
     return sorted(
-        (i.name, i.status.value, sorted(i.kwargs), i.result)
-        for i in manager_state.instances.values()
+        (i.name, i.status.value, sorted(i.kwargs), i.result) for i in manager_state.instances.values()
     )
 
 
@@ -67,9 +66,7 @@ async def reference(embedded: bool) -> list[tuple[str, str, list[str], Any]]:
         return summary(await manager.get_state())
 
 
-async def test_questionnaire_runs_on_celery_like_on_asyncio(
-    worker: Worker, storage: SQLiteStorage
-) -> None:
+async def test_questionnaire_runs_on_celery_like_on_asyncio(worker: Worker, storage: SQLiteStorage) -> None:
     # A manager whose default runner is "celery"; the worker rebuilds it by name.
     manager = wapp.CeleryManager(storage, "respondent-web")
     await manager.update_configuration(questionnaire.CONFIGURATION)
@@ -134,8 +131,7 @@ async def test_retry_goes_through_atriggers_and_cooldown_is_a_countdown(
     await manager.fire("go", {"failures": 1, "cooldown": 1.5})
     state = await wait_for_state(
         manager,
-        lambda s: "t_flaky#1" in s.instances
-        and s.instances["t_flaky#1"].status is Status.FINISHED,
+        lambda s: "t_flaky#1" in s.instances and s.instances["t_flaky#1"].status is Status.FINISHED,
         explain=worker.output,
     )
     first, second = state.instances["t_flaky#0"], state.instances["t_flaky#1"]
@@ -149,9 +145,7 @@ async def test_retry_goes_through_atriggers_and_cooldown_is_a_countdown(
     assert second.result is not None and second.result["depth"] == 1
 
 
-async def test_instances_of_many_sessions_run_concurrently(
-    worker: Worker, storage: SQLiteStorage
-) -> None:
+async def test_instances_of_many_sessions_run_concurrently(worker: Worker, storage: SQLiteStorage) -> None:
     managers = [wapp.CeleryManager(storage, f"many-{n}") for n in range(10)]
     started = time.monotonic()
     for manager in managers:
@@ -182,9 +176,7 @@ async def test_soft_time_limit_fails_the_instance_with_the_reason(
     assert state.instances["t_sleepy#0"].metadata["exceptionType"].endswith("CancelledError")
 
 
-async def test_a_duplicate_delivery_does_not_run_again(
-    worker: Worker, storage: SQLiteStorage
-) -> None:
+async def test_a_duplicate_delivery_does_not_run_again(worker: Worker, storage: SQLiteStorage) -> None:
     manager = wapp.CeleryManager(storage, "twice")
     await manager.update_configuration({"t_where": {"after": ["go"], "run": "tests.where"}})
     await manager.fire("go", {})
@@ -211,8 +203,12 @@ async def test_a_worker_that_cannot_rebuild_the_session_fails_loudly(
         {"t_where": {"after": ["go"], "run": "tests.where", "using": "parked"}}
     )
     await manager.fire("go", {})  # no runner "parked": stored failed; we only need the row
-    payload = {"storage": storage.url, "uid": "orphan", "instance": "t_where#0",
-               "manager": "not-registered-in-the-worker"}
+    payload = {
+        "storage": storage.url,
+        "uid": "orphan",
+        "instance": "t_where#0",
+        "manager": "not-registered-in-the-worker",
+    }
     result = wapp.app.send_task("tests.where", args=[payload], ignore_result=True)
     deadline = time.monotonic() + 20
     while f"{result.id}] raised unexpected: LookupError" not in worker.output():

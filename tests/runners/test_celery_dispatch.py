@@ -77,9 +77,7 @@ def app_for(url: str) -> Celery:
     return app
 
 
-async def test_message_is_routed_json_with_the_run_request(
-    broker: str, storage: SQLiteStorage
-) -> None:
+async def test_message_is_routed_json_with_the_run_request(broker: str, storage: SQLiteStorage) -> None:
     purge(broker)
     manager = TriggerManager(storage, "routed", default_runner="celery")
     await manager.update_configuration(PARKED)
@@ -91,7 +89,10 @@ async def test_message_is_routed_json_with_the_run_request(
     assert message["headers"]["eta"] is None
     assert message["args"] == [RunRequest(storage.url, "routed", "t_parked#0", "default").to_dict()]
     assert message["args"][0] == {
-        "storage": storage.url, "uid": "routed", "instance": "t_parked#0", "manager": "default",
+        "storage": storage.url,
+        "uid": "routed",
+        "instance": "t_parked#0",
+        "manager": "default",
     }
     state = await manager.get_state()
     assert state.instances["t_parked#0"].status is Status.SCHEDULED  # until a worker takes it
@@ -151,9 +152,7 @@ async def test_broker_down_leaves_the_instance_failed_and_replayable(
     assert message["args"][0]["storage"] == storage.url
 
 
-async def test_a_silent_broker_cannot_hang_dispatch(
-    storage: SQLiteStorage, black_hole: int
-) -> None:
+async def test_a_silent_broker_cannot_hang_dispatch(storage: SQLiteStorage, black_hole: int) -> None:
     silent = CeleryRunner(
         app_for(f"redis://127.0.0.1:{black_hole}/0"), dispatch_timeout=1.5, socket_timeout=0.3
     )
@@ -225,9 +224,7 @@ def test_core_never_imports_celery_and_the_entry_point_finds_the_runner() -> Non
         "runner = get_runner('celery')\n"
         "print(type(runner).__name__, runner.app.main)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["CeleryRunner", "ep"]
 
 

@@ -16,16 +16,18 @@ pytestmark = pytest.mark.celery
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "celery_app"
 
 
-def test_example_runs_on_a_worker(
-    redis_url: str, start_worker: WorkerFactory, tmp_path: Path
-) -> None:
+def test_example_runs_on_a_worker(redis_url: str, start_worker: WorkerFactory, tmp_path: Path) -> None:
     broker = f"{redis_url}/3"
     purge(broker)
     env = {"ATRIGGERS_BROKER": broker, "ATRIGGERS_DB": str(tmp_path / "orders.db")}
     worker = start_worker("tasks", broker, queues=["celery", "mail"], cwd=EXAMPLE, env=env)
     out = subprocess.run(
         [sys.executable, "fire.py", "42"],
-        cwd=EXAMPLE, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        cwd=EXAMPLE,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr + worker.output()
     assert "done: shipped" in out.stdout

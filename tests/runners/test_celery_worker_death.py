@@ -59,9 +59,7 @@ async def test_killed_worker_leaves_running_and_operator_recovers(
         )
         clone = await manager.replay_failed_instance("t_block#0", {"go": {"seconds": 0}})
         start_worker("celery_worker_app", broker, queues=["doomed"])
-        state = await wait_for_state(
-            manager, lambda s: s.instances[clone.name].status is Status.FINISHED
-        )
+        state = await wait_for_state(manager, lambda s: s.instances[clone.name].status is Status.FINISHED)
         assert state.instances["t_block#0"].status is Status.REPLAYED
         assert state.instances["t_block#0"].metadata["reason"].startswith("worker killed")
         assert state.instances[clone.name].parent == "t_block#0"

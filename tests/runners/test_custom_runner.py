@@ -90,7 +90,10 @@ async def test_memory_storage_is_refused_at_dispatch() -> None:
 def test_the_example_script_runs(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(EXAMPLE), str(tmp_path / "state.db")],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert "t_publish#0  finished" in out.stdout
     assert "t_scan#0     failed    RuntimeError: worker process exited with status 3" in out.stdout

@@ -102,7 +102,10 @@ async def test_success_sends_a_small_payload_whatever_the_kwargs(
     assert invocation["function"] == WORKER
     assert invocation["invocationType"] == "Event"
     assert invocation["payload"] == {
-        "storage": storage.url, "uid": "success", "instance": "add#0", "manager": "default",
+        "storage": storage.url,
+        "uid": "success",
+        "instance": "add#0",
+        "manager": "default",
     }
     assert len(json.dumps(invocation["payload"])) < 1024
     assert invocation["outcome"] == {"uid": "success", "instance": "add#0", "status": "finished"}
@@ -112,13 +115,15 @@ async def test_cascade_dispatches_through_configured_runners_in_the_function(
     runner: LambdaRunner, storage: SQLiteStorage, lambda_endpoint: LambdaEndpoint
 ) -> None:
     manager = TriggerManager(storage, "cascade")
-    await manager.update_configuration({
-        "add": lambda_task("lambda.add", ["start"]),
-        # Sent by the function itself, through its own signing client.
-        "double": lambda_task("lambda.double", ["add"]),
-        # Runs inside the function's process, on the handler's loop.
-        "tally": {"after": ["double"], "run": "lambda.tally", "using": "asyncio"},
-    })
+    await manager.update_configuration(
+        {
+            "add": lambda_task("lambda.add", ["start"]),
+            # Sent by the function itself, through its own signing client.
+            "double": lambda_task("lambda.double", ["add"]),
+            # Runs inside the function's process, on the handler's loop.
+            "tally": {"after": ["double"], "run": "lambda.tally", "using": "asyncio"},
+        }
+    )
     await manager.fire("start", {"a": 20, "b": 1})
 
     tally = await wait_for(storage, "cascade", "tally#0")
@@ -126,7 +131,9 @@ async def test_cascade_dispatches_through_configured_runners_in_the_function(
     assert tally.result == {"total": 43}
     state = await manager.get_state()
     assert {n: i.status for n, i in state.instances.items()} == {
-        "add#0": Status.FINISHED, "double#0": Status.FINISHED, "tally#0": Status.FINISHED,
+        "add#0": Status.FINISHED,
+        "double#0": Status.FINISHED,
+        "tally#0": Status.FINISHED,
     }
     invoked = [r["payload"]["instance"] for r in lambda_endpoint.invocations("cascade")]
     assert invoked == ["add#0", "double#0"]  # tally ran in-process, not invoked
@@ -176,9 +183,11 @@ async def test_rejected_invoke_fails_the_instance_with_the_aws_error(
 ) -> None:
     uid = f"rejected-{code}"
     manager = TriggerManager(storage, uid)
-    await manager.update_configuration({
-        "add": lambda_task("lambda.add", ["start"], **{FUNCTION_DIRECTIVE: function}),
-    })
+    await manager.update_configuration(
+        {
+            "add": lambda_task("lambda.add", ["start"], **{FUNCTION_DIRECTIVE: function}),
+        }
+    )
     scheduled = await manager.fire("start", {"a": 1, "b": 1})  # does not raise
     assert [i.name for i in scheduled] == ["add#0"]
 
@@ -253,30 +262,37 @@ async def test_aiobotocore_client_success_and_cascade(
 ) -> None:
     assert aio_runner.asynchronous
     manager = TriggerManager(storage, "aio")
-    await manager.update_configuration({
-        "add": {"after": ["start"], "run": "lambda.add", "using": "lambda-aio"},
-        # The function's handler sends this one with its own aiobotocore client,
-        # created on the handler's long-lived loop.
-        "double": {"after": ["add"], "run": "lambda.double", "using": "lambda-aio"},
-    })
+    await manager.update_configuration(
+        {
+            "add": {"after": ["start"], "run": "lambda.add", "using": "lambda-aio"},
+            # The function's handler sends this one with its own aiobotocore client,
+            # created on the handler's long-lived loop.
+            "double": {"after": ["add"], "run": "lambda.double", "using": "lambda-aio"},
+        }
+    )
     await manager.fire("start", {"a": 4, "b": 5})
     double = await wait_for(storage, "aio", "double#0")
     assert double.status is Status.FINISHED, double.metadata
     assert double.result is not None and double.result["doubled"] == 18
     records = lambda_endpoint.invocations("aio")
     assert [(r["function"], r["payload"]["instance"]) for r in records] == [
-        (WORKER_AIO, "add#0"), (WORKER_AIO, "double#0"),
+        (WORKER_AIO, "add#0"),
+        (WORKER_AIO, "double#0"),
     ]
 
 
-async def test_aiobotocore_client_rejected_invoke(
-    aio_runner: LambdaRunner, storage: SQLiteStorage
-) -> None:
+async def test_aiobotocore_client_rejected_invoke(aio_runner: LambdaRunner, storage: SQLiteStorage) -> None:
     manager = TriggerManager(storage, "aio-throttled")
-    await manager.update_configuration({
-        "add": {"after": ["start"], "run": "lambda.add", "using": "lambda-aio",
-                FUNCTION_DIRECTIVE: THROTTLED},
-    })
+    await manager.update_configuration(
+        {
+            "add": {
+                "after": ["start"],
+                "run": "lambda.add",
+                "using": "lambda-aio",
+                FUNCTION_DIRECTIVE: THROTTLED,
+            },
+        }
+    )
     await manager.fire("start", {"a": 1, "b": 1})
     failed = await manager.get_instance("add#0")
     assert failed.status is Status.FAILED
@@ -288,9 +304,11 @@ async def test_each_container_keeps_its_loop_across_invocations(
     runner: LambdaRunner, storage: SQLiteStorage
 ) -> None:
     manager = TriggerManager(storage, "container")
-    await manager.update_configuration({
-        "who": {**lambda_task("lambda.whoami", []), "andEvery": "ping"},
-    })
+    await manager.update_configuration(
+        {
+            "who": {**lambda_task("lambda.whoami", []), "andEvery": "ping"},
+        }
+    )
     results = []
     for n in range(4):  # one at a time: 4 invocations over the endpoint's 2 containers
         await manager.fire("ping")
@@ -380,12 +398,14 @@ async def test_run_overrunning_the_function_timeout_is_stored_failed(
     runner: LambdaRunner, storage: SQLiteStorage
 ) -> None:
     manager = TriggerManager(storage, "overrun")
-    await manager.update_configuration({
-        "sleepy": lambda_task("lambda.sleepy", ["start"], **{FUNCTION_DIRECTIVE: WORKER_SHORT}),
-        "quick": lambda_task("lambda.add", ["start"], **{FUNCTION_DIRECTIVE: WORKER_SHORT}),
-        # An in-process cascade still running at the deadline is cancelled too.
-        "after_quick": {"after": ["quick"], "run": "lambda.sleepy", "using": "asyncio"},
-    })
+    await manager.update_configuration(
+        {
+            "sleepy": lambda_task("lambda.sleepy", ["start"], **{FUNCTION_DIRECTIVE: WORKER_SHORT}),
+            "quick": lambda_task("lambda.add", ["start"], **{FUNCTION_DIRECTIVE: WORKER_SHORT}),
+            # An in-process cascade still running at the deadline is cancelled too.
+            "after_quick": {"after": ["quick"], "run": "lambda.sleepy", "using": "asyncio"},
+        }
+    )
     started = time.monotonic()
     await manager.fire("start", {"sleep": 30, "a": 1, "b": 2})
     overran = await wait_for(storage, "overrun", "sleepy#0")
@@ -393,9 +413,7 @@ async def test_run_overrunning_the_function_timeout_is_stored_failed(
     assert time.monotonic() - started < 10  # 2s timeout each, not 30s of sleep
     assert overran.status is Status.FAILED
     assert overran.metadata["exceptionType"].endswith("LambdaTimeoutError")
-    assert "did not finish before the Lambda invocation's deadline" in (
-        overran.metadata["exceptionInfo"]
-    )
+    assert "did not finish before the Lambda invocation's deadline" in (overran.metadata["exceptionInfo"])
     assert (await manager.get_instance("quick#0")).status is Status.FINISHED
     assert cascaded.status is Status.FAILED
     assert cascaded.metadata["exceptionType"] == "asyncio.exceptions.CancelledError"
@@ -487,8 +505,6 @@ try:
 except ImportError as exc:
     print(exc)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "install the 'lambda' extra (pip install 'atriggers[lambda]')" in done.stdout

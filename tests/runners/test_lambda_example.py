@@ -24,8 +24,14 @@ CREDENTIALS = {
 
 def test_example_runs_end_to_end(tmp_path: Path) -> None:
     endpoint = LambdaEndpoint(
-        "--path", str(EXAMPLE), "--app", "lambda_function",
-        "--function", "atriggers-orders=handler", "--containers", "1",
+        "--path",
+        str(EXAMPLE),
+        "--app",
+        "lambda_function",
+        "--function",
+        "atriggers-orders=handler",
+        "--containers",
+        "1",
         env=CREDENTIALS,
     )
     endpoint.start()
@@ -34,7 +40,10 @@ def test_example_runs_end_to_end(tmp_path: Path) -> None:
         env.update(CREDENTIALS, AWS_ENDPOINT_URL_LAMBDA=endpoint.url)
         app = subprocess.run(
             [sys.executable, str(EXAMPLE / "orders_app.py"), f"sqlite:///{tmp_path / 'orders.db'}"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     finally:
         endpoint.stop()

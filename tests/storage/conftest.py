@@ -37,9 +37,7 @@ class RedisServer:
     """A redis-server child process on 127.0.0.1, stoppable and restartable on the
     same port and data directory."""
 
-    def __init__(
-        self, directory: Path, *, persistent: bool = False, fsync: str = "everysec"
-    ) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False, fsync: str = "everysec") -> None:
         if REDIS_SERVER is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.directory = directory
@@ -55,11 +53,23 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         assert REDIS_SERVER is not None and self.process is None
         args = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--save", "", "--daemonize", "no",
-            "--logfile", str(self.directory / "redis.log"),
-            "--appendonly", "yes" if self.persistent else "no",
-            "--appendfsync", self.fsync,
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            self.fsync,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout

@@ -132,9 +132,7 @@ def test_missing_extra_names_it() -> None:
 # -- key layout -----------------------------------------------------------------------------
 
 
-async def test_documented_key_layout(
-    storage: RedisStorage, raw: aioredis.Redis, redis_prefix: str
-) -> None:
+async def test_documented_key_layout(storage: RedisStorage, raw: aioredis.Redis, redis_prefix: str) -> None:
     uid = "user:42{x}"
     m = manager(storage, uid)
     await m.update_configuration(WAITING)

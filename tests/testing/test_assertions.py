@@ -164,10 +164,12 @@ async def test_test_registry_falls_back_to_global_tasks(
 
     atriggers_tasks.register(local_task, "tests.testing.local_task")
     try:
-        await atriggers_manager.update_configuration({
-            "t_g": {"after": ["go"], "run": "tests.testing.global_task"},
-            "t_l": {"after": ["go"], "run": "tests.testing.local_task"},
-        })
+        await atriggers_manager.update_configuration(
+            {
+                "t_g": {"after": ["go"], "run": "tests.testing.global_task"},
+                "t_l": {"after": ["go"], "run": "tests.testing.local_task"},
+            }
+        )
         await atriggers_manager.fire("go")
         await atriggers_manager.join()
         await assert_instance_finished(atriggers_manager, "t_g#0", result={"global": 1})

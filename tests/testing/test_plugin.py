@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 USER_TESTS = textwrap.dedent(
-    '''
+    """
     import pytest
 
     from atriggers.testing import (
@@ -41,7 +41,7 @@ USER_TESTS = textwrap.dedent(
         await atriggers_manager.fire("go")
         await atriggers_manager.join()
         await assert_instance_finished(atriggers_manager, "t_fail#0")
-    '''
+    """
 )
 
 
@@ -61,15 +61,17 @@ def test_fixtures_marker_and_helpers(pytester: pytest.Pytester, mode: str) -> No
     result.assert_outcomes(passed=1, failed=1)
     # The failure shows the instance's status, exception type and traceback, and
     # hides the helper's own frames.
-    result.stdout.fnmatch_lines([
-        "*AssertionError: expected instance 't_fail#0' to be finished, but it is failed",
-        "*t_fail#0: failed",
-        "*exception: builtins.RuntimeError",
-        "*traceback:",
-        "*Traceback (most recent call last):",
-        "*RuntimeError: You weren't supposed to see that.",
-        "*instances of session 'test-session':",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: expected instance 't_fail#0' to be finished, but it is failed",
+            "*t_fail#0: failed",
+            "*exception: builtins.RuntimeError",
+            "*traceback:",
+            "*Traceback (most recent call last):",
+            "*RuntimeError: You weren't supposed to see that.",
+            "*instances of session 'test-session':",
+        ]
+    )
     assert "def assert_instance_status" not in result.stdout.str()
 
 
@@ -83,7 +85,7 @@ def test_marker_misuse_is_reported(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(
         test_bad=textwrap.dedent(
-            '''
+            """
             import pytest
 
             @pytest.mark.atriggers_configuration({}, {})
@@ -93,15 +95,17 @@ def test_marker_misuse_is_reported(pytester: pytest.Pytester) -> None:
             @pytest.mark.atriggers_configuration({"t": {"after": "go", "run": "x"}})
             async def test_bad_config(atriggers_manager):
                 pass
-            '''
+            """
         )
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines([
-        "*takes one argument: the configuration dict*",
-        "*ConfigurationError: invalid configuration: task 't', directive 'after'*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*takes one argument: the configuration dict*",
+            "*ConfigurationError: invalid configuration: task 't', directive 'after'*",
+        ]
+    )
 
 
 def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:

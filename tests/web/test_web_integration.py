@@ -162,9 +162,7 @@ async def test_fastapi_dependency_and_error_handlers() -> None:
         return {"uid": manager.uid}
 
     @app.post("/sessions/{uid}/configure")
-    async def configure(
-        body: dict[str, Any], manager: Annotated[TriggerManager, triggers.depends()]
-    ) -> None:
+    async def configure(body: dict[str, Any], manager: Annotated[TriggerManager, triggers.depends()]) -> None:
         await manager.update_configuration(body)
 
     @app.post("/sessions/{uid}/instances/{name}/replay")
@@ -181,8 +179,7 @@ async def test_fastapi_dependency_and_error_handlers() -> None:
         scheduled = await manager.fire("go", {"n": manager.uid})
         await manager.join()
         state = await manager.get_state()
-        return {"scheduled": [i.name for i in scheduled],
-                "result": state.instances["t_work#0"].result}
+        return {"scheduled": [i.name for i in scheduled], "result": state.instances["t_work#0"].result}
 
     @app.get("/query")
     async def query(

@@ -65,9 +65,21 @@ def start_server(tmp_path: Path, **env: str) -> Server:
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "uvicorn", "--app-dir", str(APP_DIR), "webapp:app",
-                    "--host", "127.0.0.1", "--port", str(port), "--lifespan", "on",
-                    "--log-level", "warning", "--no-access-log",
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(APP_DIR),
+                    "webapp:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--lifespan",
+                    "on",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
                 ],
                 cwd=tmp_path,
                 env={**os.environ, "WEBAPP_DB": str(db), "PYTHONUNBUFFERED": "1", **env},
@@ -144,11 +156,15 @@ async def fill_in(client: httpx.AsyncClient, base: str, q: Questionnaire) -> Non
     if q.embedded:
         await post(client, f"{url}/embedded", {"app": "ios"})
     sends = [
-        post(client, f"{url}/pages/{page}", {
-            "answers": ["x"] * page,
-            "name": f"respondent {q.uid}" if page == 1 else None,
-            "userAgent": "Firefox",
-        })
+        post(
+            client,
+            f"{url}/pages/{page}",
+            {
+                "answers": ["x"] * page,
+                "name": f"respondent {q.uid}" if page == 1 else None,
+                "userAgent": "Firefox",
+            },
+        )
         for page in range(1, q.pages + 1)
     ]
     sends.append(post(client, f"{url}/complete", {"pages": q.pages}))
@@ -219,7 +235,9 @@ async def test_questionnaires_under_load_then_clean_shutdown(
     settled = time.monotonic() - started
     for q, body in zip(batch, bodies, strict=True):
         assert set(body["tasks"]) == {
-            "t_importSubject", "t_importResponses", "t_importBrowserMetadata",
+            "t_importSubject",
+            "t_importResponses",
+            "t_importBrowserMetadata",
             "t_computePsychometricScore",
         }
         statuses = {i["name"]: i["status"] for i in body["instances"]}
