@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import InvalidInput
 
-__all__ = ["dumps", "jsonable", "loads", "object_arg"]
+__all__ = ["dumps", "jsonable", "kwargs_by_trigger", "loads", "object_arg"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 loads = json.loads
@@ -53,6 +53,17 @@ def object_arg(value: object, what: str) -> dict[str, Any]:
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} cannot be stored as JSON: {exc}") from exc
     return result
+
+
+def kwargs_by_trigger(value: object, what: str) -> dict[str, dict[str, Any]] | None:
+    """`value` as trigger name -> kwargs (both JSON objects), or `InvalidInput`."""
+    if value is None:
+        return None
+    kwargs = object_arg(value, what)
+    for trigger, inner in kwargs.items():
+        if not isinstance(inner, dict):
+            raise InvalidInput(f"{what} maps trigger names to kwargs; {trigger!r} maps to {inner!r}")
+    return kwargs
 
 
 def jsonable(value: object) -> Any:

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ._json import jsonable, object_arg
+from ._json import jsonable, kwargs_by_trigger, object_arg
 from .errors import MaxRetriesExceeded, with_context
 from .instance import Meta, TaskInstance
 from .tasks import TaskDefinition
@@ -156,11 +156,8 @@ class TaskContext:
             return with_context(error, {"retryMetadata": details})
         if cooldown is not None and cooldown < 0:
             raise ValueError(f"cooldown must be >= 0 seconds, not {cooldown}")
-        replacement = None
-        if replacement_kwargs is not None:
-            replacement = object_arg(replacement_kwargs, "replacement_kwargs")
-            for trigger, kwargs in replacement.items():
-                object_arg(kwargs, f"replacement_kwargs[{trigger!r}]")
+        replacement = kwargs_by_trigger(replacement_kwargs, "replacement_kwargs")
+        object_arg(details, "retry metadata")  # refused here, where the task author sees it
         return Retry(details, replacement, cooldown)
 
     def skip(self, metadata: Mapping[str, Any] | None = None) -> Skip:
@@ -168,7 +165,7 @@ class TaskContext:
 
             raise context.skip({"reason": "nothing to import"})
         """
-        return Skip(metadata)
+        return Skip(object_arg(metadata, "skip metadata"))
 
     def __repr__(self) -> str:
         return f"<TaskContext {self.uid}/{self.instance_name}>"

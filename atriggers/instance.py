@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ._json import dumps, loads
 from .config import TaskConfig
 
 __all__ = ["Meta", "Status", "TaskInstance"]
@@ -171,11 +172,18 @@ class TaskInstance:
             config=config,
         )
 
-    def copy(self) -> TaskInstance:
-        """A copy whose containers can be changed without touching this one.
+    def snapshot(self) -> TaskInstance:
+        """A deep copy: what atriggers hands to callers, hooks, runners and tasks,
+        so that changing it changes nothing stored or cached."""
+        return TaskInstance(
+            self.name, self.task_name, self.status, loads(dumps(self.kwargs)),
+            self.abandon_state, loads(dumps(self.metadata)), self.config,
+        )
 
-        Nested values (trigger kwargs, results) are shared: atriggers replaces
-        them, it never changes them in place.
+    def copy(self) -> TaskInstance:
+        """A copy whose top-level containers can be changed without touching this
+        one; nested values are shared (the rules replace them, never change them
+        in place). For the rules' drafts; use `snapshot` for anything handed out.
         """
         metadata = dict(self.metadata)
         if isinstance(metadata.get(Meta.TIMESTAMPS), dict):

@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
 
 from . import rules
-from ._json import object_arg
+from ._json import kwargs_by_trigger, object_arg
 from .config import parse_configuration
 from .context import Retry, Skip, TaskContext, exception_metadata
 from .errors import (
@@ -115,10 +115,10 @@ class TriggerManager:
         """
         trigger = _trigger_name(trigger_name)
         kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
-        return [i.copy() for i in await self._shielded(self._fire(trigger, kwargs))]
+        return await self._shielded(self._fire(trigger, kwargs))
 
     async def _fire(self, trigger: str, kwargs: dict[str, Any]) -> list[TaskInstance]:
-        ready = await self._apply(lambda d: rules.fire(d, trigger, kwargs))
+        ready = [i.snapshot() for i in await self._apply(lambda d: rules.fire(d, trigger, kwargs))]
         await self._dispatch(ready)
         await self.post_fire(trigger, ready)
         return ready
@@ -134,11 +134,11 @@ class TriggerManager:
         ``parent`` names the failed one), with `replacement_kwargs` (trigger ->
         kwargs, replacing all of them) if given. Returns the clone."""
         name = _name_of(instance)
-        replacement = _kwargs_by_trigger(replacement_kwargs, "replacement_kwargs")
-        return (await self._shielded(self._replay(name, replacement))).copy()
+        replacement = kwargs_by_trigger(replacement_kwargs, "replacement_kwargs")
+        return await self._shielded(self._replay(name, replacement))
 
     async def _replay(self, name: str, replacement: dict[str, Any] | None) -> TaskInstance:
-        clone = await self._apply(lambda d: rules.replay(d, name, replacement), [name])
+        clone = (await self._apply(lambda d: rules.replay(d, name, replacement), [name])).snapshot()
         await self._dispatch([clone])
         await self.post_replay(clone)
         return clone
@@ -153,10 +153,11 @@ class TriggerManager:
         fires with `result` as if it had finished."""
         name = _name_of(instance)
         result_kwargs = object_arg(result, "result")
-        return (await self._shielded(self._skip(name, cascade, result_kwargs))).copy()
+        return await self._shielded(self._skip(name, cascade, result_kwargs))
 
     async def _skip(self, name: str, cascade: bool, result: dict[str, Any]) -> TaskInstance:
         skipped, ready = await self._apply(lambda d: rules.skip(d, name, cascade, result), [name])
+        skipped, ready = skipped.snapshot(), [i.snapshot() for i in ready]
         if cascade:
             await self._dispatch(ready)
             await self.post_fire(skipped.task_name, ready)
@@ -182,8 +183,7 @@ class TriggerManager:
             raise InvalidInput(f"unknown status {status!r} (one of: {known})") from None
         meta = object_arg(metadata, "metadata")
         kwargs = object_arg(cascade_kwargs, "cascade_kwargs")
-        updated = await self._shielded(self._set_status(name, new_status, meta, cascade, kwargs))
-        return updated.copy()
+        return await self._shielded(self._set_status(name, new_status, meta, cascade, kwargs))
 
     async def _set_status(
         self, name: str, status: Status, meta: dict[str, Any], cascade: bool, kwargs: dict[str, Any]
@@ -191,6 +191,11 @@ class TriggerManager:
         updated, ready = await self._apply(
             lambda d: rules.set_status(d, name, status, meta, cascade, kwargs), [name]
         )
+        updated, ready = updated.snapshot(), [i.snapshot() for i in ready]
+        if status is Status.SCHEDULED:
+            # Scheduled means handed to a runner: an operator re-queuing an
+            # instance this way gets it run, not parked.
+            await self._dispatch([updated])
         if cascade:
             await self._dispatch(ready)
             await self.post_fire(updated.task_name, ready)
@@ -202,7 +207,7 @@ class TriggerManager:
         """Merge `metadata` into the instance's metadata (status unchanged)."""
         name = _name_of(instance)
         meta = object_arg(metadata, "metadata")
-        return (await self._apply(lambda d: rules.update_metadata(d, name, meta), [name])).copy()
+        return (await self._apply(lambda d: rules.update_metadata(d, name, meta), [name])).snapshot()
 
     async def mark_instance_logs_resolved(self, instance: InstanceRef) -> TaskInstance:
         """Mark the instance's ERROR-level logs as dealt with."""
@@ -210,7 +215,7 @@ class TriggerManager:
         instance = await self._apply(
             lambda d: rules.update_metadata(d, name, {Meta.LOGS_RESOLVED: True}), [name]
         )
-        return instance.copy()
+        return instance.snapshot()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -267,49 +272,73 @@ class TriggerManager:
         try:
             definition = self.tasks.get(running.config.run if running.config else running.task_name)
         except UnknownTask as exc:
-            return await self.record_failure(name, exc)
-        context = TaskContext(self, running.copy(), definition)
+            return await self._shielded(self._fail(name, exc))
+        context = TaskContext(self, running.snapshot(), definition)
+        outcome: object
         try:
-            result = _check_result(await definition(context), definition.name)
-        except Retry as signal:
-            return await self._retry(name, signal, context.log_level)
-        except Skip as signal:
-            meta = {**object_arg(signal.metadata, "skip metadata"), Meta.LOG_LEVEL: context.log_level}
-            return await self._apply(lambda d: rules.skip_running(d, name, meta), [name])
+            outcome = await definition(context)
         except asyncio.CancelledError as exc:
-            await self.record_failure(name, exc, context.log_level)
+            await self._shielded(self._fail(name, exc, context.log_level))
             raise
         except Exception as exc:  # noqa: BLE001 - a task's failure is data
-            return await self.record_failure(name, exc, context.log_level)
-        finished, ready = await self._apply(
-            lambda d: rules.finish(d, name, result, context.log_level), [name]
-        )
-        if finished is not None:
-            await self._dispatch(ready)
-            await self.post_fire(finished.task_name, ready)
-        return finished
+            outcome = exc
+        # Storing the outcome and dispatching its cascade is one shielded step: a
+        # cancellation (shutdown, time limit) cannot leave a stored cascade undispatched.
+        return await self._shielded(self._conclude(name, outcome, context.log_level, definition.name))
+
+    async def _conclude(self, name: str, outcome: object, log_level: int, task: str) -> TaskInstance | None:
+        try:
+            if isinstance(outcome, Retry):
+                return await self._retry(name, outcome, log_level)
+            if isinstance(outcome, Skip):
+                meta = {**object_arg(outcome.metadata, "skip metadata"), Meta.LOG_LEVEL: log_level}
+                skipped = await self._apply(lambda d: rules.skip_running(d, name, meta), [name])
+                return skipped.snapshot() if skipped else None
+            if isinstance(outcome, BaseException):
+                return await self._fail(name, outcome, log_level)
+            result = _check_result(outcome, task)
+        except (InvalidInput, TypeError) as exc:  # what the task handed back cannot be stored
+            return await self._fail(name, exc, log_level)
+        finished, ready = await self._apply(lambda d: rules.finish(d, name, result, log_level), [name])
+        if finished is None:
+            return None
+        ready = [i.snapshot() for i in ready]
+        await self._dispatch(ready)
+        await self.post_fire(finished.task_name, ready)
+        return finished.snapshot()
 
     async def _retry(self, name: str, signal: Retry, log_level: int) -> TaskInstance | None:
         meta = {**object_arg(signal.metadata, "retry metadata"), Meta.LOG_LEVEL: log_level}
-        clone = await self._apply(
-            lambda d: rules.retry(d, name, meta, signal.replacement_kwargs), [name]
-        )
-        if clone is not None:
-            await self._dispatch([clone])
-            await self.post_replay(clone)
+        replacement = kwargs_by_trigger(signal.replacement_kwargs, "replacement_kwargs")
+        clone = await self._apply(lambda d: rules.retry(d, name, meta, replacement), [name])
+        if clone is None:
+            return None
+        clone = clone.snapshot()
+        await self._dispatch([clone])
+        await self.post_replay(clone)
         return clone
 
     async def record_failure(
         self, instance: InstanceRef, exc: BaseException, log_level: int | None = None
     ) -> TaskInstance | None:
         """Store a scheduled or running instance as ``failed`` because of `exc`
-        (a task error, a dispatch error, a cancelled run). Runners use it; the
-        instance can then be replayed. No-op for instances in other statuses."""
-        name = _name_of(instance)
+        (a task error, a cancelled run, a run that could not start). Runners use
+        it; the instance can then be replayed. No-op for instances in other
+        statuses. Completes even if the caller is cancelled."""
+        return await self._shielded(self._fail(_name_of(instance), exc, log_level))
+
+    async def _fail(
+        self, name: str, exc: BaseException, log_level: int | None = None, *, dispatching: bool = False
+    ) -> TaskInstance | None:
         meta = exception_metadata(exc)
         if log_level is not None:
             meta[Meta.LOG_LEVEL] = log_level
-        return await self._apply(lambda d: rules.fail(d, name, meta), [name])
+        # A dispatch error only fails an instance still waiting: a runner may raise
+        # after handing the instance over (a lost reply), and a worker that already
+        # started it owns its outcome.
+        statuses = (Status.SCHEDULED,) if dispatching else (Status.SCHEDULED, Status.RUNNING)
+        failed = await self._apply(lambda d: rules.fail(d, name, meta, statuses), [name])
+        return failed.snapshot() if failed else None
 
     async def _dispatch(self, instances: list[TaskInstance]) -> None:
         for instance in instances:
@@ -320,7 +349,7 @@ class TriggerManager:
             except Exception as exc:  # noqa: BLE001 - stored on the instance
                 log.warning("dispatching %s/%s failed: %r", self.uid, instance.name, exc)
                 try:
-                    await self.record_failure(instance.name, exc)
+                    await self._fail(instance.name, exc, dispatching=True)
                 except TriggerError:
                     log.exception(
                         "%s/%s could not be dispatched and its failure could not be "
@@ -334,7 +363,7 @@ class TriggerManager:
         """Run an operation that stores then dispatches to its end even if the
         caller is cancelled: a stored ``scheduled`` must always be dispatched."""
         task = asyncio.get_running_loop().create_task(operation)
-        self.storage.track(task)
+        self.storage.track(task, cancellable=False)
         return await asyncio.shield(task)
 
     async def _apply(self, rule: Callable[[Draft], T], names: Collection[str] = ()) -> T:
@@ -380,16 +409,6 @@ class TriggerManager:
             f"session {self.uid!r} kept changing under concurrent writers; "
             f"gave up after {self.max_attempts} attempts with nothing written"
         )
-
-
-def _kwargs_by_trigger(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    kwargs = object_arg(value, what)
-    for trigger, inner in kwargs.items():
-        if not isinstance(inner, dict):
-            raise InvalidInput(f"{what} maps trigger names to kwargs; {trigger!r} maps to {inner!r}")
-    return kwargs
 
 
 def _check_result(result: object, task: str) -> dict[str, Any]:

@@ -98,9 +98,10 @@ def replay(
     draft: Draft,
     name: str,
     replacement_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    metadata: Mapping[str, Any] | None = None,
+    cooldown: float | None = None,
 ) -> TaskInstance:
-    """Mark a failed instance ``replayed`` and schedule a clone of it."""
+    """Mark a failed instance ``replayed`` and schedule a clone of it (to run after
+    `cooldown` seconds, if given)."""
     failed = draft.get(name)
     if not failed.can_replay:
         raise InvalidStatus(name, failed.status.value, "replayed")
@@ -109,12 +110,10 @@ def replay(
         raise InvalidInput(
             f"cannot replay {name!r}: task {failed.task_name!r} is no longer configured"
         )
-    old = draft.edit(name)
-    old.metadata.update(metadata or {})
-    draft.set_status(old, Status.REPLAYED)
+    draft.set_status(draft.edit(name), Status.REPLAYED)
     clone_meta: dict[str, Any] = {Meta.PARENT: name, Meta.DEPTH: failed.depth + 1}
-    if metadata and metadata.get(Meta.COOLDOWN):
-        clone_meta[Meta.COOLDOWN] = metadata[Meta.COOLDOWN]
+    if cooldown:
+        clone_meta[Meta.COOLDOWN] = cooldown
     kwargs = failed.kwargs if replacement_kwargs is None else replacement_kwargs
     clone = draft.create(
         task,
@@ -216,13 +215,16 @@ def skip_running(draft: Draft, name: str, metadata: Mapping[str, Any]) -> TaskIn
     return instance
 
 
-def fail(draft: Draft, name: str, metadata: Mapping[str, Any]) -> TaskInstance | None:
-    """Record a failure (task error, dispatch error, cancelled run).
-
-    Only a ``scheduled`` or ``running`` instance can fail this way.
-    """
+def fail(
+    draft: Draft,
+    name: str,
+    metadata: Mapping[str, Any],
+    statuses: tuple[Status, ...] = (Status.SCHEDULED, Status.RUNNING),
+) -> TaskInstance | None:
+    """Record a failure (task error, dispatch error, cancelled run) of an instance
+    in one of `statuses`; None (nothing changed) for any other status."""
     instance = draft.get(name)
-    if instance.status not in (Status.SCHEDULED, Status.RUNNING):
+    if instance.status not in statuses:
         return None
     instance = draft.edit(name)
     instance.metadata.update(metadata)
@@ -237,6 +239,6 @@ def retry(
     replacement_kwargs: Mapping[str, Mapping[str, Any]] | None,
 ) -> TaskInstance | None:
     """A task asked to run again: it fails, is replayed, and the clone is scheduled."""
-    if fail(draft, name, metadata) is None:
+    if fail(draft, name, metadata, (Status.RUNNING,)) is None:
         return None
-    return replay(draft, name, replacement_kwargs, metadata)
+    return replay(draft, name, replacement_kwargs, metadata.get(Meta.COOLDOWN))

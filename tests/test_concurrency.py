@@ -153,18 +153,30 @@ async def test_endless_conflicts_raise_concurrency_error_with_nothing_written() 
         assert "mine" not in state.latest_kwargs and state.version == 3
 
 
-async def test_cancelled_fire_still_dispatches_what_it_stored(sqlite_storage: SQLiteStorage) -> None:
-    manager = TriggerManager(sqlite_storage, "cancelled")
-    await manager.update_configuration(EVERY_TICK)
-    fire = asyncio.create_task(manager.fire("tick", {"n": 0}))
-    await asyncio.sleep(0)  # the fire is under way (its write submitted or about to be)
-    fire.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await fire
-    await sqlite_storage.drain()
-    state = await manager.get_state()
-    # Either the fire never got stored, or it ran to completion: never stuck scheduled.
-    assert all(i.status is Status.FINISHED for i in state.instances.values())
+async def test_cancelled_fire_still_dispatches_what_it_stored(db_path: Path) -> None:
+    callers: list[asyncio.Task[Any]] = []
+
+    class CancelCallerOnWrite(SQLiteStorage):
+        """Cancels the caller (a web client going away) once its fire's write is submitted."""
+
+        async def store_or_reapply(self, uid: str, expected: int, change: Change, reapply: Any) -> Any:
+            if change.triggers.get("tick") is not None:
+                for caller in callers:
+                    caller.cancel()
+            return await super().store_or_reapply(uid, expected, change, reapply)
+
+    async with CancelCallerOnWrite(db_path) as storage:
+        manager = TriggerManager(storage, "cancelled")
+        await manager.update_configuration(EVERY_TICK)
+        fire = asyncio.create_task(manager.fire("tick", {"n": 0}))
+        callers.append(fire)
+        with pytest.raises(asyncio.CancelledError):
+            await fire
+        await storage.drain()
+        state = await manager.get_state()
+    # The fire was stored, and what it scheduled was dispatched and ran.
+    assert state.latest_kwargs["tick"] == {"n": 0}
+    assert [(i.name, i.status) for i in state.instances.values()] == [("t#0", Status.FINISHED)]
 
 
 @pytest.mark.slow

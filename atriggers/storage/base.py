@@ -116,6 +116,7 @@ class Storage(ABC):
         self._cache: OrderedDict[str, SessionState] = OrderedDict()
         self._locks = SessionLocks()
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._uncancellable: set[asyncio.Task[Any]] = set()
 
     # -- what a backend implements -------------------------------------------------
 
@@ -224,26 +225,42 @@ class Storage(ABC):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def track(self, task: asyncio.Task[Any]) -> None:
-        """Keep `task` (an in-process run) alive; `aclose` waits for it."""
+    def track(self, task: asyncio.Task[Any], *, cancellable: bool = True) -> None:
+        """Keep `task` alive until done; `aclose` waits for it.
+
+        Runs are `cancellable`: past `close_timeout` they are cancelled (and record
+        themselves failed). Short store-then-dispatch steps are not: they always
+        complete, so nothing stored as scheduled is left undispatched.
+        """
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+        if not cancellable:
+            self._uncancellable.add(task)
+            task.add_done_callback(self._uncancellable.discard)
 
-    async def drain(self, timeout: float | None = None) -> None:
+    async def drain(self, timeout: float | None = None, *, grace: float = 10.0) -> None:
         """Wait for in-process runs (cascades included) to finish. After
-        `timeout` seconds, cancel the rest: each records its instance as failed
-        (replayable) before ending."""
+        `timeout` seconds, cancel the runs still going, and keep cancelling runs
+        that start meanwhile (a cascade of a run that ended anyway), for at most
+        `grace` more seconds; each cancelled run records its instance as failed
+        (replayable)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        cancelled: set[asyncio.Task[Any]] = set()
         while self._inflight:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                pending = set(self._inflight)
-                for task in pending:
+                if remaining <= -grace:
+                    log.error(
+                        "%r closes with %d run(s) still going: they ignored cancellation",
+                        self, len(self._inflight),
+                    )
+                    return
+                for task in self._inflight - self._uncancellable - cancelled:
                     task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                break
-            await asyncio.wait(set(self._inflight), timeout=remaining)
+                    cancelled.add(task)
+                remaining = grace + remaining
+            await asyncio.wait(set(self._inflight), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
     async def aclose(self) -> None:
         """Drain in-process runs (see `close_timeout`), then release resources."""
