@@ -29,18 +29,41 @@ class RunRequest:
     uid: str
     instance: str
     manager: str = "default"
+    #: The dispatching manager's default runner, so cascades the worker starts
+    #: go where the application's would (None: the class's default).
+    runner: str | None = None
 
     @classmethod
     def for_instance(cls, manager: TriggerManager, instance: TaskInstance) -> RunRequest:
-        return cls(manager.storage.url, manager.uid, instance.name, manager.manager_name)
+        """The request that runs `instance` of `manager`'s session elsewhere.
+
+        Refuses a manager class that workers could not rebuild by its name (its
+        hooks and defaults would silently be lost there).
+        """
+        try:
+            registered = get_manager_class(manager.manager_name)
+        except LookupError:
+            registered = None
+        if registered is not type(manager):
+            raise InvalidInput(
+                f"{type(manager).__qualname__} cannot be rebuilt by a remote worker: give it its "
+                f"own manager_name and decorate it with @atriggers.register_manager "
+                f"(its manager_name {manager.manager_name!r} names "
+                f"{registered.__qualname__ if registered else 'no registered class'})"
+            )
+        runner = manager.default_runner if manager.default_runner != type(manager).default_runner else None
+        return cls(manager.storage.url, manager.uid, instance.name, manager.manager_name, runner)
 
     def to_dict(self) -> dict[str, str]:
-        return {
+        data = {
             "storage": self.storage_url,
             "uid": self.uid,
             "instance": self.instance,
             "manager": self.manager,
         }
+        if self.runner is not None:
+            data["runner"] = self.runner
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRequest:
@@ -55,7 +78,10 @@ class RunRequest:
         manager = data.get("manager", "default")
         if not isinstance(manager, str) or not manager:
             raise InvalidInput(f"run request field 'manager' must be a non-empty string, got {manager!r}")
-        return cls(fields["storage"], fields["uid"], fields["instance"], manager)
+        runner = data.get("runner")
+        if runner is not None and (not isinstance(runner, str) or not runner):
+            raise InvalidInput(f"run request field 'runner' must be a non-empty string, got {runner!r}")
+        return cls(fields["storage"], fields["uid"], fields["instance"], manager, runner)
 
 
 class StoragePool:
@@ -86,7 +112,7 @@ async def execute_request(request: RunRequest, pool: StoragePool) -> TaskInstanc
     duplicate delivery): each instance runs at most once.
     """
     storage = await pool.get(request.storage_url)
-    manager = get_manager_class(request.manager)(storage, request.uid)
+    manager = get_manager_class(request.manager)(storage, request.uid, default_runner=request.runner)
     try:
         return await manager.run_instance(request.instance)
     finally:

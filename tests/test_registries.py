@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from atriggers import Status, TriggerManager
 from atriggers.storage import SQLiteStorage
 
@@ -97,3 +99,30 @@ def test_entry_points_provide_tasks_runners_and_managers(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "finished {'hello': 'plugin'}"
+
+
+async def test_run_requests_carry_the_default_runner_and_refuse_unregistered_managers(
+    sqlite_storage: SQLiteStorage,
+) -> None:
+    from atriggers import InvalidInput, TaskInstance, register_manager
+    from atriggers.remote import RunRequest
+
+    instance = TaskInstance("t#0", "t")
+    plain = TriggerManager(sqlite_storage, "u", default_runner="celery")
+    request = RunRequest.for_instance(plain, instance)
+    assert request.runner == "celery"
+    assert RunRequest.from_dict(request.to_dict()) == request
+    assert RunRequest.for_instance(TriggerManager(sqlite_storage, "u"), instance).runner is None
+
+    class Hooked(TriggerManager):
+        async def post_fire(self, trigger_name: str, tasks_scheduled: list[TaskInstance]) -> None:
+            pass
+
+    with pytest.raises(InvalidInput, match="register_manager"):
+        RunRequest.for_instance(Hooked(sqlite_storage, "u"), instance)
+
+    @register_manager
+    class Named(Hooked):
+        manager_name = "tests-hooked"
+
+    assert RunRequest.for_instance(Named(sqlite_storage, "u"), instance).manager == "tests-hooked"

@@ -87,12 +87,15 @@ async def test_message_is_routed_json_with_the_run_request(broker: str, storage:
     assert message["content_type"] == "application/json"
     assert message["headers"]["task"] == "tests.parked"
     assert message["headers"]["eta"] is None
-    assert message["args"] == [RunRequest(storage.url, "routed", "t_parked#0", "default").to_dict()]
+    # The manager's own default runner travels along, so the worker's cascades go to Celery too.
+    expected = RunRequest(storage.url, "routed", "t_parked#0", "default", runner="celery")
+    assert message["args"] == [expected.to_dict()]
     assert message["args"][0] == {
         "storage": storage.url,
         "uid": "routed",
         "instance": "t_parked#0",
         "manager": "default",
+        "runner": "celery",
     }
     state = await manager.get_state()
     assert state.instances["t_parked#0"].status is Status.SCHEDULED  # until a worker takes it
