@@ -6,7 +6,7 @@ hashes, sets and Lua scripts, which older servers and Valkey have too.
 Key layout, for a session ``uid`` and the storage's ``prefix`` (default
 ``atriggers:``)::
 
-    {prefix}{<uid>}:session     hash  version, config, counts, change, updated
+    {prefix}{<uid>}:session     hash  version, config, counts, recent, updated
     {prefix}{<uid>}:triggers    hash  trigger name -> latest kwargs (JSON)
     {prefix}{<uid>}:instances   hash  instance name -> instance (JSON)
     {prefix}{<uid>}:unresolved  set   names of the unresolved instances
@@ -109,16 +109,20 @@ return read_state(ARGV[1] == '1', names)
 # a script back, so a script must not stop half-way.
 _STORE = _READ_STATE + """
 local expected = tonumber(ARGV[1])
-local header = redis.call('HMGET', KEYS[1], 'version', 'change')
+local header = redis.call('HMGET', KEYS[1], 'version', 'recent')
 local current = tonumber(header[1] or '0')
+local recent = header[2] or ''
 if current ~= expected then
-  if header[2] == ARGV[3] then
-    -- This very change already landed (the client retried after losing the reply).
+  if string.find(recent, ARGV[3], 1, true) then
+    -- This very change already landed (the client resent it after losing the
+    -- reply), possibly with other writers' changes after it.
     return {'applied'}
   end
   return {'conflict', read_state(false, {})}
 end
-local fields = {'version', ARGV[2], 'change', ARGV[3], 'updated', ARGV[5]}
+-- The tokens of the last 16 changes, newest first (32 hex digits and a space each).
+recent = string.sub(ARGV[3] .. ' ' .. recent, 1, 33 * 16)
+local fields = {'version', ARGV[2], 'recent', recent, 'updated', ARGV[5]}
 if expected == 0 then
   -- A session that expired key by key may have left parts behind.
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])

@@ -143,7 +143,7 @@ async def test_documented_key_layout(storage: RedisStorage, raw: aioredis.Redis,
     assert sorted(await raw.keys(redis_prefix + "*")) == sorted(storage.keys(uid))
     assert len({key_slot(k.encode()) for k in storage.keys(uid)}) == 1
     header = await raw.hgetall(base + "session")
-    assert set(header) == {"version", "config", "counts", "change", "updated"}
+    assert set(header) == {"version", "config", "counts", "recent", "updated"}
     assert header["version"] == "2" and json.loads(header["counts"]) == {"waiting": 1}
     assert json.loads(header["config"])["waiting"]["andEvery"] == "tick"
     assert await raw.hgetall(base + "triggers") == {"tick": '{"n":1}'}
@@ -179,6 +179,11 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     other = [1, 2, "token-2", 0, "0", "", "", 1, "tick", "{}"]
     assert (await storage._store_script(keys=keys, args=other))[0] == "conflict"
     assert (await storage.load("s1")).version == 2
+    # Another writer lands in between: the resent write is still recognised.
+    later = [2, 3, "token-3", 0, "0", "", "", 1, "tock", "{}"]
+    assert await storage._store_script(keys=keys, args=later) == ["ok"]
+    assert await storage._store_script(keys=keys, args=args) == ["applied"]
+    assert (await storage.load("s1")).version == 3
 
 
 # -- TTL ----------------------------------------------------------------------------------------
