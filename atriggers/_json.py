@@ -52,7 +52,22 @@ def object_arg(value: object, what: str) -> dict[str, Any]:
         result: dict[str, Any] = loads(dumps(value))
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} cannot be stored as JSON: {exc}") from exc
+    if result != value:
+        # Usually tuples that became lists; but JSON also turns number keys into
+        # strings silently, and a key that changes is refused, not rewritten.
+        _check_keys(value, what)
     return result
+
+
+def _check_keys(value: object, what: str) -> None:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput(f"{what} cannot be stored as JSON: key {key!r} is not a string")
+            _check_keys(inner, what)
+    elif isinstance(value, (list, tuple)):
+        for inner in value:
+            _check_keys(inner, what)
 
 
 def kwargs_by_trigger(value: object, what: str) -> dict[str, dict[str, Any]] | None:

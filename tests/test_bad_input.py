@@ -48,6 +48,12 @@ Call = Callable[[TriggerManager], Awaitable[Any]]
 CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("kwargs with a set", lambda m: m.fire("go", {"s": {1, 2}}), InvalidInput, "cannot be stored as JSON"),
     ("kwargs with an object", lambda m: m.fire("go", {"o": object()}), InvalidInput, "JSON"),
+    (
+        "kwargs with a number key",
+        lambda m: m.fire("go", {"a": {1: "x"}}),
+        InvalidInput,
+        "key 1 is not a string",
+    ),
     ("kwargs with NaN", lambda m: m.fire("go", {"n": math.nan}), InvalidInput, "JSON"),
     ("kwargs not a mapping", lambda m: m.fire("go", [1, 2]), InvalidInput, "must be a mapping"),  # type: ignore[arg-type]
     ("non-string trigger", lambda m: m.fire(5), InvalidInput, "trigger names must be non-empty strings"),  # type: ignore[arg-type]
