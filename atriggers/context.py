@@ -85,7 +85,6 @@ class TaskContext:
         self.definition = definition
         #: Highest log level emitted through `get_logger_context` loggers.
         self.log_level = logging.NOTSET
-        self._trigger_kwargs: dict[str, Any] | None = None
 
     @property
     def instance_name(self) -> str:
@@ -103,10 +102,10 @@ class TaskContext:
     def trigger_kwargs(self) -> dict[str, Any]:
         """Trigger name -> kwargs it fired with, ``withParams`` merged underneath.
 
-        The task's own copy: changing it changes nothing stored."""
-        if self._trigger_kwargs is None:
-            self._trigger_kwargs = object_arg(self.instance.metadata.get(Meta.ACTUAL_KWARGS), "kwargs")
-        return self._trigger_kwargs
+        The task's own copy (`instance` is a snapshot): changing it changes
+        nothing stored."""
+        actual: dict[str, Any] = self.instance.metadata.get(Meta.ACTUAL_KWARGS) or {}
+        return actual
 
     @contextmanager
     def get_logger_context(self, context: Mapping[str, Any] | None = None) -> Iterator[logging.LoggerAdapter]:  # type: ignore[type-arg]

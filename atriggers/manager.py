@@ -287,18 +287,25 @@ class TriggerManager:
         return await self._shielded(self._conclude(name, outcome, context.log_level, definition.name))
 
     async def _conclude(self, name: str, outcome: object, log_level: int, task: str) -> TaskInstance | None:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, (Retry, Skip)):
+            return await self._fail(name, outcome, log_level)
+        # Check what the task handed back before anything is written: what cannot
+        # be stored fails the instance with the reason.
         try:
             if isinstance(outcome, Retry):
-                return await self._retry(name, outcome, log_level)
-            if isinstance(outcome, Skip):
+                meta = {**object_arg(outcome.metadata, "retry metadata"), Meta.LOG_LEVEL: log_level}
+                replacement = kwargs_by_trigger(outcome.replacement_kwargs, "replacement_kwargs")
+            elif isinstance(outcome, Skip):
                 meta = {**object_arg(outcome.metadata, "skip metadata"), Meta.LOG_LEVEL: log_level}
-                skipped = await self._apply(lambda d: rules.skip_running(d, name, meta), [name])
-                return skipped.snapshot() if skipped else None
-            if isinstance(outcome, BaseException):
-                return await self._fail(name, outcome, log_level)
-            result = _check_result(outcome, task)
-        except (InvalidInput, TypeError) as exc:  # what the task handed back cannot be stored
+            else:
+                result = _check_result(outcome, task)
+        except (InvalidInput, TypeError) as exc:
             return await self._fail(name, exc, log_level)
+        if isinstance(outcome, Retry):
+            return await self._retry(name, meta, replacement)
+        if isinstance(outcome, Skip):
+            skipped = await self._apply(lambda d: rules.skip_running(d, name, meta), [name])
+            return skipped.snapshot() if skipped else None
         finished, ready = await self._apply(lambda d: rules.finish(d, name, result, log_level), [name])
         if finished is None:
             return None
@@ -307,9 +314,9 @@ class TriggerManager:
         await self.post_fire(finished.task_name, ready)
         return finished.snapshot()
 
-    async def _retry(self, name: str, signal: Retry, log_level: int) -> TaskInstance | None:
-        meta = {**object_arg(signal.metadata, "retry metadata"), Meta.LOG_LEVEL: log_level}
-        replacement = kwargs_by_trigger(signal.replacement_kwargs, "replacement_kwargs")
+    async def _retry(
+        self, name: str, meta: dict[str, Any], replacement: dict[str, Any] | None
+    ) -> TaskInstance | None:
         clone = await self._apply(lambda d: rules.retry(d, name, meta, replacement), [name])
         if clone is None:
             return None
