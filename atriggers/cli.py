@@ -101,9 +101,7 @@ def _json_object(text: str | None, what: str) -> dict[str, Any] | None:
         return None
     value = _json_text(text, what)
     if not isinstance(value, dict):
-        raise CommandError(
-            f"{what} must be a JSON object, not {type(value).__name__}", ExitCode.USAGE
-        )
+        raise CommandError(f"{what} must be a JSON object, not {type(value).__name__}", ExitCode.USAGE)
     return value
 
 
@@ -141,9 +139,7 @@ def _import_modules(modules: Sequence[str]) -> None:
         try:
             importlib.import_module(module)
         except Exception as exc:
-            raise CommandError(
-                f"--import {module}: {type(exc).__name__}: {exc}", ExitCode.USAGE
-            ) from exc
+            raise CommandError(f"--import {module}: {type(exc).__name__}: {exc}", ExitCode.USAGE) from exc
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -205,16 +201,13 @@ async def _storage(url: str, *, create: bool = False) -> Any:
         yield storage
 
 
-async def _existing_session(
-    storage: Storage, uid: str, names: Sequence[str] | None = None
-) -> SessionState:
+async def _existing_session(storage: Storage, uid: str, names: Sequence[str] | None = None) -> SessionState:
     """The whole session, or with `names` its working view (unresolved instances
     plus those named), which costs nothing per resolved instance."""
     state = await (storage.load_all(uid) if names is None else storage.load(uid, names))
     if state.version == 0:
         raise CommandError(
-            f"no session {uid!r} in {storage.url} "
-            f"(list them with: atriggers sessions {storage.url})",
+            f"no session {uid!r} in {storage.url} (list them with: atriggers sessions {storage.url})",
             ExitCode.NOT_FOUND,
         )
     return state
@@ -245,8 +238,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             {
                 "valid": not problems,
                 "problems": [
-                    {"task": p.task, "directive": p.directive, "message": p.message}
-                    for p in problems
+                    {"task": p.task, "directive": p.directive, "message": p.message} for p in problems
                 ],
             },
             sys.stdout,
@@ -366,8 +358,7 @@ def _render_state(state: SessionState, url: str) -> str:
         out.append(
             _table(
                 instance_rows,
-                ["instance", "status", "triggers applied", "created", "modified",
-                 "result / error"],
+                ["instance", "status", "triggers applied", "created", "modified", "result / error"],
             )
         )
     else:
@@ -385,12 +376,12 @@ def _render_state(state: SessionState, url: str) -> str:
     out += [
         "",
         "Unresolved tasks: " + (", ".join(t.name for t in state.get_unresolved_tasks()) or "none"),
-        "Unresolved instances: "
-        + (", ".join(i.name for i in state.get_unresolved_instances()) or "none"),
+        "Unresolved instances: " + (", ".join(i.name for i in state.get_unresolved_instances()) or "none"),
         "Instances with unresolved logs: "
-        + (", ".join(
-            f"{i.name} ({i.log_level_name})" for i in state.get_instances_with_unresolved_logs()
-        ) or "none"),
+        + (
+            ", ".join(f"{i.name} ({i.log_level_name})" for i in state.get_instances_with_unresolved_logs())
+            or "none"
+        ),
     ]
     for instance in _failed(state):
         out += ["", f"Failed: {instance.name}  {instance.metadata.get(Meta.EXCEPTION_TYPE, '?')}"]
@@ -419,29 +410,39 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
                 continue
             if args.unresolved and not unresolved_tasks:
                 continue
-            rows.append({
-                "uid": uid,
-                "version": state.version,
-                "tasks": len(state.tasks),
-                "instances": sum(state.instance_counts.values()),
-                "unresolvedTasks": unresolved_tasks,
-                "unresolvedInstances": [i.name for i in state.get_unresolved_instances()],
-                "failed": failed,
-            })
+            rows.append(
+                {
+                    "uid": uid,
+                    "version": state.version,
+                    "tasks": len(state.tasks),
+                    "instances": sum(state.instance_counts.values()),
+                    "unresolvedTasks": unresolved_tasks,
+                    "unresolvedInstances": [i.name for i in state.get_unresolved_instances()],
+                    "failed": failed,
+                }
+            )
     if args.json:
         _emit_json(rows, sys.stdout)
     elif args.quiet:
         for row in rows:
             print(row["uid"])
     elif rows:
-        print(_table(
-            [
-                [r["uid"], str(r["version"]), str(r["tasks"]), str(r["instances"]),
-                 str(len(r["unresolvedTasks"])), ", ".join(r["failed"])]
-                for r in rows
-            ],
-            ["session", "version", "tasks", "instances", "unresolved tasks", "failed"],
-        ))
+        print(
+            _table(
+                [
+                    [
+                        r["uid"],
+                        str(r["version"]),
+                        str(r["tasks"]),
+                        str(r["instances"]),
+                        str(len(r["unresolvedTasks"])),
+                        ", ".join(r["failed"]),
+                    ]
+                    for r in rows
+                ],
+                ["session", "version", "tasks", "instances", "unresolved tasks", "failed"],
+            )
+        )
     else:
         print("no sessions" + (" matching the filter" if args.unresolved or args.failed else ""))
     return ExitCode.OK
@@ -496,17 +497,20 @@ async def _operate(args: argparse.Namespace, operation: Operation) -> int:
     else:
         print(summary)
         if timed_out:
-            print(f"gave up waiting after {args.timeout} s: runs still going were cancelled "
-                  "and stored as failed (replay them)")
+            print(
+                f"gave up waiting after {args.timeout} s: runs still going were cancelled "
+                "and stored as failed (replay them)"
+            )
         if changed:
-            print(_table(
-                [
-                    [new.name, old.status.value if old else "(new)", new.status.value,
-                     _outcome(new)]
-                    for old, new in changed
-                ],
-                ["instance", "was", "now", "result / error"],
-            ))
+            print(
+                _table(
+                    [
+                        [new.name, old.status.value if old else "(new)", new.status.value, _outcome(new)]
+                        for old, new in changed
+                    ],
+                    ["instance", "was", "now", "result / error"],
+                )
+            )
         for instance in failed:
             print(f"\nFailed: {instance.name}  {instance.metadata.get(Meta.EXCEPTION_TYPE, '?')}")
             info = str(instance.metadata.get(Meta.EXCEPTION_INFO) or "").rstrip()
@@ -538,8 +542,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
 async def cmd_skip(args: argparse.Namespace) -> int:
     result = _json_object(args.result, "--result")
     if result is not None and not args.cascade:
-        raise CommandError("--result is the kwargs of the cascade: give --cascade too",
-                           ExitCode.USAGE)
+        raise CommandError("--result is the kwargs of the cascade: give --cascade too", ExitCode.USAGE)
 
     async def skip(manager: TriggerManager) -> str:
         skipped = await manager.skip_failed_instance(args.instance, args.cascade, result)
@@ -586,8 +589,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
     if args.check:
         current = _read_text(args.check, "schema")
         if current != text:
-            print(f"{args.check} is out of date: regenerate it with "
-                  f"`atriggers schema --output {args.check}`", file=sys.stderr)
+            print(
+                f"{args.check} is out of date: regenerate it with `atriggers schema --output {args.check}`",
+                file=sys.stderr,
+            )
             return ExitCode.INVALID
         print(f"{args.check} is up to date")
     elif args.output:
@@ -603,27 +608,37 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="import MODULE first (where your tasks, runners, storages or managers "
-             "register themselves); repeatable; the current directory is importable",
+        "register themselves); repeatable; the current directory is importable",
     )
     session = _Parser(add_help=False)
     session.add_argument("url", metavar="URL", help="storage URL, e.g. sqlite:///state.db")
     session.add_argument("uid", metavar="UID", help="session id")
     session.add_argument(
-        "--manager", default="default", metavar="NAME",
+        "--manager",
+        default="default",
+        metavar="NAME",
         help="registered TriggerManager class to use (its hooks run); default: %(default)s",
     )
     runs = _Parser(add_help=False)
     runs.add_argument(
-        "--runner", metavar="NAME",
+        "--runner",
+        metavar="NAME",
         help="runner for tasks without `using` (default: the manager's, usually asyncio, "
-             "which runs tasks in this process)",
+        "which runs tasks in this process)",
     )
     runs.add_argument(
-        "--timeout", type=float, default=None, metavar="SECONDS",
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help="wait at most this long for tasks run in this process (default: no limit); "
-             "runs still going are then cancelled and stored as failed",
+        "runs still going are then cancelled and stored as failed",
     )
     as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -634,67 +649,74 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: " + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode),
     )
     parser.add_argument("--version", action="version", version=f"atriggers {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("validate", parents=[common, as_json],
-                       help="check a configuration file and list every problem")
+    p = sub.add_parser(
+        "validate", parents=[common, as_json], help="check a configuration file and list every problem"
+    )
     p.add_argument("config", metavar="CONFIG.json", help="configuration file ('-': stdin)")
     p.set_defaults(handler=cmd_validate)
 
-    p = sub.add_parser("configure", parents=[common, session],
-                       help="merge a configuration file into a session (creates it)")
+    p = sub.add_parser(
+        "configure", parents=[common, session], help="merge a configuration file into a session (creates it)"
+    )
     p.add_argument("config", metavar="CONFIG.json")
     p.set_defaults(handler=cmd_configure)
 
-    p = sub.add_parser("show", parents=[common, session, as_json],
-                       help="a session's tasks, instances, unresolved items and failures")
+    p = sub.add_parser(
+        "show",
+        parents=[common, session, as_json],
+        help="a session's tasks, instances, unresolved items and failures",
+    )
     p.set_defaults(handler=cmd_show)
 
-    p = sub.add_parser("fire", parents=[common, session, runs, as_json],
-                       help="fire a trigger into a session")
+    p = sub.add_parser("fire", parents=[common, session, runs, as_json], help="fire a trigger into a session")
     p.add_argument("trigger", metavar="TRIGGER")
     p.add_argument("--kwargs", metavar="JSON", help="trigger kwargs: a JSON object or @file")
     p.set_defaults(handler=cmd_fire)
 
-    p = sub.add_parser("replay", parents=[common, session, runs, as_json],
-                       help="replay a failed instance")
+    p = sub.add_parser("replay", parents=[common, session, runs, as_json], help="replay a failed instance")
     p.add_argument("instance", metavar="INSTANCE", help="e.g. t_importSubject#0")
-    p.add_argument("--kwargs", metavar="JSON",
-                   help="replacement kwargs, trigger name -> kwargs: a JSON object or @file")
+    p.add_argument(
+        "--kwargs", metavar="JSON", help="replacement kwargs, trigger name -> kwargs: a JSON object or @file"
+    )
     p.set_defaults(handler=cmd_replay)
 
-    p = sub.add_parser("skip", parents=[common, session, runs, as_json],
-                       help="mark a failed instance skipped")
+    p = sub.add_parser(
+        "skip", parents=[common, session, runs, as_json], help="mark a failed instance skipped"
+    )
     p.add_argument("instance", metavar="INSTANCE")
-    p.add_argument("--cascade", action="store_true",
-                   help="fire the task's name as if the instance had finished")
-    p.add_argument("--result", metavar="JSON",
-                   help="with --cascade: the kwargs to fire with (JSON object or @file)")
+    p.add_argument(
+        "--cascade", action="store_true", help="fire the task's name as if the instance had finished"
+    )
+    p.add_argument(
+        "--result", metavar="JSON", help="with --cascade: the kwargs to fire with (JSON object or @file)"
+    )
     p.set_defaults(handler=cmd_skip)
 
     p = sub.add_parser("sessions", parents=[common, as_json], help="list a storage's sessions")
     p.add_argument("url", metavar="URL")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--unresolved", action="store_true",
-                       help="only sessions with unresolved tasks")
-    which.add_argument("--failed", action="store_true",
-                       help="only sessions with failed instances")
+    which.add_argument("--unresolved", action="store_true", help="only sessions with unresolved tasks")
+    which.add_argument("--failed", action="store_true", help="only sessions with failed instances")
     p.add_argument("-q", "--quiet", action="store_true", help="print session ids only")
     p.set_defaults(handler=cmd_sessions)
 
-    p = sub.add_parser("graph", parents=[common],
-                       help="draw a workflow as Mermaid or Graphviz DOT")
-    p.add_argument("config", metavar="CONFIG.json", nargs="?",
-                   help="configuration file (default: the --session's configuration)")
+    p = sub.add_parser("graph", parents=[common], help="draw a workflow as Mermaid or Graphviz DOT")
+    p.add_argument(
+        "config",
+        metavar="CONFIG.json",
+        nargs="?",
+        help="configuration file (default: the --session's configuration)",
+    )
     p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
-    p.add_argument("--session", nargs=2, metavar=("URL", "UID"),
-                   help="colour the nodes by the status of this session")
+    p.add_argument(
+        "--session", nargs=2, metavar=("URL", "UID"), help="colour the nodes by the status of this session"
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(handler=cmd_graph)
 
-    p = sub.add_parser("schema", parents=[common],
-                       help="print the JSON Schema of configurations")
+    p = sub.add_parser("schema", parents=[common], help="print the JSON Schema of configurations")
     out = p.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", metavar="FILE", help="write it to FILE")
     out.add_argument("--check", metavar="FILE", help="exit 1 if FILE is not up to date")

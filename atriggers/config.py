@@ -81,29 +81,38 @@ DIRECTIVES: Mapping[str, Directive] = {
     d.name: d
     for d in (
         Directive(
-            "after", True, _trigger_list,
+            "after",
+            True,
+            _trigger_list,
             "Trigger names that must all have fired before the task runs (order does not "
             "matter). May be empty only when andEvery is given.",
             {"type": "array", "items": _NAME_SCHEMA},
         ),
         Directive(
-            "run", True, _one_name,
+            "run",
+            True,
+            _one_name,
             "Name of the registered task to run (for Celery, the Celery task name).",
             _NAME_SCHEMA,
         ),
         Directive(
-            "andEvery", False, _optional_name,
+            "andEvery",
+            False,
+            _optional_name,
             "One trigger name: every firing of it makes a new instance of the task.",
             {"anyOf": [_NAME_SCHEMA, {"type": "null"}]},
         ),
         Directive(
-            "unless", False,
+            "unless",
+            False,
             lambda v: None if v is None else _trigger_list(v),
             "Trigger names that, once all fired, abandon the task's unstarted instances.",
             {"anyOf": [{"type": "array", "items": _NAME_SCHEMA}, {"type": "null"}]},
         ),
         Directive(
-            "withParams", False, _dict_of_dicts,
+            "withParams",
+            False,
+            _dict_of_dicts,
             "Static kwargs keyed like trigger kwargs, merged under the fired kwargs.",
             {
                 "anyOf": [
@@ -113,7 +122,9 @@ DIRECTIVES: Mapping[str, Directive] = {
             },
         ),
         Directive(
-            "using", False, _optional_name,
+            "using",
+            False,
+            _optional_name,
             "Name of the runner for this task (default: the manager's default runner).",
             {"anyOf": [_NAME_SCHEMA, {"type": "null"}]},
         ),
@@ -175,8 +186,12 @@ def validate_configuration(configuration: object) -> list[Problem]:
     """Every problem in `configuration`; an empty list when it is valid."""
     if not isinstance(configuration, Mapping):
         return [
-            Problem(None, None, "configuration must be a dict of task name -> task config, "
-                    f"not {type(configuration).__name__}")
+            Problem(
+                None,
+                None,
+                "configuration must be a dict of task name -> task config, "
+                f"not {type(configuration).__name__}",
+            )
         ]
     problems: list[Problem] = []
     for name, body in configuration.items():
@@ -184,8 +199,9 @@ def validate_configuration(configuration: object) -> list[Problem]:
             problems.append(Problem(repr(name), None, "task names must be non-empty strings"))
             continue
         if not isinstance(body, Mapping):
-            problems.append(Problem(name, None, "task config must be a dict of directives, "
-                                    f"not {type(body).__name__}"))
+            problems.append(
+                Problem(name, None, f"task config must be a dict of directives, not {type(body).__name__}")
+            )
             continue
         problems.extend(_task_problems(name, body))
     return problems
@@ -202,11 +218,7 @@ def _task_problems(name: str, body: Mapping[Any, Any]) -> list[Problem]:
         if message:
             problems.append(Problem(name, directive.name, message))
     after = body.get("after")
-    if (
-        isinstance(after, (list, tuple, set, frozenset))
-        and not after
-        and not body.get("andEvery")
-    ):
+    if isinstance(after, (list, tuple, set, frozenset)) and not after and not body.get("andEvery"):
         problems.append(Problem(name, "after", "may be empty only when andEvery is given"))
     for key, value in body.items():
         if key in DIRECTIVES:
@@ -237,6 +249,5 @@ def parse_configuration(configuration: object) -> dict[str, TaskConfig]:
 
 def _jsonable_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        key: sorted(value) if isinstance(value, (set, frozenset)) else value
-        for key, value in body.items()
+        key: sorted(value) if isinstance(value, (set, frozenset)) else value for key, value in body.items()
     }

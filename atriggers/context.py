@@ -77,9 +77,7 @@ class _TrackingAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 class TaskContext:
     """Everything a task function receives."""
 
-    def __init__(
-        self, manager: TriggerManager, instance: TaskInstance, definition: TaskDefinition
-    ) -> None:
+    def __init__(self, manager: TriggerManager, instance: TaskInstance, definition: TaskDefinition) -> None:
         self.manager = manager
         self.instance = instance
         self.definition = definition
@@ -122,8 +120,9 @@ class TaskContext:
         except TaskSignal:
             raise
         except Exception as exc:
-            adapter.exception("%s failed: %s", self.instance_name, exc,
-                              extra={"context": getattr(exc, "context", {})})
+            adapter.exception(
+                "%s failed: %s", self.instance_name, exc, extra={"context": getattr(exc, "context", {})}
+            )
             raise
 
     def retry(
@@ -162,7 +161,7 @@ class TaskContext:
     def skip(self, metadata: Mapping[str, Any] | None = None) -> Skip:
         """The exception to raise to mark this instance skipped::
 
-            raise context.skip({"reason": "nothing to import"})
+        raise context.skip({"reason": "nothing to import"})
         """
         return Skip(object_arg(metadata, "skip metadata"))
 

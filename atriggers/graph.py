@@ -137,9 +137,7 @@ def build_graph(
             for instance in state.instances_of_task(name):
                 counts[instance.status.value] = counts.get(instance.status.value, 0) + 1
             status = next((s.value for s in STATUS_PRIORITY if s.value in counts), "waiting")
-        nodes.append(
-            Node(task_ids[name], name, "task", config.run, config.using, status, counts)
-        )
+        nodes.append(Node(task_ids[name], name, "task", config.run, config.using, status, counts))
 
     def node_id(trigger: str) -> str:
         return task_ids.get(trigger) or trigger_ids[trigger]
@@ -171,10 +169,7 @@ def _counts_text(node: Node) -> str:
 
 def _mermaid_text(text: str) -> str:
     # Mermaid labels are quoted strings; entity codes keep quotes and markup literal.
-    return (
-        text.replace("&", "#amp;").replace('"', "#quot;")
-        .replace("<", "#lt;").replace(">", "#gt;")
-    )
+    return text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
 
 
 def to_mermaid(
@@ -212,9 +207,7 @@ def to_mermaid(
     unless = [str(i) for i, e in enumerate(graph.edges) if e.kind is EdgeKind.UNLESS]
     if unless:
         lines.append(f"    linkStyle {','.join(unless)} stroke:{COLOURS['failed'][1]}")
-    cascades = [
-        str(i) for i, e in enumerate(graph.edges) if e.is_cascade and e.kind is not EdgeKind.UNLESS
-    ]
+    cascades = [str(i) for i, e in enumerate(graph.edges) if e.is_cascade and e.kind is not EdgeKind.UNLESS]
     if cascades:
         lines.append(f"    linkStyle {','.join(cascades)} stroke:{CASCADE_COLOUR}")
     used = sorted({n.status for n in graph.nodes if n.status})
@@ -282,8 +275,10 @@ def to_dot(
             attrs = {"style": "bold", "label": '"every"'}
         elif edge.kind is EdgeKind.UNLESS:
             attrs = {
-                "style": "dashed", "color": _dot_text(COLOURS["failed"][1]),
-                "arrowhead": "tee", "label": '"unless"',
+                "style": "dashed",
+                "color": _dot_text(COLOURS["failed"][1]),
+                "arrowhead": "tee",
+                "label": '"unless"',
             }
         else:
             attrs = {}

@@ -159,9 +159,7 @@ class TaskInstance:
         }
 
     @classmethod
-    def from_dict(
-        cls, name: str, data: dict[str, Any], config: TaskConfig | None = None
-    ) -> TaskInstance:
+    def from_dict(cls, name: str, data: dict[str, Any], config: TaskConfig | None = None) -> TaskInstance:
         return cls(
             name=name,
             task_name=data["task"],
@@ -176,8 +174,13 @@ class TaskInstance:
         """A deep copy: what atriggers hands to callers, hooks, runners and tasks,
         so that changing it changes nothing stored or cached."""
         return TaskInstance(
-            self.name, self.task_name, self.status, loads(dumps(self.kwargs)),
-            self.abandon_state, loads(dumps(self.metadata)), self.config,
+            self.name,
+            self.task_name,
+            self.status,
+            loads(dumps(self.kwargs)),
+            self.abandon_state,
+            loads(dumps(self.metadata)),
+            self.config,
         )
 
     def copy(self) -> TaskInstance:
@@ -189,8 +192,13 @@ class TaskInstance:
         if isinstance(metadata.get(Meta.TIMESTAMPS), dict):
             metadata[Meta.TIMESTAMPS] = dict(metadata[Meta.TIMESTAMPS])
         return TaskInstance(
-            self.name, self.task_name, self.status, dict(self.kwargs),
-            self.abandon_state, metadata, self.config,
+            self.name,
+            self.task_name,
+            self.status,
+            dict(self.kwargs),
+            self.abandon_state,
+            metadata,
+            self.config,
         )
 
     def __str__(self) -> str:

@@ -361,7 +361,8 @@ class TriggerManager:
                     log.exception(
                         "%s/%s could not be dispatched and its failure could not be "
                         "stored: it stays scheduled until an operator fails and replays it",
-                        self.uid, instance.name,
+                        self.uid,
+                        instance.name,
                     )
 
     # -- the operation loop -------------------------------------------------------------

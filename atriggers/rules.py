@@ -45,8 +45,7 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
     ready: list[TaskInstance] = []
     for task in draft.tasks_using(trigger):
         unstarted = [
-            i for i in draft.instances()
-            if i.task_name == task.name and i.status is Status.UNSTARTED
+            i for i in draft.instances() if i.task_name == task.name and i.status is Status.UNSTARTED
         ]
         if draft.count(task.name):
             # A new instance only for the task's `andEvery`, and only when no
@@ -85,9 +84,7 @@ def _takes(instance: TaskInstance, task: TaskConfig, trigger: str) -> bool:
     )
 
 
-def _apply(
-    instance: TaskInstance, task: TaskConfig, trigger: str, kwargs: Mapping[str, Any]
-) -> None:
+def _apply(instance: TaskInstance, task: TaskConfig, trigger: str, kwargs: Mapping[str, Any]) -> None:
     if trigger in task.after and trigger not in instance.kwargs:
         instance.kwargs[trigger] = dict(kwargs)
     if trigger in task.unless:
@@ -107,9 +104,7 @@ def replay(
         raise InvalidStatus(name, failed.status.value, "replayed")
     task = draft.tasks.get(failed.task_name)
     if task is None:
-        raise InvalidInput(
-            f"cannot replay {name!r}: task {failed.task_name!r} is no longer configured"
-        )
+        raise InvalidInput(f"cannot replay {name!r}: task {failed.task_name!r} is no longer configured")
     draft.set_status(draft.edit(name), Status.REPLAYED)
     clone_meta: dict[str, Any] = {Meta.PARENT: name, Meta.DEPTH: failed.depth + 1}
     if cooldown:
@@ -134,8 +129,12 @@ def skip(
         raise InvalidStatus(name, instance.status.value, "skipped")
     result = dict(result or {})
     return set_status(
-        draft, name, Status.SKIPPED, {"cascade": cascade, Meta.RESULT: result},
-        cascade=cascade, cascade_kwargs=result,
+        draft,
+        name,
+        Status.SKIPPED,
+        {"cascade": cascade, Meta.RESULT: result},
+        cascade=cascade,
+        cascade_kwargs=result,
     )
 
 
@@ -162,9 +161,7 @@ def update_metadata(draft: Draft, name: str, metadata: Mapping[str, Any]) -> Tas
     return instance
 
 
-def merge_params(
-    with_params: Mapping[str, Any], kwargs: Mapping[str, Any]
-) -> dict[str, Any]:
+def merge_params(with_params: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """`withParams` merged recursively under the fired kwargs (fired values win)."""
     merged = dict(with_params)
     for key, value in kwargs.items():

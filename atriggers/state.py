@@ -49,7 +49,8 @@ class SessionState:
         """Tasks with no instance yet, or with at least one unresolved instance."""
         unresolved = {i.task_name for i in self.instances.values() if not i.is_resolved}
         return [
-            task for name, task in self.tasks.items()
+            task
+            for name, task in self.tasks.items()
             if name in unresolved or not self.instance_counts.get(name)
         ]
 
@@ -209,10 +210,7 @@ class Draft:
 
     def changes(self) -> Change:
         """What to write, and the snapshot that results."""
-        active = {
-            name: i for name, i in self._instances.items()
-            if self.base.complete or not i.is_resolved
-        }
+        active = {name: i for name, i in self._instances.items() if self.base.complete or not i.is_resolved}
         state = SessionState(
             uid=self.uid,
             version=self.base.version + 1,

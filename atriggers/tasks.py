@@ -77,9 +77,7 @@ class TaskRegistry:
         if definition is None and self._group:
             for ep in entry_points(group=self._group, name=name):
                 loaded = ep.load()
-                definition = (
-                    loaded if isinstance(loaded, TaskDefinition) else self.register(loaded, name)
-                )
+                definition = loaded if isinstance(loaded, TaskDefinition) else self.register(loaded, name)
                 break
         if definition is None:
             raise UnknownTask(

@@ -116,9 +116,7 @@ class Triggers:
         if not isinstance(storage, str | Storage):
             raise TypeError(f"storage must be a storage URL or a Storage, not {storage!r}")
         if not (isinstance(manager_class, type) and issubclass(manager_class, TriggerManager)):
-            raise TypeError(
-                f"manager_class must be a TriggerManager subclass, not {manager_class!r}"
-            )
+            raise TypeError(f"manager_class must be a TriggerManager subclass, not {manager_class!r}")
         if close_timeout is not None and close_timeout < 0:
             raise ValueError(f"close_timeout must be >= 0 seconds, not {close_timeout}")
         self._source = storage
@@ -219,9 +217,7 @@ class Triggers:
 
     def manager(self, uid: str) -> TriggerManager:
         """A manager for session `uid` (cheap: make one per request)."""
-        return self.manager_class(
-            self.storage, uid, default_runner=self.default_runner, tasks=self.tasks
-        )
+        return self.manager_class(self.storage, uid, default_runner=self.default_runner, tasks=self.tasks)
 
     def depends(self, uid: str | Callable[..., Any] = "uid") -> Any:
         """FastAPI dependency giving the `TriggerManager` of the request's session::
@@ -319,8 +315,11 @@ class _LifespanMiddleware:
             kind = out["type"]
             if kind == "lifespan.startup.complete":
                 seen["started"] = True
-            elif kind in ("lifespan.startup.failed", "lifespan.shutdown.complete",
-                          "lifespan.shutdown.failed"):
+            elif kind in (
+                "lifespan.startup.failed",
+                "lifespan.shutdown.complete",
+                "lifespan.shutdown.failed",
+            ):
                 seen["answered"] = True
                 out = await self._close(out)
             await send(out)

@@ -69,13 +69,15 @@ async def _fires(store: Storage, n: int, phases: list[dict[str, float]] | None) 
         latencies.append(end - start)
         if phases is not None:
             m = _marks
-            phases.append({
-                "python before the hand-off": m["call"] - start,
-                "hand-off to aiosqlite's thread": m["thread_start"] - m["call"],
-                "SQLite transaction (in the thread)": m["thread_end"] - m["thread_start"],
-                "hand-off back to the loop": m["returned"] - m["thread_end"],
-                "python after the hand-off": end - m["returned"],
-            })
+            phases.append(
+                {
+                    "python before the hand-off": m["call"] - start,
+                    "hand-off to aiosqlite's thread": m["thread_start"] - m["call"],
+                    "SQLite transaction (in the thread)": m["thread_end"] - m["thread_start"],
+                    "hand-off back to the loop": m["returned"] - m["thread_end"],
+                    "python after the hand-off": end - m["returned"],
+                }
+            )
     return latencies
 
 
@@ -90,13 +92,17 @@ async def breakdown(n: int) -> str:
         async with MemoryStorage() as memory:
             memory_fires = await _fires(memory, n, None)
     total = percentile(sqlite_fires, 0.5)
-    lines.append(f"SQLite fire, p50 of {n}: {total * 1e6:.0f} us "
-                 f"(aiosqlite SELECT 1 round trip p50: {percentile(select1, 0.5) * 1e6:.0f} us)")
+    lines.append(
+        f"SQLite fire, p50 of {n}: {total * 1e6:.0f} us "
+        f"(aiosqlite SELECT 1 round trip p50: {percentile(select1, 0.5) * 1e6:.0f} us)"
+    )
     for phase in phases[0]:
         p50 = percentile([p[phase] for p in phases], 0.5)
         lines.append(f"  {phase:<36} {p50 * 1e6:7.1f} us  ({p50 / total:5.1%})")
-    lines.append(f"MemoryStorage fire, p50: {percentile(memory_fires, 0.5) * 1e6:.0f} us "
-                 "(manager + rules + JSON, no I/O)")
+    lines.append(
+        f"MemoryStorage fire, p50: {percentile(memory_fires, 0.5) * 1e6:.0f} us "
+        "(manager + rules + JSON, no I/O)"
+    )
     return "\n".join(lines)
 
 
@@ -116,8 +122,11 @@ async def call_tree(n: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.profile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--fires", type=int, default=3000)
     parser.add_argument("--pyinstrument", action="store_true", help="also print a call tree")
     args = parser.parse_args()

@@ -101,10 +101,16 @@ async def _baselines(directory: Path, quick: bool) -> list[dict[str, Any]]:
         ("baseline: aiosqlite insert+commit", await baseline_write_txn(directory / "b2.db", n)),
         ("baseline: create_task+await", await baseline_create_task(n * 10)),
     ):
-        rows.append({
-            "scenario": name, "storage": "-", "fires": len(samples),
-            "seconds": sum(samples), "rate": len(samples) / sum(samples), **summary(samples),
-        })
+        rows.append(
+            {
+                "scenario": name,
+                "storage": "-",
+                "fires": len(samples),
+                "seconds": sum(samples),
+                "rate": len(samples) / sum(samples),
+                **summary(samples),
+            }
+        )
     return rows
 
 
@@ -121,11 +127,17 @@ def child(scenario: str, kind: str, quick: bool) -> int:
                 kind = "-"
             else:
                 outcome = asyncio.run(SCENARIOS[scenario][0](kind, directory, quick))
-                rows = [{
-                    "scenario": scenario, "storage": kind, "fires": outcome.fires,
-                    "seconds": outcome.seconds, "rate": outcome.fires / outcome.seconds,
-                    **summary(outcome.latencies), "extra": outcome.extra,
-                }]
+                rows = [
+                    {
+                        "scenario": scenario,
+                        "storage": kind,
+                        "fires": outcome.fires,
+                        "seconds": outcome.seconds,
+                        "rate": outcome.fires / outcome.seconds,
+                        **summary(outcome.latencies),
+                        "extra": outcome.extra,
+                    }
+                ]
         except CheckFailed as exc:
             print(json.dumps({"error": f"WRONG RESULT: {exc}"}))
             return 1
@@ -189,19 +201,37 @@ def _rate(row: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    header = ["scenario", "storage", "fires", "fires/s", "x orig", "p50 ms", "p99 ms",
-              "peak RSS MB", "target (measured)", "result"]
+    header = [
+        "scenario",
+        "storage",
+        "fires",
+        "fires/s",
+        "x orig",
+        "p50 ms",
+        "p99 ms",
+        "peak RSS MB",
+        "target (measured)",
+        "result",
+    ]
     table = []
     for row in rows:
         orig = ORIGINAL_RATE.get(row["scenario"])
         target = row.get("target") or {"text": "-", "passed": None}
         verdict = {True: "PASS", False: "MISS", None: ""}[target["passed"]]
-        table.append([
-            row["scenario"], row["storage"], str(row["fires"]), _rate(row),
-            f"{row['rate'] / orig:.1f}x" if orig else "",
-            _fmt(row["p50_ms"], 3), _fmt(row["p99_ms"], 3), _fmt(row.get("rss_peak_mb", float("nan")), 0),
-            target["text"], verdict,
-        ])
+        table.append(
+            [
+                row["scenario"],
+                row["storage"],
+                str(row["fires"]),
+                _rate(row),
+                f"{row['rate'] / orig:.1f}x" if orig else "",
+                _fmt(row["p50_ms"], 3),
+                _fmt(row["p99_ms"], 3),
+                _fmt(row.get("rss_peak_mb", float("nan")), 0),
+                target["text"],
+                verdict,
+            ]
+        )
     widths = [max(len(c) for c in column) for column in zip(header, *table, strict=True)]
     line = " | ".join(f"{{:<{w}}}" for w in widths)
     out = ["| " + line.format(*header) + " |", "|-" + "-|-".join("-" * w for w in widths) + "-|"]
@@ -247,14 +277,19 @@ def details(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from .scenarios import SCENARIOS
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes for CI (< 60 s)")
     parser.add_argument("--only", help="comma-separated scenarios (default: all): " + ", ".join(SCENARIOS))
     parser.add_argument("--storage", choices=["sqlite", "memory"], help="only this storage")
     parser.add_argument("--json", type=Path, help="also write every row, with details, here")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run each scenario N times and report the median run (noisy machines)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each scenario N times and report the median run (noisy machines)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -268,8 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, str]] = [("baselines", "sqlite")]
     plan += [(n, k) for n in names for k in SCENARIOS[n][1] if args.storage in (None, k)]
 
-    print(f"atriggers benchmarks ({'quick' if args.quick else 'full'}) on Python "
-          f"{platform.python_version()}, {os.cpu_count()} CPUs, {sqlite_version()}", flush=True)
+    print(
+        f"atriggers benchmarks ({'quick' if args.quick else 'full'}) on Python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, {sqlite_version()}",
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     began = time.perf_counter()
@@ -298,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         print()
         print(extra)
-    print(f"\ntotal {time.perf_counter() - began:.0f} s; load average {os.getloadavg()[0]:.2f}"
-          + (f"; median of {args.repeat} runs, range of fires/s in brackets" if args.repeat > 1 else ""))
+    print(
+        f"\ntotal {time.perf_counter() - began:.0f} s; load average {os.getloadavg()[0]:.2f}"
+        + (f"; median of {args.repeat} runs, range of fires/s in brackets" if args.repeat > 1 else "")
+    )
     if args.quick:
         print("quick mode: sizes are small, so the targets are indicative only")
     if args.json:
@@ -311,8 +351,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- {failure}", file=sys.stderr)
         return 1
     if missed:
-        print(f"\n{len(missed)} target(s) missed: "
-              + ", ".join(f"{r['scenario']}/{r['storage']}" for r in missed))
+        print(
+            f"\n{len(missed)} target(s) missed: "
+            + ", ".join(f"{r['scenario']}/{r['storage']}" for r in missed)
+        )
         return 2 if args.strict else 0
     return 0
 

@@ -121,11 +121,16 @@ async def every_idle(kind: str, directory: Path, quick: bool) -> Outcome:
     check(len(state.instances) == n, f"expected {n} instances, got {len(state.instances)}")
     check(statuses(state.instances.values()) == {"unstarted": n}, "every instance should be unstarted")
     check(state.instances[f"t#{n - 1}"].kwargs == {"tick": {"i": n - 1}}, "last instance's kwargs")
-    first, last = latencies[: n // 10], latencies[-(n // 10):]
-    return Outcome(n, seconds, latencies, {
-        "first_10pct_p50_ms": percentile(first, 0.5) * 1e3,
-        "last_10pct_p50_ms": percentile(last, 0.5) * 1e3,
-    })
+    first, last = latencies[: n // 10], latencies[-(n // 10) :]
+    return Outcome(
+        n,
+        seconds,
+        latencies,
+        {
+            "first_10pct_p50_ms": percentile(first, 0.5) * 1e3,
+            "last_10pct_p50_ms": percentile(last, 0.5) * 1e3,
+        },
+    )
 
 
 # -- 3. andEvery fires whose tasks run ------------------------------------------------------
@@ -239,23 +244,33 @@ async def growth(kind: str, directory: Path, quick: bool) -> Outcome:
         check(state.instances["t#0"].status is Status.UNSTARTED, f"{state.uid}: t#0 must stay unstarted")
     # Throughput here is that of the probe fires into the big session at the last
     # checkpoint (building the history is not what is measured).
-    return Outcome(len(last), sum(last), last, {
-        "by_resolved": per_n, "max_resolved": top, "probe_fires": fires, "seconds_total": seconds,
-    })
+    return Outcome(
+        len(last),
+        sum(last),
+        last,
+        {
+            "by_resolved": per_n,
+            "max_resolved": top,
+            "probe_fires": fires,
+            "seconds_total": seconds,
+        },
+    )
 
 
 # -- 6. several OS processes firing into one session -------------------------------------------
 
 
-def _spawn_workers(
-    path: Path, uid: str, processes: int, fires: int, run: bool
-) -> list[dict[str, Any]]:
+def _spawn_workers(path: Path, uid: str, processes: int, fires: int, run: bool) -> list[dict[str, Any]]:
     env = child_env()
     command = [sys.executable, "-m", "benchmarks.worker", str(path), uid, str(fires)]
     workers = [
         subprocess.Popen(
             [*command, str(p), "run" if run else "idle"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
         )
         for p in range(processes)
     ]
@@ -306,11 +321,16 @@ async def _processes(kind: str, directory: Path, quick: bool, run: bool) -> Outc
     else:
         check(state.version == base + total, f"version {state.version}, expected {base + total}: fires lost")
         check(list(state.instances) == ["t#0"], f"instances {list(state.instances)}")
-    return Outcome(total, seconds, latencies, {
-        "processes": processes,
-        "conflicts": sum(r["conflicts"] for r in reports),
-        "lost": 0,
-    })
+    return Outcome(
+        total,
+        seconds,
+        latencies,
+        {
+            "processes": processes,
+            "conflicts": sum(r["conflicts"] for r in reports),
+            "lost": 0,
+        },
+    )
 
 
 async def procs(kind: str, directory: Path, quick: bool) -> Outcome:
@@ -362,14 +382,19 @@ async def scale(kind: str, directory: Path, quick: bool) -> Outcome:
             list(state.instances) == ["t#0"] and state.instances["t#0"].kwargs == {"a": {"uid": state.uid}},
             f"{state.uid}: wrong state",
         )
-    return Outcome(n, seconds, latencies, {
-        "sessions": n,
-        "rss_before_mb": before,
-        "rss_after_mb": after,
-        "rss_delta_mb": after - before,
-        "cached_snapshots": cached,
-        "locks_left": locks,
-    })
+    return Outcome(
+        n,
+        seconds,
+        latencies,
+        {
+            "sessions": n,
+            "rss_before_mb": before,
+            "rss_after_mb": after,
+            "rss_delta_mb": after - before,
+            "cached_snapshots": cached,
+            "locks_left": locks,
+        },
+    )
 
 
 Scenario = Callable[[str, Path, bool], Coroutine[Any, Any, Outcome]]

@@ -32,9 +32,11 @@ class CountingSQLite(SQLiteStorage):
     ) -> Change | None:
         counted = reapply
         if reapply is not None:
+
             def counted(current: SessionState) -> Change | None:
                 self.conflicts += 1  # in aiosqlite's thread; only that thread counts
                 return reapply(current)
+
         try:
             return await super().store_or_reapply(uid, expected_version, change, counted)
         except VersionConflict:
@@ -60,8 +62,11 @@ async def main(path: Path, uid: str, fires: int, index: int, run: bool) -> dict[
         await manager.join()
         end = time.time()
         return {
-            "latencies": latencies, "start": start, "end": end,
-            "scheduled": scheduled, "conflicts": store.conflicts,
+            "latencies": latencies,
+            "start": start,
+            "end": end,
+            "scheduled": scheduled,
+            "conflicts": store.conflicts,
         }
 
 

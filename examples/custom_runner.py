@@ -72,8 +72,12 @@ class SubprocessRunner(BaseRunner):
             self._slots = asyncio.Semaphore(self.max_processes)
         async with self._slots:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, str(self.script), "--run", json.dumps(request.to_dict()),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                str(self.script),
+                "--run",
+                json.dumps(request.to_dict()),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
             )
             try:
                 _, stderr = await process.communicate()
@@ -152,7 +156,8 @@ async def main(path: Path) -> None:
             detail: object = instance.result or ""
             if instance.status is Status.FAILED:
                 detail = next(
-                    line for line in instance.metadata["exceptionInfo"].splitlines()
+                    line
+                    for line in instance.metadata["exceptionInfo"].splitlines()
                     if line.startswith(instance.metadata["exceptionType"].rsplit(".", 1)[-1])
                 )
             print(f"{instance.name:<12} {instance.status.value:<9} {detail}")

@@ -80,9 +80,7 @@ PAGES = [
 ]
 
 
-async def run_questionnaire(
-    storage: SQLiteStorage, uid: str, *, embedded: bool = False
-) -> TriggerManager:
+async def run_questionnaire(storage: SQLiteStorage, uid: str, *, embedded: bool = False) -> TriggerManager:
     """Drive one respondent's questionnaire through the workflow."""
     manager = TriggerManager(storage, uid)
     await manager.update_configuration(CONFIGURATION)

@@ -159,14 +159,10 @@ class LambdaRunner(BaseRunner):
         *,
         asynchronous: bool | None = None,
     ) -> None:
-        if function_name is not None and (
-            not isinstance(function_name, str) or not function_name.strip()
-        ):
+        if function_name is not None and (not isinstance(function_name, str) or not function_name.strip()):
             raise ValueError(f"function_name must be a non-empty string, not {function_name!r}")
         if client is not None and not callable(getattr(client, "invoke", None)):
-            raise TypeError(
-                f"client must have an invoke() method like a boto3 Lambda client, not {client!r}"
-            )
+            raise TypeError(f"client must have an invoke() method like a boto3 Lambda client, not {client!r}")
         self.client = client
         self.function_name = function_name
         #: Whether ``client.invoke`` is awaited on the loop (True) or called in a
@@ -184,16 +180,26 @@ class LambdaRunner(BaseRunner):
         configured = config.extras.get(FUNCTION_DIRECTIVE) if config is not None else None
         if configured is not None:
             if not isinstance(configured, str) or not configured.strip():
-                raise ConfigurationError([
-                    Problem(instance.task_name, FUNCTION_DIRECTIVE,
-                            f"must be a non-empty Lambda function name or ARN, not {configured!r}")
-                ])
+                raise ConfigurationError(
+                    [
+                        Problem(
+                            instance.task_name,
+                            FUNCTION_DIRECTIVE,
+                            f"must be a non-empty Lambda function name or ARN, not {configured!r}",
+                        )
+                    ]
+                )
             return configured
         if self.function_name is None:
-            raise ConfigurationError([
-                Problem(instance.task_name, FUNCTION_DIRECTIVE,
-                        "is required: this LambdaRunner has no default function_name")
-            ])
+            raise ConfigurationError(
+                [
+                    Problem(
+                        instance.task_name,
+                        FUNCTION_DIRECTIVE,
+                        "is required: this LambdaRunner has no default function_name",
+                    )
+                ]
+            )
         return self.function_name
 
     @staticmethod
@@ -223,14 +229,13 @@ class LambdaRunner(BaseRunner):
         function = self.function_for(instance)
         payload = self.payload_for(manager, instance)
         try:
-            response = await self._invoke(
-                FunctionName=function, InvocationType="Event", Payload=payload
-            )
+            response = await self._invoke(FunctionName=function, InvocationType="Event", Payload=payload)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             meta = exc.response.get("ResponseMetadata", {})
             raise LambdaInvokeError(
-                function, instance.name,
+                function,
+                instance.name,
                 str(error.get("Code") or "Unknown"),
                 str(error.get("Message") or exc),
                 meta.get("HTTPStatusCode"),
@@ -243,8 +248,11 @@ class LambdaRunner(BaseRunner):
         status = response.get("StatusCode") if isinstance(response, Mapping) else None
         if status != 202:
             raise LambdaInvokeError(
-                function, instance.name, "UnexpectedResponse",
-                f"an asynchronous invocation answers HTTP 202, this one {status!r}", status,
+                function,
+                instance.name,
+                "UnexpectedResponse",
+                f"an asynchronous invocation answers HTTP 202, this one {status!r}",
+                status,
             )
         log.debug("%s/%s sent to Lambda function %r", manager.uid, instance.name, function)
 
@@ -365,17 +373,18 @@ class LambdaHandler:
         if not_before is not None and (
             not isinstance(not_before, (int, float)) or isinstance(not_before, bool)
         ):
-            raise InvalidInput(
-                f"run request field {NOT_BEFORE_KEY!r} must be a number, got {not_before!r}"
-            )
+            raise InvalidInput(f"run request field {NOT_BEFORE_KEY!r} must be a number, got {not_before!r}")
         wait = max(0.0, not_before - time.time()) if not_before is not None else 0.0
         if wait > 0:
             if deadline is not None and loop.time() + wait >= deadline:
-                return await self._fail(request, LambdaCooldownError(
-                    f"instance {request.instance!r} must wait {wait:.1f}s more for its "
-                    f"cooldown but the invocation has {deadline - loop.time():.1f}s left "
-                    f"to run it: raise the function's timeout or shorten the cooldown"
-                ))
+                return await self._fail(
+                    request,
+                    LambdaCooldownError(
+                        f"instance {request.instance!r} must wait {wait:.1f}s more for its "
+                        f"cooldown but the invocation has {deadline - loop.time():.1f}s left "
+                        f"to run it: raise the function's timeout or shorten the cooldown"
+                    ),
+                )
             log.info("%s/%s: waiting %.1fs of cooldown", request.uid, request.instance, wait)
             await asyncio.sleep(wait)
         if deadline is None:
@@ -396,13 +405,17 @@ class LambdaHandler:
         await storage.drain(0)
         await asyncio.wait({run}, timeout=max(self.margin / 2, 0.5))
         if run.done() and not run.cancelled() and run.exception() is not None:
-            log.warning("%s/%s: run ended with %r after its deadline",
-                        request.uid, request.instance, run.exception())
-        return await self._fail(request, LambdaTimeoutError(
-            f"instance {request.instance!r} did not finish before the Lambda invocation's "
-            f"deadline (its timeout less a {self.margin}s margin) and was cancelled: raise "
-            f"the function's timeout or make the task shorter"
-        ))
+            log.warning(
+                "%s/%s: run ended with %r after its deadline", request.uid, request.instance, run.exception()
+            )
+        return await self._fail(
+            request,
+            LambdaTimeoutError(
+                f"instance {request.instance!r} did not finish before the Lambda invocation's "
+                f"deadline (its timeout less a {self.margin}s margin) and was cancelled: raise "
+                f"the function's timeout or make the task shorter"
+            ),
+        )
 
     async def _fail(self, request: RunRequest, error: TriggerError) -> dict[str, Any]:
         """Store the instance failed because of `error` (if it is still scheduled
@@ -413,13 +426,8 @@ class LambdaHandler:
         if instance is None:
             instance = await manager.get_instance(request.instance)
             cancelled = f"{asyncio.CancelledError.__module__}.{asyncio.CancelledError.__qualname__}"
-            if (
-                instance.status is Status.FAILED
-                and instance.metadata.get(Meta.EXCEPTION_TYPE) == cancelled
-            ):
-                instance = await manager.update_instance_metadata(
-                    request.instance, exception_metadata(error)
-                )
+            if instance.status is Status.FAILED and instance.metadata.get(Meta.EXCEPTION_TYPE) == cancelled:
+                instance = await manager.update_instance_metadata(request.instance, exception_metadata(error))
         return _answer(request, instance)
 
     def close(self) -> None:
@@ -461,9 +469,7 @@ def _decode_event(event: object) -> Mapping[str, Any]:
         except ValueError as exc:
             raise InvalidInput(f"the Lambda event is not JSON: {exc}") from exc
     if not isinstance(event, Mapping):
-        raise InvalidInput(
-            f"the Lambda event must be a run request object, not {type(event).__name__}"
-        )
+        raise InvalidInput(f"the Lambda event must be a run request object, not {type(event).__name__}")
     return event
 
 

@@ -51,8 +51,7 @@ try:
     from kombu.utils.url import maybe_sanitize_url
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
-        "atriggers.runners.celery needs Celery: install the extra with "
-        "pip install 'atriggers[celery]'"
+        "atriggers.runners.celery needs Celery: install the extra with pip install 'atriggers[celery]'"
     ) from exc
 
 import anyio
@@ -191,9 +190,7 @@ class CeleryRunner(BaseRunner):
                 f"to broker {self._broker(app)}: {exc}"
             ) from exc
 
-    def _send(
-        self, app: Any, task_name: str, payload: dict[str, str], countdown: float | None
-    ) -> None:
+    def _send(self, app: Any, task_name: str, payload: dict[str, str], countdown: float | None) -> None:
         retry_policy = {
             "max_retries": self.publish_retries,
             "interval_start": 0,
@@ -265,9 +262,7 @@ class WorkerLoop:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="atriggers-celery-loop", daemon=True
-                )
+                thread = threading.Thread(target=loop.run_forever, name="atriggers-celery-loop", daemon=True)
                 thread.start()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
                 self.pool = StoragePool()
@@ -345,8 +340,18 @@ async def _execute(payload: object) -> dict[str, Any]:
 
 
 _CELERY_RETRY_OPTIONS = frozenset(
-    {"autoretry_for", "retry_backoff", "retry_backoff_max", "retry_jitter", "retry_kwargs",
-     "max_retries", "default_retry_delay", "bind", "base", "name"}
+    {
+        "autoretry_for",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "retry_kwargs",
+        "max_retries",
+        "default_retry_delay",
+        "bind",
+        "base",
+        "name",
+    }
 )
 
 

@@ -60,7 +60,8 @@ class AsyncioRunner(BaseRunner):
             log.exception(
                 "%s/%s: its run could not be recorded; it stays scheduled or running "
                 "until an operator marks it failed and replays it",
-                manager.uid, name,
+                manager.uid,
+                name,
             )
             return None
         except asyncio.CancelledError as exc:

@@ -253,7 +253,8 @@ class Storage(ABC):
                 if remaining <= -grace:
                     log.error(
                         "%r closes with %d run(s) still going: they ignored cancellation",
-                        self, len(self._inflight),
+                        self,
+                        len(self._inflight),
                     )
                     return
                 for task in self._inflight - self._uncancellable - cancelled:

@@ -49,8 +49,7 @@ def encode_change(change: Change) -> EncodedChange:
         counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
         triggers=[(name, dumps(kwargs)) for name, kwargs in change.triggers.items()],
         instances=[
-            (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict()))
-            for i in change.instances
+            (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
     )
 

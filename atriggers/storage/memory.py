@@ -54,12 +54,14 @@ class MemoryStorage(Storage):
         session = self._sessions.get(uid) or _Session()
         return self._decode(uid, session, session.instances, complete=True)
 
-    def _decode(
-        self, uid: str, session: _Session, names: Collection[str], *, complete: bool
-    ) -> SessionState:
+    def _decode(self, uid: str, session: _Session, names: Collection[str], *, complete: bool) -> SessionState:
         return decode_state(
-            uid, session.version, self._configs.decode(session.tasks), session.counts,
-            session.triggers.items(), ((n, session.instances[n]) for n in names),
+            uid,
+            session.version,
+            self._configs.decode(session.tasks),
+            session.counts,
+            session.triggers.items(),
+            ((n, session.instances[n]) for n in names),
             complete=complete,
         )
 
@@ -85,4 +87,3 @@ class MemoryStorage(Storage):
 
     async def list_sessions(self) -> list[str]:
         return sorted(self._sessions)
-

@@ -36,8 +36,7 @@ try:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
-        "RedisStorage needs the redis client: install the extra with "
-        "`pip install 'atriggers[redis]'`"
+        "RedisStorage needs the redis client: install the extra with `pip install 'atriggers[redis]'`"
     ) from exc
 
 from ..errors import StorageError
@@ -95,11 +94,14 @@ end
 """
 
 # ARGV = everything ('1' or '0'), then instance names wanted whatever their status.
-_LOAD = _READ_STATE + """
+_LOAD = (
+    _READ_STATE
+    + """
 local names = {}
 for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
 return read_state(ARGV[1] == '1', names)
 """
+)
 
 # ARGV = expected version, new version, change token, ttl in ms (0: none), now,
 # config ('' unchanged), counts ('' unchanged), number of triggers,
@@ -107,7 +109,9 @@ return read_state(ARGV[1] == '1', names)
 #
 # Everything that can fail is checked before the first write: Redis does not roll
 # a script back, so a script must not stop half-way.
-_STORE = _READ_STATE + """
+_STORE = (
+    _READ_STATE
+    + """
 local expected = tonumber(ARGV[1])
 local header = redis.call('HMGET', KEYS[1], 'version', 'recent')
 local current = tonumber(header[1] or '0')
@@ -162,6 +166,7 @@ if ttl > 0 then
 end
 return {'ok'}
 """
+)
 
 #: Query parameters of a storage URL that are ours, not redis-py's.
 _OWN_PARAMS = ("prefix", "ttl")
@@ -323,9 +328,7 @@ class RedisStorage(Storage):
         return self._decode(uid, reply, complete=False)
 
     async def load_all(self, uid: str) -> SessionState:
-        reply = await self._call(
-            self._script(self._load_script)(keys=self.keys(uid), args=["1"]), "read"
-        )
+        reply = await self._call(self._script(self._load_script)(keys=self.keys(uid), args=["1"]), "read")
         return self._decode(uid, reply, complete=True)
 
     async def store(self, uid: str, expected_version: int, change: Change) -> None:
@@ -345,9 +348,7 @@ class RedisStorage(Storage):
             args += (name, kwargs)
         for name, _task, _status, resolved, body in encoded.instances:
             args += (name, "1" if resolved else "0", body)
-        reply = await self._call(
-            self._script(self._store_script)(keys=self.keys(uid), args=args), "write"
-        )
+        reply = await self._call(self._script(self._store_script)(keys=self.keys(uid), args=args), "write")
         if _text(reply[0]) == "conflict":
             fresh = self._decode(uid, reply[1], complete=False)
             raise VersionConflict(uid, expected_version, fresh)
@@ -370,8 +371,13 @@ class RedisStorage(Storage):
             return SessionState(uid=uid, complete=complete)
         version, config, counts, triggers, instances = reply
         return decode_state(
-            uid, int(version), self._configs.decode(_text(config)), _text(counts),
-            _pairs(triggers), _pairs(instances), complete=complete,
+            uid,
+            int(version),
+            self._configs.decode(_text(config)),
+            _text(counts),
+            _pairs(triggers),
+            _pairs(instances),
+            complete=complete,
         )
 
     # -- plumbing -----------------------------------------------------------------------
@@ -379,8 +385,7 @@ class RedisStorage(Storage):
     def _require(self) -> aioredis.Redis:
         if self._client is None or self._load_script is None:
             raise StorageError(
-                f"{self!r} is not open: use `async with RedisStorage(...)` "
-                f"or `await storage.open()`"
+                f"{self!r} is not open: use `async with RedisStorage(...)` or `await storage.open()`"
             )
         return self._client
 

@@ -65,9 +65,7 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 # -- work done in aiosqlite's thread -----------------------------------------------
 
-_Rows = tuple[
-    tuple[int, str, str] | None, list[tuple[str, str]], list[tuple[str, str]]
-]
+_Rows = tuple[tuple[int, str, str] | None, list[tuple[str, str]], list[tuple[str, str]]]
 
 
 def _select_session(db: sqlite3.Connection, uid: str, names: Collection[str], everything: bool) -> _Rows:
@@ -76,13 +74,9 @@ def _select_session(db: sqlite3.Connection, uid: str, names: Collection[str], ev
     ).fetchone()
     if header is None:
         return None, [], []
-    triggers = db.execute(
-        "SELECT name, kwargs FROM atriggers_triggers WHERE uid = ?", (uid,)
-    ).fetchall()
+    triggers = db.execute("SELECT name, kwargs FROM atriggers_triggers WHERE uid = ?", (uid,)).fetchall()
     if everything:
-        instances = db.execute(
-            "SELECT name, body FROM atriggers_instances WHERE uid = ?", (uid,)
-        ).fetchall()
+        instances = db.execute("SELECT name, body FROM atriggers_instances WHERE uid = ?", (uid,)).fetchall()
     else:
         instances = db.execute(
             "SELECT name, body FROM atriggers_instances WHERE uid = ? AND resolved = 0", (uid,)
@@ -90,10 +84,12 @@ def _select_session(db: sqlite3.Connection, uid: str, names: Collection[str], ev
         loaded = {name for name, _ in instances}
         for name in names:
             if name not in loaded:
-                instances.extend(db.execute(
-                    "SELECT name, body FROM atriggers_instances WHERE uid = ? AND name = ?",
-                    (uid, name),
-                ).fetchall())
+                instances.extend(
+                    db.execute(
+                        "SELECT name, body FROM atriggers_instances WHERE uid = ? AND name = ?",
+                        (uid, name),
+                    ).fetchall()
+                )
     return header, triggers, instances
 
 
@@ -208,9 +204,10 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and not db.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'atriggers_sessions'"
-        ).fetchone():
+        if (
+            version == 0
+            and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'atriggers_sessions'").fetchone()
+        ):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -274,7 +271,7 @@ class SQLiteStorage(Storage):
             raise ValueError(
                 f"SQLite URLs look like sqlite:///relative/path or sqlite:////absolute/path, not {url!r}"
             )
-        return cls(url[len(prefix):])
+        return cls(url[len(prefix) :])
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -349,7 +346,12 @@ class SQLiteStorage(Storage):
             return SessionState(uid=uid, complete=complete)
         version, config, counts = header
         return decode_state(
-            uid, version, self._configs.decode(config), counts, triggers, instances,
+            uid,
+            version,
+            self._configs.decode(config),
+            counts,
+            triggers,
+            instances,
             complete=complete,
         )
 

@@ -104,8 +104,7 @@ def _get(state: SessionState, name: str, expected: str) -> TaskInstance:
     instance = state.instances.get(name)
     if instance is None:
         raise AssertionError(
-            f"expected instance {name!r} to be {expected}, but it does not exist\n"
-            f"{describe_session(state)}"
+            f"expected instance {name!r} to be {expected}, but it does not exist\n{describe_session(state)}"
         )
     return instance
 
@@ -157,8 +156,7 @@ async def assert_instance_failed(
         actual = instance.metadata.get(Meta.EXCEPTION_TYPE)
         if actual != expected:
             raise AssertionError(
-                f"instance {name!r} failed with {actual}, expected {expected}\n"
-                f"{describe_instance(instance)}"
+                f"instance {name!r} failed with {actual}, expected {expected}\n{describe_instance(instance)}"
             )
     return instance
 
@@ -169,9 +167,7 @@ async def assert_instance_abandoned(source: Source, name: str) -> TaskInstance:
     return await assert_instance_status(source, name, Status.ABANDONED)
 
 
-async def assert_instance_replayed(
-    source: Source, name: str, *, by: str | None = None
-) -> TaskInstance:
+async def assert_instance_replayed(source: Source, name: str, *, by: str | None = None) -> TaskInstance:
     """Assert that `name` was replayed (by an operator or a retry); with `by`,
     that instance `by` is its replay (metadata ``parent`` is `name`)."""
     __tracebackhide__ = True
@@ -211,9 +207,7 @@ async def assert_instance_missing(source: Source, name: str) -> None:
         )
 
 
-def _compare(
-    kind: str, actual: Iterable[str], expected: Iterable[str], state: SessionState
-) -> None:
+def _compare(kind: str, actual: Iterable[str], expected: Iterable[str], state: SessionState) -> None:
     __tracebackhide__ = True
     got, want = sorted(actual), sorted(expected)
     if got != want:

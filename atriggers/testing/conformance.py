@@ -181,9 +181,7 @@ class StorageConformance:
         tasks = parse_configuration(_TICKS)
         first = _change(await storage.load(uid), lambda d: rules.configure(d, tasks))
         await storage.store(uid, 0, first)
-        second = _change(
-            await storage.load(uid), lambda d: rules.fire(d, "tick", {"n": 1, "text": "héllo"})
-        )
+        second = _change(await storage.load(uid), lambda d: rules.fire(d, "tick", {"n": 1, "text": "héllo"}))
         await storage.store(uid, 1, second)
         state = await storage.load(uid)
         assert state.version == 2 and not state.complete
@@ -199,10 +197,12 @@ class StorageConformance:
     ) -> None:
         uid = _uid()
         manager = TriggerManager(storage, uid, tasks=recorder.registry)
-        await manager.update_configuration({
-            **_TICKS,
-            "waiting": {"after": ["tick", "never"], "andEvery": "tick", "run": "conformance.echo"},
-        })
+        await manager.update_configuration(
+            {
+                **_TICKS,
+                "waiting": {"after": ["tick", "never"], "andEvery": "tick", "run": "conformance.echo"},
+            }
+        )
         for n in range(5):
             await manager.fire("tick", {"n": n})
         await manager.join()
@@ -228,9 +228,16 @@ class StorageConformance:
     async def test_large_change_and_large_session(self, storage: Storage) -> None:
         uid = _uid()
         size = 1200  # > 1000: backends that slice their reads must cross a slice
-        tasks = parse_configuration({"waiting": {
-            "after": ["tick", "never"], "andEvery": "tick", "unless": ["stop"], "run": "x",
-        }})
+        tasks = parse_configuration(
+            {
+                "waiting": {
+                    "after": ["tick", "never"],
+                    "andEvery": "tick",
+                    "unless": ["stop"],
+                    "run": "x",
+                }
+            }
+        )
         await _apply(storage, uid, lambda d: rules.configure(d, tasks))
 
         def many_fires(draft: Draft) -> None:
@@ -272,9 +279,7 @@ class StorageConformance:
         with pytest.raises(VersionConflict):  # from the future
             await storage.store(uid, 5, _change(await storage.load(uid), lambda d: None))
 
-    async def test_conflict_between_two_storage_objects(
-        self, storage_factory: StorageFactory
-    ) -> None:
+    async def test_conflict_between_two_storage_objects(self, storage_factory: StorageFactory) -> None:
         self._require_shared(storage_factory)
         uid = _uid()
         tasks = parse_configuration(_TICKS)
@@ -327,24 +332,30 @@ class StorageConformance:
     async def test_trigger_semantics(self, storage: Storage, recorder: _Recorder) -> None:
         uid = _uid()
         manager = TriggerManager(storage, uid, tasks=recorder.registry)
-        await manager.update_configuration({
-            "both": {"after": ["a", "b"], "run": "conformance.echo"},
-            "every": {
-                "after": ["a"], "andEvery": "tick", "unless": ["stop"],
-                "run": "conformance.echo",
-            },
-            "params": {
-                "after": ["a"], "run": "conformance.echo",
-                "withParams": {"a": {"x": "default", "extra": 1}, "config": {"model": "m1"}},
-            },
-            "cascade": {"after": ["both"], "run": "conformance.echo"},
-        })
+        await manager.update_configuration(
+            {
+                "both": {"after": ["a", "b"], "run": "conformance.echo"},
+                "every": {
+                    "after": ["a"],
+                    "andEvery": "tick",
+                    "unless": ["stop"],
+                    "run": "conformance.echo",
+                },
+                "params": {
+                    "after": ["a"],
+                    "run": "conformance.echo",
+                    "withParams": {"a": {"x": "default", "extra": 1}, "config": {"model": "m1"}},
+                },
+                "cascade": {"after": ["both"], "run": "conformance.echo"},
+            }
+        )
         assert await manager.fire("b", {"b": 1}) == []
         scheduled = await manager.fire("a", {"x": "fired"})
         assert sorted(i.name for i in scheduled) == ["both#0", "params#0"]
         await manager.join()
         assert recorder.kwargs["params#0"] == {
-            "a": {"x": "fired", "extra": 1}, "config": {"model": "m1"},
+            "a": {"x": "fired", "extra": 1},
+            "config": {"model": "m1"},
         }
         assert recorder.kwargs["both#0"] == {"a": {"x": "fired"}, "b": {"b": 1}}
         assert recorder.kwargs["cascade#0"]["both"] == {"from": "both#0"}
@@ -357,8 +368,11 @@ class StorageConformance:
         state = await manager.get_state()
         status = {name: i.status for name, i in state.instances.items()}
         assert [status[f"every#{n}"] for n in range(3)] == [Status.FINISHED] * 3
-        assert all(status[n] is not Status.FINISHED for n in status if n.startswith("every#")
-                   and int(n.partition("#")[2]) >= 3)
+        assert all(
+            status[n] is not Status.FINISHED
+            for n in status
+            if n.startswith("every#") and int(n.partition("#")[2]) >= 3
+        )
         assert sorted(recorder.runs) == sorted(n for n, s in status.items() if s is Status.FINISHED)
         assert Counter(recorder.runs).most_common(1)[0][1] == 1
         assert state.latest_kwargs["tick"] == {"n": 3}
@@ -366,10 +380,12 @@ class StorageConformance:
     async def test_replay_and_skip(self, storage: Storage, recorder: _Recorder) -> None:
         uid = _uid()
         manager = TriggerManager(storage, uid, tasks=recorder.registry)
-        await manager.update_configuration({
-            "fragile": {"after": ["go"], "andEvery": "go", "run": "conformance.fragile"},
-            "next": {"after": ["fragile"], "andEvery": "fragile", "run": "conformance.echo"},
-        })
+        await manager.update_configuration(
+            {
+                "fragile": {"after": ["go"], "andEvery": "go", "run": "conformance.fragile"},
+                "next": {"after": ["fragile"], "andEvery": "fragile", "run": "conformance.echo"},
+            }
+        )
         await manager.fire("go", {"fail": True})
         await manager.fire("go", {"fail": True})
         await manager.join()
@@ -385,12 +401,13 @@ class StorageConformance:
         state = await manager.get_state()
         status = {name: i.status for name, i in state.instances.items()}
         assert status == {
-            "fragile#0": Status.REPLAYED, "fragile#1": Status.SKIPPED,
-            "fragile#2": Status.FINISHED, "next#0": Status.FINISHED, "next#1": Status.FINISHED,
+            "fragile#0": Status.REPLAYED,
+            "fragile#1": Status.SKIPPED,
+            "fragile#2": Status.FINISHED,
+            "next#0": Status.FINISHED,
+            "next#1": Status.FINISHED,
         }
-        cascaded = sorted(
-            (recorder.kwargs[n]["fragile"] for n in ("next#0", "next#1")), key=json.dumps
-        )
+        cascaded = sorted((recorder.kwargs[n]["fragile"] for n in ("next#0", "next#1")), key=json.dumps)
         assert cascaded == [{"from": "fragile#2"}, {"r": 1}]
         # Only what is unresolved is loaded for the next operation.
         storage.forget(uid)
@@ -403,10 +420,12 @@ class StorageConformance:
     ) -> None:
         uid = _uid()
         manager = TriggerManager(storage, uid, tasks=recorder.registry)
-        await manager.update_configuration({
-            **_TICKS,
-            "fragile": {"after": ["go"], "run": "conformance.fragile"},
-        })
+        await manager.update_configuration(
+            {
+                **_TICKS,
+                "fragile": {"after": ["go"], "run": "conformance.fragile"},
+            }
+        )
         await manager.fire("tick", {"n": 0})
         await manager.fire("go", {"fail": True})
         await manager.join()
@@ -416,12 +435,15 @@ class StorageConformance:
             (InvalidInput, lambda: manager.fire("tick", {"when": object()})),
             (InvalidInput, lambda: manager.fire("tick", {"x": float("nan")})),
             (InvalidInput, lambda: manager.fire("tick", ["not", "a", "mapping"])),  # type: ignore[arg-type]
-            (ConfigurationError, lambda: manager.update_configuration(
-                {
-                    "ok": {"after": ["x"], "run": "conformance.echo"},
-                    "bad": {"after": "x", "run": "r"},
-                }
-            )),
+            (
+                ConfigurationError,
+                lambda: manager.update_configuration(
+                    {
+                        "ok": {"after": ["x"], "run": "conformance.echo"},
+                        "bad": {"after": "x", "run": "r"},
+                    }
+                ),
+            ),
             (InstanceNotFound, lambda: manager.replay_failed_instance("count#99")),
             (InvalidStatus, lambda: manager.replay_failed_instance("count#0")),
             (InvalidStatus, lambda: manager.skip_failed_instance("count#0")),
@@ -440,17 +462,17 @@ class StorageConformance:
 
     # -- concurrency ---------------------------------------------------------------------------
 
-    async def test_concurrent_fires_on_one_storage(
-        self, storage: Storage, recorder: _Recorder
-    ) -> None:
+    async def test_concurrent_fires_on_one_storage(self, storage: Storage, recorder: _Recorder) -> None:
         uid = _uid()
         manager = TriggerManager(storage, uid, tasks=recorder.registry)
         await manager.update_configuration(_TICKS)
         count = self.concurrent_fires
-        fired = await asyncio.gather(*(
-            TriggerManager(storage, uid, tasks=recorder.registry).fire("tick", {"n": n})
-            for n in range(count)
-        ))
+        fired = await asyncio.gather(
+            *(
+                TriggerManager(storage, uid, tasks=recorder.registry).fire("tick", {"n": n})
+                for n in range(count)
+            )
+        )
         assert sum(len(f) for f in fired) == count
         await storage.drain(60)
         await self._check_ticks(storage, uid, count, recorder.runs)
@@ -465,9 +487,7 @@ class StorageConformance:
             await TriggerManager(one, uid, tasks=recorder.registry).update_configuration(_TICKS)
 
             async def fire(storage: Storage, n: int) -> int:
-                return len(await TriggerManager(storage, uid, tasks=recorder.registry).fire(
-                    "tick", {"n": n}
-                ))
+                return len(await TriggerManager(storage, uid, tasks=recorder.registry).fire("tick", {"n": n}))
 
             fired = await asyncio.gather(*(fire(one if n % 2 else two, n) for n in range(count)))
             assert sum(fired) == count
@@ -480,8 +500,9 @@ class StorageConformance:
         names = [f"count#{n}" for n in range(count)]
         assert sorted(state.instances) == sorted(names)
         assert state.instance_counts == {"count": count}
-        unfinished = {n: i.status.value for n, i in state.instances.items()
-                      if i.status is not Status.FINISHED}
+        unfinished = {
+            n: i.status.value for n, i in state.instances.items() if i.status is not Status.FINISHED
+        }
         assert not unfinished
         assert Counter(runs) == dict.fromkeys(names, 1)
         fired_with = sorted(i.kwargs["tick"]["n"] for i in state.instances.values())
@@ -500,24 +521,28 @@ class StorageConformance:
             db.execute("CREATE TABLE runs (instance TEXT NOT NULL, pid INTEGER NOT NULL)")
         db.close()
         request = {
-            "url": storage.url, "uid": uid, "runs": str(side_effects),
-            "fires": self.fires_per_process, "concurrency": self.concurrency_per_process,
+            "url": storage.url,
+            "uid": uid,
+            "runs": str(side_effects),
+            "fires": self.fires_per_process,
+            "concurrency": self.concurrency_per_process,
             "max_attempts": self.max_attempts,
             "imports": list(storage_factory.child_imports),
         }
         children = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "atriggers.testing.conformance",
+                sys.executable,
+                "-m",
+                "atriggers.testing.conformance",
                 json.dumps({**request, "process": k}),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
                 env={**os.environ, "PYTHONWARNINGS": "error"},
             )
             for k in range(self.processes)
         ]
         try:
-            outputs = await asyncio.wait_for(
-                asyncio.gather(*(child.communicate() for child in children)), 90
-            )
+            outputs = await asyncio.wait_for(asyncio.gather(*(child.communicate() for child in children)), 90)
         finally:
             for child in children:
                 if child.returncode is None:
@@ -531,22 +556,25 @@ class StorageConformance:
         storage.forget(uid)
         state = await storage.load_all(uid)
         expected = sorted(f"{task}#{n}" for task in ("record", "follow") for n in range(total))
-        unfinished = {n: i.status.value for n, i in state.instances.items()
-                      if i.status is not Status.FINISHED}
+        unfinished = {
+            n: i.status.value for n, i in state.instances.items() if i.status is not Status.FINISHED
+        }
         assert sorted(state.instances) == expected, (unfinished, outputs)
-        unfinished = {n: i.status.value for n, i in state.instances.items()
-                      if i.status is not Status.FINISHED}
+        unfinished = {
+            n: i.status.value for n, i in state.instances.items() if i.status is not Status.FINISHED
+        }
         assert not unfinished
         with sqlite3.connect(side_effects) as db:
             rows = db.execute("SELECT instance, pid FROM runs").fetchall()
         db.close()
         assert Counter(name for name, _ in rows) == dict.fromkeys(expected, 1)
         assert len({pid for _, pid in rows}) == self.processes  # each process ran its share
-        fired = sorted((i.kwargs["tick"]["process"], i.kwargs["tick"]["n"])
-                       for n, i in state.instances.items() if n.startswith("record#"))
-        assert fired == [
-            (k, n) for k in range(self.processes) for n in range(self.fires_per_process)
-        ]
+        fired = sorted(
+            (i.kwargs["tick"]["process"], i.kwargs["tick"]["n"])
+            for n, i in state.instances.items()
+            if n.startswith("record#")
+        )
+        assert fired == [(k, n) for k in range(self.processes) for n in range(self.fires_per_process)]
 
 
 # -- the child process of the cross-process test ------------------------------------------------

@@ -99,8 +99,7 @@ def _make_registry() -> TestTaskRegistry:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(configuration): configuration the atriggers_manager fixture is "
-        "given before the test runs",
+        f"{MARKER}(configuration): configuration the atriggers_manager fixture is given before the test runs",
     )
 
 
@@ -136,8 +135,7 @@ def _async_fixture(function: Callable[..., Any]) -> Any:
 
     def missing() -> None:  # pragma: no cover
         pytest.fail(
-            f"the {function.__name__} fixture needs pytest-asyncio: "
-            "pip install 'atriggers[testing]'",
+            f"the {function.__name__} fixture needs pytest-asyncio: pip install 'atriggers[testing]'",
             pytrace=False,
         )
 
@@ -165,9 +163,7 @@ async def atriggers_manager(
     marker = request.node.get_closest_marker(MARKER)
     if marker is not None:
         if len(marker.args) != 1 or marker.kwargs:
-            raise pytest.UsageError(
-                f"@pytest.mark.{MARKER} takes one argument: the configuration dict"
-            )
+            raise pytest.UsageError(f"@pytest.mark.{MARKER} takes one argument: the configuration dict")
         await manager.update_configuration(marker.args[0])
     yield manager
     await manager.join()

@@ -23,8 +23,10 @@ async def charge(context: TaskContext) -> dict[str, Any]:
         raise context.retry(RuntimeError("payment provider busy"), cooldown=2)
     total = sum(line["price"] * line["quantity"] for line in order["lines"])
     return {
-        "orderId": order["orderId"], "email": order["email"],
-        "charged": total, "card": payment["card"][-4:],
+        "orderId": order["orderId"],
+        "email": order["email"],
+        "charged": total,
+        "card": payment["card"][-4:],
     }
 
 

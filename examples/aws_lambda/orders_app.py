@@ -44,10 +44,14 @@ async def main(storage_url: str, uid: str) -> int:
     async with open_storage(storage_url) as storage:
         manager = TriggerManager(storage, uid)
         await manager.update_configuration(CONFIGURATION)
-        await manager.fire("orderPlaced", {
-            "orderId": uid, "email": "ada@example.com",
-            "lines": [{"sku": "tea", "price": 4.5, "quantity": 2}],
-        })
+        await manager.fire(
+            "orderPlaced",
+            {
+                "orderId": uid,
+                "email": "ada@example.com",
+                "lines": [{"sku": "tea", "price": 4.5, "quantity": 2}],
+            },
+        )
         await manager.fire("paymentAuthorized", {"card": "4242424242424242", "declinedOnce": True})
 
         # The function runs the tasks and writes their outcome to the storage.

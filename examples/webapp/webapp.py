@@ -202,9 +202,7 @@ async def start(manager: Manager, body: Start | None = None) -> dict[str, Any]:
 
 
 @app.post("/questionnaires/{uid}/pages/{page}")
-async def post_page(
-    manager: Manager, page: Annotated[int, PathParam(ge=1)], body: Page
-) -> dict[str, Any]:
+async def post_page(manager: Manager, page: Annotated[int, PathParam(ge=1)], body: Page) -> dict[str, Any]:
     """A page of responses; page 1 also carries the respondent's name."""
     received = {"page": page, "answers": body.answers, "userAgent": body.userAgent}
     result = await fire(manager, "pageReceived", received)
