@@ -38,7 +38,7 @@ from .manager import TriggerManager, get_manager_class
 from .runners import get_runner
 from .schema import schema_json
 from .state import SessionState
-from .storage import SQLiteStorage, Storage, open_storage
+from .storage import Storage, open_storage
 
 __all__ = ["CommandError", "ExitCode", "build_parser", "console_main", "main"]
 
@@ -195,8 +195,8 @@ async def _storage(url: str, *, create: bool = False) -> Any:
         raise CommandError(str(exc), ExitCode.USAGE) from None
     # Opening a SQLite path creates the file: a mistyped path must not silently
     # become an empty database.
-    if isinstance(storage, SQLiteStorage) and not create and not storage.path.exists():
-        raise CommandError(f"no SQLite database at {str(storage.path)!r}", ExitCode.NOT_FOUND)
+    if not create and not await storage.exists():
+        raise CommandError(f"no storage at {storage.url}", ExitCode.NOT_FOUND)
     async with storage:
         yield storage
 

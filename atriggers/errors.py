@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
+    "DispatchError",
     "InstanceNotFound",
     "InvalidInput",
     "InvalidStatus",
@@ -16,7 +17,9 @@ __all__ = [
     "Problem",
     "StorageError",
     "TriggerError",
+    "UnknownManager",
     "UnknownRunner",
+    "UnknownStorage",
     "UnknownTask",
     "with_context",
 ]
@@ -105,12 +108,30 @@ class StorageError(TriggerError):
     operation was not stored; the driver's exception is the ``__cause__``."""
 
 
-class UnknownRunner(TriggerError, LookupError):
+class DispatchError(TriggerError):
+    """A runner refused an instance, or there is no runner to hand it to: the
+    broker is down, the function rejected the invocation, the runner is unknown.
+
+    `TriggerManager.fire` does not raise it: the instance is stored ``failed``
+    with this error, and can be replayed once the runner is back.
+    """
+
+
+class UnknownRunner(DispatchError, LookupError):
     """No runner is registered under this name."""
 
 
 class UnknownTask(TriggerError, LookupError):
     """No task is registered under the name given in ``run``."""
+
+
+class UnknownManager(TriggerError, LookupError):
+    """No `TriggerManager` class is registered under this name (a remote worker
+    or the CLI was asked to rebuild one it does not know)."""
+
+
+class UnknownStorage(TriggerError, LookupError, ValueError):
+    """No storage is registered for this URL scheme."""
 
 
 class MaxRetriesExceeded(TriggerError):
@@ -132,3 +153,25 @@ def with_context(exc: E, context: Mapping[str, Any]) -> E:
     merged = {**existing, **context} if isinstance(existing, Mapping) else dict(context)
     exc.context = merged  # type: ignore[attr-defined]
     return exc
+
+
+# A failed instance stores the dotted name of its exception (``exceptionType``), and
+# operators and tools match on it: pinned, so that moving a class to another module
+# never changes what sessions say.
+for _error in (
+    TriggerError,
+    ConfigurationError,
+    InvalidInput,
+    InstanceNotFound,
+    InvalidStatus,
+    ConcurrencyError,
+    StorageError,
+    DispatchError,
+    UnknownRunner,
+    UnknownTask,
+    UnknownManager,
+    UnknownStorage,
+    MaxRetriesExceeded,
+):
+    _error.__module__ = "atriggers.errors"
+del _error

@@ -37,9 +37,17 @@ class RunRequest:
     def for_instance(cls, manager: TriggerManager, instance: TaskInstance) -> RunRequest:
         """The request that runs `instance` of `manager`'s session elsewhere.
 
-        Refuses a manager class that workers could not rebuild by its name (its
-        hooks and defaults would silently be lost there).
+        Refuses a storage other processes cannot reach (``cross_process`` is
+        false), and a manager class that workers could not rebuild by its name
+        (its hooks and defaults would silently be lost there).
         """
+        storage = manager.storage
+        if not storage.cross_process:
+            raise InvalidInput(
+                f"cannot run {instance.name!r} in another process: session {manager.uid!r} lives "
+                f"in a {storage.url} storage, which only this process can see; use a storage "
+                f"workers can reach (sqlite:///..., redis://...)"
+            )
         try:
             registered = get_manager_class(manager.manager_name)
         except LookupError:

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from ..context import exception_metadata
-from ..errors import ConfigurationError, InvalidInput, Problem, TriggerError
+from ..errors import ConfigurationError, DispatchError, InvalidInput, Problem, TriggerError
 from ..instance import Meta, Status
 from ..manager import get_manager_class
 from ..remote import RunRequest, StoragePool, execute_request
@@ -81,7 +81,7 @@ class LambdaClient(Protocol):
     def invoke(self, **kwargs: Any) -> Any: ...
 
 
-class LambdaInvokeError(TriggerError):
+class LambdaInvokeError(DispatchError):
     """Lambda (or the way to it) rejected an invocation: throttled, unknown
     function, access denied, endpoint unreachable, no credentials.
 
@@ -207,12 +207,6 @@ class LambdaRunner(BaseRunner):
         """The invocation payload: the `RunRequest` of `instance` as JSON, plus
         ``notBefore`` (epoch seconds) when the instance has a cooldown."""
         request = RunRequest.for_instance(manager, instance)
-        if request.storage_url.lower().startswith("memory:"):
-            raise InvalidInput(
-                f"cannot send {instance.name!r} to Lambda: its session lives in a memory:// "
-                f"storage, which only this process can see; use a storage the function can "
-                f"reach (a shared database)"
-            )
         data: dict[str, Any] = request.to_dict()
         if instance.cooldown > 0:
             data[NOT_BEFORE_KEY] = round(time.time() + instance.cooldown, 3)
@@ -496,3 +490,9 @@ def make_handler(
 #: groups, so nothing needs importing first. Otherwise build one with
 #: `make_handler` in a module that imports the task modules.
 handler: LambdaHandler = make_handler()
+
+
+# Stored as ``exceptionType`` of failed instances: pinned (see atriggers.errors).
+for _error in (LambdaInvokeError, LambdaCooldownError, LambdaTimeoutError):
+    _error.__module__ = "atriggers.runners.aws_lambda"
+del _error

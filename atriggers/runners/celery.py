@@ -57,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 import anyio
 import anyio.to_thread
 
-from ..errors import InvalidInput, TriggerError
+from ..errors import DispatchError, InvalidInput, TriggerError
 from ..remote import RunRequest, StoragePool, execute_request
 from ..tasks import TaskDefinition, registry
 from .base import BaseRunner
@@ -87,7 +87,7 @@ class EagerModeError(TriggerError, RuntimeError):
     event loop, which is waiting for the dispatch, so it could only deadlock."""
 
 
-class CeleryDispatchError(TriggerError):
+class CeleryDispatchError(DispatchError):
     """Raised by `CeleryRunner.run` when the message cannot be handed to the
     broker (down, unreachable, too slow). The instance is stored as ``failed``
     with this error and can be replayed once the broker is back."""
@@ -162,12 +162,6 @@ class CeleryRunner(BaseRunner):
     async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
         app = self.app
         _refuse_eager(app)
-        url = manager.storage.url
-        if url.startswith("memory://"):
-            raise InvalidInput(
-                f"session {manager.uid!r} lives in a memory:// storage, which a Celery worker "
-                f"cannot reach; use a shared storage (sqlite:///..., redis://...)"
-            )
         task_name = instance.config.run if instance.config else instance.task_name
         payload = RunRequest.for_instance(manager, instance).to_dict()
         countdown = instance.cooldown or None
@@ -413,3 +407,9 @@ def expose_tasks(app: celery.Celery, *names: str, **options: Any) -> list[Any]:
     _check_options(options)
     definitions: list[TaskDefinition] = [registry.get(name) for name in names]
     return [_make_celery_task(app, d.name, options) for d in definitions]
+
+
+# Stored as ``exceptionType`` of failed instances: pinned (see atriggers.errors).
+for _error in (EagerModeError, CeleryDispatchError):
+    _error.__module__ = "atriggers.runners.celery"
+del _error

@@ -109,6 +109,9 @@ class Storage(ABC):
     #: operation atomically): then an uncached session is not read before an
     #: operation, it is written as if new and re-applied if it was not.
     reapplies_conflicts: ClassVar[bool] = False
+    #: True when another process can reach the same data through `url` (remote
+    #: runners refuse sessions of a storage that cannot be reached that way).
+    cross_process: ClassVar[bool] = True
 
     def __init__(self, *, cache_size: int = 1024, close_timeout: float = 30.0) -> None:
         self.cache_size = cache_size
@@ -147,6 +150,12 @@ class Storage(ABC):
     @abstractmethod
     async def list_sessions(self) -> list[str]:
         """The uids of every stored session, sorted."""
+
+    async def exists(self) -> bool:
+        """Whether the store is already there, before `open` (False: opening it
+        would create it, as for a SQLite file not yet made). Tools use it so that
+        a mistyped location is reported instead of silently created."""
+        return True
 
     async def open(self) -> None:
         """Acquire resources (connections). Called by ``async with``."""

@@ -31,6 +31,7 @@ class MemoryStorage(Storage):
     """
 
     scheme = "memory"
+    cross_process = False
 
     def __init__(self, *, cache_size: int = 1024, close_timeout: float = 30.0) -> None:
         super().__init__(cache_size=cache_size, close_timeout=close_timeout)

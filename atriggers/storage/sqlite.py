@@ -275,6 +275,9 @@ class SQLiteStorage(Storage):
 
     # -- lifecycle ------------------------------------------------------------------
 
+    async def exists(self) -> bool:
+        return self.path.exists()
+
     async def open(self) -> None:
         if self._conn is not None:
             return

@@ -199,7 +199,7 @@ def test_runner_option(cli: Cli, url: str, workdir: Path) -> None:
 
 def test_error_exit_codes(cli: Cli, url: str, session: str, workdir: Path) -> None:
     checks = [
-        (("show", "sqlite:///missing.db", "s1"), 3, "no SQLite database at 'missing.db'"),
+        (("show", "sqlite:///missing.db", "s1"), 3, "no storage at sqlite:///"),
         (("show", url, "nobody"), 3, "no session 'nobody'"),
         (("fire", url, "nobody", "go"), 3, "no session 'nobody'"),
         (("replay", url, session, "t_nope#0"), 3, "has no task instance named 't_nope#0'"),
