@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Collection, Coroutine, Mapping
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
 
 from . import rules
@@ -25,17 +24,20 @@ from .errors import (
     InvalidInput,
     InvalidStatus,
     TriggerError,
+    UnknownManager,
     UnknownTask,
     with_context,
 )
 from .instance import Meta, Status, TaskInstance
-from .runners.base import get_runner
+from .registry import Registry
+from .runners import RunnerRegistry
+from .runners import runners as default_runners
 from .state import Change, Draft, SessionState
 from .storage.base import Storage, VersionConflict
 from .tasks import TaskRegistry
 from .tasks import registry as default_tasks
 
-__all__ = ["TriggerManager", "get_manager_class", "register_manager"]
+__all__ = ["ENTRY_POINT_GROUP", "TriggerManager", "get_manager_class", "managers", "register_manager"]
 
 log = logging.getLogger("atriggers")
 
@@ -67,11 +69,12 @@ class TriggerManager:
 
     #: Name under which remote workers find this class (`register_manager`).
     manager_name: ClassVar[str] = "default"
-    #: Runner for tasks without ``using``.
-    default_runner: ClassVar[str] = "asyncio"
+    #: Runner for tasks without ``using`` (a subclass or the constructor may
+    #: change it).
+    default_runner: str = "asyncio"
     #: Attempts of an operation before `ConcurrencyError`. Retries back off with
     #: full jitter up to 50 ms, so the budget spans about a second of contention.
-    max_attempts: ClassVar[int] = 48
+    max_attempts: int = 48
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class TriggerManager:
         *,
         default_runner: str | None = None,
         tasks: TaskRegistry | None = None,
+        runners: RunnerRegistry | None = None,
     ) -> None:
         if not isinstance(storage, Storage):
             raise TypeError(f"storage must be an atriggers Storage, not {storage!r}")
@@ -88,8 +92,9 @@ class TriggerManager:
         self.storage = storage
         self.uid = uid
         if default_runner is not None:
-            self.default_runner = default_runner  # type: ignore[misc]
+            self.default_runner = default_runner
         self.tasks = tasks if tasks is not None else default_tasks
+        self.runners = runners if runners is not None else default_runners
         self._inflight: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -351,7 +356,7 @@ class TriggerManager:
         for instance in instances:
             using = instance.config.using if instance.config else None
             try:
-                runner = get_runner(using or self.default_runner)
+                runner = self.runners.get(using or self.default_runner)
                 await runner.run(self, instance)
             except Exception as exc:  # noqa: BLE001 - stored on the instance
                 log.warning("dispatching %s/%s failed: %r", self.uid, instance.name, exc)
@@ -438,7 +443,23 @@ def _check_result(result: object, task: str) -> dict[str, Any]:
 
 # -- manager registry, for remote workers -----------------------------------------------
 
-_managers: dict[str, type[TriggerManager]] = {"default": TriggerManager}
+
+def _manager_class(name: str, loaded: object) -> type[TriggerManager]:
+    if not (isinstance(loaded, type) and issubclass(loaded, TriggerManager)):
+        raise UnknownManager(f"entry point {name!r} of {ENTRY_POINT_GROUP!r} is not a TriggerManager class")
+    return loaded
+
+
+#: Manager classes by name, so remote workers and tools rebuild the right one.
+managers: Registry[type[TriggerManager]] = Registry(
+    "trigger manager",
+    error=UnknownManager,
+    group=ENTRY_POINT_GROUP,
+    convert=_manager_class,
+    name_of=lambda cls: cls.manager_name,
+    hint="decorate the class with @atriggers.register_manager in a module the process imports",
+)
+managers.register(TriggerManager, "default")
 
 
 def register_manager(cls: type[TriggerManager], name: str | None = None) -> type[TriggerManager]:
@@ -446,18 +467,10 @@ def register_manager(cls: type[TriggerManager], name: str | None = None) -> type
     Usable as a class decorator."""
     if not (isinstance(cls, type) and issubclass(cls, TriggerManager)):
         raise TypeError(f"register a TriggerManager subclass, not {cls!r}")
-    _managers[name or cls.manager_name] = cls
-    return cls
+    return managers.register(cls, name)
 
 
 def get_manager_class(name: str) -> type[TriggerManager]:
-    """The manager class registered under `name` (or in the entry-point group)."""
-    cls = _managers.get(name)
-    if cls is None:
-        for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-            cls = register_manager(ep.load(), name)
-            break
-    if cls is None:
-        known = ", ".join(sorted(_managers))
-        raise LookupError(f"no trigger manager registered as {name!r} (known: {known})")
-    return cls
+    """The manager class registered under `name` (or in the entry-point group);
+    `UnknownManager` if none."""
+    return managers.get(name)

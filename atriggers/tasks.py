@@ -8,14 +8,14 @@ dotted path written in a configuration.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio.to_thread
 
 from .errors import UnknownTask
+from .registry import Registry
 
 if TYPE_CHECKING:
     from .context import TaskContext
@@ -50,51 +50,49 @@ class TaskDefinition:
         return await anyio.to_thread.run_sync(self.function, context)
 
 
-class TaskRegistry:
-    """Task name -> `TaskDefinition`."""
+def _task_definition(name: str, loaded: object) -> TaskDefinition:
+    if isinstance(loaded, TaskDefinition):
+        return loaded
+    if not callable(loaded):
+        raise UnknownTask(f"entry point {name!r} of {ENTRY_POINT_GROUP!r} is not a function: {loaded!r}")
+    return TaskDefinition(name, loaded)
 
-    def __init__(self, *, entry_point_group: str | None = ENTRY_POINT_GROUP) -> None:
-        self._tasks: dict[str, TaskDefinition] = {}
-        self._group = entry_point_group
+
+class TaskRegistry(Registry[TaskDefinition]):
+    """Task name -> `TaskDefinition`.
+
+    `fallback`: a registry consulted for names this one lacks (a test's own
+    tasks layered over the global registry); `entry_point_group`: where
+    installed packages declare tasks (None: nowhere).
+    """
+
+    def __init__(
+        self,
+        *,
+        entry_point_group: str | None = ENTRY_POINT_GROUP,
+        fallback: TaskRegistry | None = None,
+    ) -> None:
+        super().__init__(
+            "task",
+            error=UnknownTask,
+            group=entry_point_group,
+            convert=_task_definition,
+            hint="decorate it with @atriggers.task(name) in a module your process imports",
+            fallback=fallback,
+        )
 
     def register(
         self, function: Callable[..., Any], name: str | None = None, *, max_retries: int = 0
     ) -> TaskDefinition:
+        """Register `function` as task `name` (default: ``module.qualname``)."""
+        if isinstance(function, TaskDefinition):
+            return super().register(function, name or function.name)
         if not callable(function):
             raise TypeError(f"a task must be a function taking a TaskContext, not {function!r}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {max_retries}")
         name = name or f"{function.__module__}.{function.__qualname__}"
-        definition = TaskDefinition(name, function, max_retries)
-        self._tasks[name] = definition
-        return definition
-
-    def unregister(self, name: str) -> None:
-        self._tasks.pop(name, None)
-
-    def get(self, name: str) -> TaskDefinition:
-        definition = self._tasks.get(name)
-        if definition is None and self._group:
-            for ep in entry_points(group=self._group, name=name):
-                loaded = ep.load()
-                definition = loaded if isinstance(loaded, TaskDefinition) else self.register(loaded, name)
-                break
-        if definition is None:
-            raise UnknownTask(
-                f"no task registered as {name!r}: decorate it with @atriggers.task({name!r}) "
-                f"in a module your process imports, or declare it in the "
-                f"{self._group!r} entry-point group"
-            )
-        return definition
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tasks
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tasks)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
+        return super().register(TaskDefinition(name, function, max_retries), name)
 
 
 #: The registry `@task` fills and managers use unless given another.

@@ -368,15 +368,15 @@ async def scale(kind: str, directory: Path, quick: bool) -> Outcome:
         gc.collect()
         after = rss_mb()
         # Private, but exactly the leak this scenario looks for.
-        locks = len(store._locks)
-        cached = len(store._cache)
+        locks = len(store.locks)
+        cached = len(store.cache)
         uids = await store.list_sessions()
         samples = await asyncio.gather(
             *(TriggerManager(store, f"s{j}").get_state() for j in range(0, n, max(1, n // 100)))
         )
     check(len(uids) == n + 2 * wave, f"{len(uids)} sessions stored, expected {n + 2 * wave}")
     check(locks == 0, f"{locks} session locks left behind")
-    check(cached <= store.cache_size, f"{cached} cached snapshots, cache_size is {store.cache_size}")
+    check(cached <= store.cache.size, f"{cached} cached snapshots, cache_size is {store.cache.size}")
     for state in samples:
         check(
             list(state.instances) == ["t#0"] and state.instances["t#0"].kwargs == {"a": {"uid": state.uid}},

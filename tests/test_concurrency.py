@@ -84,8 +84,8 @@ async def test_concurrent_fires_across_sessions_share_hand_offs(db_path: Path) -
 async def test_no_lock_or_cache_entry_outlives_its_sessions(db_path: Path) -> None:
     async with SQLiteStorage(db_path, cache_size=100) as storage:
         await asyncio.gather(*(TriggerManager(storage, f"u{n}").fire("x") for n in range(1000)))
-        assert len(storage._locks) == 0
-        assert len(storage._cache) == 100
+        assert len(storage.locks) == 0
+        assert len(storage.cache) == 100
 
 
 async def test_stale_cache_in_another_process_is_caught_by_version(db_path: Path) -> None:

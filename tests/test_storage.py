@@ -101,7 +101,7 @@ async def test_open_storage_urls(tmp_path: Path, monkeypatch: Any) -> None:
         assert open_storage(storage.url).path == absolute  # type: ignore[attr-defined]
     async with open_storage("memory://") as memory:
         assert isinstance(memory, MemoryStorage)
-    with pytest.raises(ValueError, match="no storage for URL scheme 'nosuch'"):
+    with pytest.raises(ValueError, match="no storage URL scheme registered as 'nosuch'"):
         open_storage("nosuch://x")
     with pytest.raises(ValueError, match="scheme://"):
         open_storage("state.db")

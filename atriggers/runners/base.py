@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from ..errors import UnknownRunner
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..instance import TaskInstance
     from ..manager import TriggerManager
 
-__all__ = ["ENTRY_POINT_GROUP", "BaseRunner", "get_runner", "register_runner", "unregister_runner"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BaseRunner",
+    "RunnerRegistry",
+    "get_runner",
+    "register_runner",
+    "runners",
+    "unregister_runner",
+]
 
 #: Entry-point group for runners: ``name = "pkg.module:RunnerClass"`` (built with
 #: no arguments) or ``"pkg.module:runner_instance"``.
@@ -37,38 +45,51 @@ class BaseRunner(ABC):
         """Dispatch `instance`; honour ``instance.cooldown`` (seconds) if possible."""
 
 
-_runners: dict[str, BaseRunner] = {}
+def _runner_from_entry_point(name: str, loaded: object) -> BaseRunner:
+    made = loaded() if isinstance(loaded, type) else loaded
+    if not isinstance(made, BaseRunner):
+        raise UnknownRunner(f"entry point {name!r} of {ENTRY_POINT_GROUP!r} is not a BaseRunner: {made!r}")
+    return made
+
+
+class RunnerRegistry(Registry[BaseRunner]):
+    """Runner name -> runner instance. `fallback`: a registry consulted for names
+    this one lacks (give a manager its own runners, layered over the global ones)."""
+
+    def __init__(self, *, fallback: RunnerRegistry | None = None) -> None:
+        super().__init__(
+            "runner",
+            error=UnknownRunner,
+            group=ENTRY_POINT_GROUP,
+            convert=_runner_from_entry_point,
+            name_of=lambda runner: runner.name,
+            hint="register one with atriggers.runners.register_runner()",
+            fallback=fallback,
+        )
+
+    def register(self, value: BaseRunner, name: str | None = None) -> BaseRunner:
+        if not isinstance(value, BaseRunner):
+            raise TypeError(f"register a BaseRunner instance, not {value!r}")
+        return super().register(value, name)
+
+
+#: The runners every manager uses unless given its own (``runners=``).
+runners = RunnerRegistry()
 
 R = TypeVar("R", bound=BaseRunner)
 
 
 def register_runner(runner: R, name: str | None = None) -> R:
     """Make `runner` available under `name` (default: ``runner.name``)."""
-    if not isinstance(runner, BaseRunner):
-        raise TypeError(f"register a BaseRunner instance, not {runner!r}")
-    _runners[name or runner.name] = runner
+    runners.register(runner, name)
     return runner
 
 
 def unregister_runner(name: str) -> None:
-    _runners.pop(name, None)
+    """Forget the runner registered as `name`."""
+    runners.unregister(name)
 
 
 def get_runner(name: str) -> BaseRunner:
     """The runner registered under `name`, loading entry points on first use."""
-    runner = _runners.get(name)
-    if runner is not None:
-        return runner
-    if name == "asyncio":
-        from .inprocess import AsyncioRunner
-
-        return register_runner(AsyncioRunner())
-    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        loaded = ep.load()
-        made: BaseRunner = loaded() if isinstance(loaded, type) else loaded
-        return register_runner(made, name)
-    known = ", ".join(sorted({*_runners, "asyncio"}))
-    raise UnknownRunner(
-        f"no runner registered as {name!r} (known: {known}); register one with "
-        f"atriggers.runners.register_runner() or the {ENTRY_POINT_GROUP!r} entry-point group"
-    )
+    return runners.get(name)

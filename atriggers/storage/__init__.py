@@ -2,22 +2,43 @@
 
 from typing import TYPE_CHECKING
 
-from .base import SessionLocks, Storage, VersionConflict
+from ..state import Change, SessionState
+from .base import Reapply, Storage, VersionConflict
+from .cache import SnapshotCache
+from .codec import ConfigCache, EncodedChange, decode_state, encode_change, encode_tasks
+from .locks import SessionLocks
 from .memory import MemoryStorage
-from .registry import open_storage, register_storage
+from .registry import StorageFactory, open_storage, register_storage, storages
+from .runs import RunTracker
 from .sqlite import SQLiteStorage
 
 if TYPE_CHECKING:
     from .redis import RedisStorage as RedisStorage
 
 __all__ = [
+    # Backends and how to open them by URL.
     "MemoryStorage",
     "SQLiteStorage",
-    "SessionLocks",
-    "Storage",
-    "VersionConflict",
+    "RedisStorage",
     "open_storage",
     "register_storage",
+    "storages",
+    "StorageFactory",
+    # What a backend author implements and works with.
+    "Storage",
+    "VersionConflict",
+    "Change",
+    "SessionState",
+    "Reapply",
+    "ConfigCache",
+    "EncodedChange",
+    "decode_state",
+    "encode_change",
+    "encode_tasks",
+    # The machinery the base class owns.
+    "RunTracker",
+    "SessionLocks",
+    "SnapshotCache",
 ]
 
 

@@ -286,9 +286,7 @@ class RedisStorage(Storage):
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def open(self) -> None:
-        if self._load_script is not None:
-            return
+    async def connect(self) -> None:
         if self._client is None:
             self._client = aioredis.Redis.from_url(
                 self.redis_url,
@@ -313,7 +311,7 @@ class RedisStorage(Storage):
         self._load_script = client.register_script(_LOAD)
         self._store_script = client.register_script(_STORE)
 
-    async def close(self) -> None:
+    async def disconnect(self) -> None:
         self._load_script = self._store_script = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None

@@ -278,9 +278,7 @@ class SQLiteStorage(Storage):
     async def exists(self) -> bool:
         return self.path.exists()
 
-    async def open(self) -> None:
-        if self._conn is not None:
-            return
+    async def connect(self) -> None:
         if not self.path.parent.is_dir():
             # Checked here: a failed aiosqlite.connect can leave its thread racing
             # the event loop's shutdown.
@@ -300,7 +298,7 @@ class SQLiteStorage(Storage):
             raise
         self._conn = conn
 
-    async def close(self) -> None:
+    async def disconnect(self) -> None:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         if self._conn is not None:

@@ -32,7 +32,7 @@ import pytest
 from ..context import TaskContext
 from ..manager import TriggerManager
 from ..storage import SQLiteStorage
-from ..tasks import TaskDefinition, TaskRegistry
+from ..tasks import TaskRegistry
 from ..tasks import registry as global_registry
 
 __all__ = [
@@ -74,13 +74,7 @@ class TestTaskRegistry(TaskRegistry):
     __test__ = False  # not a test class, whatever pytest's naming rules say
 
     def __init__(self, fallback: TaskRegistry = global_registry) -> None:
-        super().__init__(entry_point_group=None)
-        self.fallback = fallback
-
-    def get(self, name: str) -> TaskDefinition:
-        if name in self:
-            return super().get(name)
-        return self.fallback.get(name)
+        super().__init__(entry_point_group=None, fallback=fallback)
 
 
 def _make_registry() -> TestTaskRegistry:

@@ -210,7 +210,7 @@ def test_error_exit_codes(cli: Cli, url: str, session: str, workdir: Path) -> No
         (("fire", url, session, "go", "--kwargs", "@nope.json"), 2, "no such file"),
         (("replay", url, session, "t_boom#0", "--kwargs", '{"go": 1}'), 2, "maps trigger names"),
         (("fire", url, session, " "), 2, "trigger names must be non-empty strings"),
-        (("fire", "redis2://x", session, "go"), 2, "no storage for URL scheme 'redis2'"),
+        (("fire", "redis2://x", session, "go"), 2, "no storage URL scheme registered as 'redis2'"),
         (("fire", url, session, "go", "--import", "no_such_mod"), 2, "ModuleNotFoundError"),
         (("fire", url, session, "go", "--manager", "nope"), 2, "no trigger manager"),
     ]

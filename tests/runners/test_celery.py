@@ -211,7 +211,7 @@ async def test_a_worker_that_cannot_rebuild_the_session_fails_loudly(
     }
     result = wapp.app.send_task("tests.where", args=[payload], ignore_result=True)
     deadline = time.monotonic() + 20
-    while f"{result.id}] raised unexpected: LookupError" not in worker.output():
+    while f"{result.id}] raised unexpected: UnknownManager" not in worker.output():
         assert time.monotonic() < deadline, worker.output()
         await asyncio.sleep(0.05)
     assert "no trigger manager registered as 'not-registered-in-the-worker'" in worker.output()

@@ -291,7 +291,7 @@ async def test_wrap_reports_a_storage_that_cannot_open(tmp_path: Path) -> None:
 
 
 def test_construction_errors() -> None:
-    with pytest.raises(ValueError, match="no storage for URL scheme 'nope'"):
+    with pytest.raises(ValueError, match="no storage URL scheme registered as 'nope'"):
         Triggers("nope://x")
     with pytest.raises(TypeError, match="storage URL or a Storage"):
         Triggers(42)  # type: ignore[arg-type]

@@ -1,0 +1,56 @@
+"""`RunTracker`: the in-process runs of a storage, so that closing it drains them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+__all__ = ["RunTracker"]
+
+log = logging.getLogger("atriggers.storage")
+
+
+class RunTracker:
+    """Tasks to wait for before a storage closes: in-process runs (cancellable
+    past a timeout) and short store-then-dispatch steps (never cancelled, so that
+    nothing stored as scheduled is left undispatched)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._uncancellable: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def track(self, task: asyncio.Task[Any], *, cancellable: bool = True) -> None:
+        """Keep `task` alive until done; `drain` waits for it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if not cancellable:
+            self._uncancellable.add(task)
+            task.add_done_callback(self._uncancellable.discard)
+
+    async def drain(self, timeout: float | None = None, *, grace: float = 10.0, owner: object = None) -> None:
+        """Wait for the tracked tasks (and those they start meanwhile) to finish.
+        After `timeout` seconds, cancel the cancellable ones still going, and keep
+        cancelling runs that start meanwhile (a cascade of a run that ended
+        anyway), for at most `grace` more seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        cancelled: set[asyncio.Task[Any]] = set()
+        while self._tasks:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                if remaining <= -grace:
+                    log.error(
+                        "%r closes with %d run(s) still going: they ignored cancellation",
+                        owner,
+                        len(self._tasks),
+                    )
+                    return
+                for task in self._tasks - self._uncancellable - cancelled:
+                    task.cancel()
+                    cancelled.add(task)
+                remaining = grace + remaining
+            await asyncio.wait(set(self._tasks), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
