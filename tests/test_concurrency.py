@@ -146,7 +146,7 @@ async def test_endless_conflicts_raise_concurrency_error_with_nothing_written() 
 
     async with Contended() as storage:
         manager = TriggerManager(storage, "contended")
-        manager.max_attempts = 3  # type: ignore[misc]
+        manager.max_attempts = 3
         with pytest.raises(ConcurrencyError, match="gave up after 3 attempts"):
             await manager.fire("mine", {"v": 1})
         state = await manager.get_state()
