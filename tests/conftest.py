@@ -6,6 +6,13 @@ from pathlib import Path
 import pytest
 
 from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.testing.pytest_plugin import Registries
+
+
+@pytest.fixture(autouse=True)
+def _registries(atriggers_registries: Registries) -> Registries:
+    """Every test runs with scoped registries: nothing it registers outlives it."""
+    return atriggers_registries
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from atriggers import (
     task,
     with_context,
 )
-from atriggers.runners import BaseRunner, register_runner, unregister_runner
+from atriggers.runners import BaseRunner, register_runner
 from atriggers.storage import SQLiteStorage
 
 calls: list[tuple[str, dict[str, Any]]] = []
@@ -354,31 +354,25 @@ class RecordingRunner(BaseRunner):
 async def test_using_picks_the_runner_per_task(sqlite_storage: SQLiteStorage) -> None:
     runner = register_runner(RecordingRunner())
     assert isinstance(runner, RecordingRunner)
-    try:
-        manager = TriggerManager(sqlite_storage, "using")
-        await manager.update_configuration(
-            {
-                "t_a": {"after": ["go"], "run": "tm.echo", "using": "recording"},
-                "t_b": {"after": ["go"], "run": "tm.echo"},
-            }
-        )
-        await fire_and_wait(manager)
-        assert runner.seen == ["t_a#0"]
-        state = await manager.get_state()
-        assert {i.status for i in state.instances.values()} == {Status.FINISHED}
-    finally:
-        unregister_runner("recording")
+    manager = TriggerManager(sqlite_storage, "using")
+    await manager.update_configuration(
+        {
+            "t_a": {"after": ["go"], "run": "tm.echo", "using": "recording"},
+            "t_b": {"after": ["go"], "run": "tm.echo"},
+        }
+    )
+    await fire_and_wait(manager)
+    assert runner.seen == ["t_a#0"]
+    state = await manager.get_state()
+    assert {i.status for i in state.instances.values()} == {Status.FINISHED}
 
 
 async def test_default_runner_per_manager(sqlite_storage: SQLiteStorage) -> None:
     runner = register_runner(RecordingRunner())
-    try:
-        manager = TriggerManager(sqlite_storage, "default-runner", default_runner="recording")
-        await manager.update_configuration(config("tm.echo"))
-        await fire_and_wait(manager)
-        assert runner.seen == ["t#0"]
-    finally:
-        unregister_runner("recording")
+    manager = TriggerManager(sqlite_storage, "default-runner", default_runner="recording")
+    await manager.update_configuration(config("tm.echo"))
+    await fire_and_wait(manager)
+    assert runner.seen == ["t#0"]
 
 
 async def test_dispatch_error_fails_instance(sqlite_storage: SQLiteStorage) -> None:
@@ -389,16 +383,13 @@ async def test_dispatch_error_fails_instance(sqlite_storage: SQLiteStorage) -> N
             raise ConnectionError("broker is down")
 
     register_runner(BrokenRunner())
-    try:
-        manager = TriggerManager(sqlite_storage, "broken")
-        await manager.update_configuration(config("tm.echo", using="broken"))
-        await manager.fire("go")
-        failed = (await manager.get_state()).instances["t#0"]
-        assert failed.status is Status.FAILED
-        assert failed.metadata["exceptionType"] == "builtins.ConnectionError"
-        assert "broker is down" in failed.metadata["exceptionInfo"]
-    finally:
-        unregister_runner("broken")
+    manager = TriggerManager(sqlite_storage, "broken")
+    await manager.update_configuration(config("tm.echo", using="broken"))
+    await manager.fire("go")
+    failed = (await manager.get_state()).instances["t#0"]
+    assert failed.status is Status.FAILED
+    assert failed.metadata["exceptionType"] == "builtins.ConnectionError"
+    assert "broker is down" in failed.metadata["exceptionInfo"]
 
 
 async def test_cooldown_delays_the_run(sqlite_storage: SQLiteStorage) -> None:
@@ -453,19 +444,16 @@ async def test_concurrency_limit_is_honoured(db_path: Any) -> None:
         return {}
 
     register_runner(AsyncioRunner(max_concurrency=3), "limited")
-    try:
-        async with SQLiteStorage(db_path) as storage:
-            manager = TriggerManager(storage, "limit", default_runner="limited")
-            await manager.update_configuration({"t": {"after": [], "andEvery": "go", "run": "tm.counted"}})
-            for _ in range(12):
-                await manager.fire("go")
-            await manager.join()
-            state = await manager.get_state()
-        assert len(state.instances) == 12
-        assert {i.status for i in state.instances.values()} == {Status.FINISHED}
-        assert peak == 3
-    finally:
-        unregister_runner("limited")
+    async with SQLiteStorage(db_path) as storage:
+        manager = TriggerManager(storage, "limit", default_runner="limited")
+        await manager.update_configuration({"t": {"after": [], "andEvery": "go", "run": "tm.counted"}})
+        for _ in range(12):
+            await manager.fire("go")
+        await manager.join()
+        state = await manager.get_state()
+    assert len(state.instances) == 12
+    assert {i.status for i in state.instances.values()} == {Status.FINISHED}
+    assert peak == 3
 
 
 @task("tm.wait_then_finish")

@@ -6,12 +6,30 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from atriggers import Status, TriggerManager
-from atriggers.storage import SQLiteStorage
+from atriggers import Status, TaskContext, TriggerError, TriggerManager, get_manager_class
+from atriggers.errors import DispatchError, UnknownManager, UnknownRunner, UnknownStorage, UnknownTask
+from atriggers.runners import (
+    AsyncioRunner,
+    RunnerRegistry,
+    get_runner,
+    register_runner,
+    runners,
+    unregister_runner,
+)
+from atriggers.storage import SQLiteStorage, open_storage
+from atriggers.tasks import registry as tasks
+
+
+async def echo(context: TaskContext) -> dict[str, object]:
+    return {}
+
+
+tasks.register(echo, "tests.registries.echo")
 
 
 async def test_run_never_imports_a_dotted_path(sqlite_storage: SQLiteStorage, tmp_path: Path) -> None:
@@ -51,12 +69,16 @@ def test_entry_points_provide_tasks_runners_and_managers(tmp_path: Path) -> None
 
         [atriggers.managers]
         acme = acme_plugin:AcmeManager
+
+        [atriggers.storages]
+        acme = acme_plugin:AcmeStorage
         """)
     )
     (tmp_path / "acme_plugin.py").write_text(
         textwrap.dedent("""
         from atriggers import TriggerManager
         from atriggers.runners import AsyncioRunner
+        from atriggers.storage import MemoryStorage
 
         async def hello(context):
             return {"hello": context.uid}
@@ -66,15 +88,19 @@ def test_entry_points_provide_tasks_runners_and_managers(tmp_path: Path) -> None
 
         class AcmeManager(TriggerManager):
             manager_name = "acme"
+
+        class AcmeStorage(MemoryStorage):
+            scheme = "acme"
         """)
     )
     script = textwrap.dedent(f"""
         import asyncio
         from atriggers import get_manager_class
         from atriggers.runners import get_runner
-        from atriggers.storage import SQLiteStorage
+        from atriggers.storage import SQLiteStorage, open_storage
 
         async def main():
+            assert type(open_storage("acme://")).__name__ == "AcmeStorage"
             cls = get_manager_class("acme")
             assert cls.__name__ == "AcmeManager", cls
             assert type(get_runner("acme")).__name__ == "AcmeRunner"
@@ -126,3 +152,48 @@ async def test_run_requests_carry_the_default_runner_and_refuse_unregistered_man
         manager_name = "tests-hooked"
 
     assert RunRequest.for_instance(Named(sqlite_storage, "u"), instance).manager == "tests-hooked"
+
+
+@pytest.mark.parametrize(
+    ("lookup", "error", "known"),
+    [
+        (lambda: tasks.get("nope.task"), UnknownTask, "tests.registries.echo"),
+        (lambda: get_runner("nope"), UnknownRunner, "asyncio"),
+        (lambda: get_manager_class("nope"), UnknownManager, "default"),
+        (lambda: open_storage("nope://x"), UnknownStorage, "memory, sqlite"),
+    ],
+)
+def test_every_unknown_name_is_a_trigger_error_naming_what_is_known(
+    lookup: Callable[[], object], error: type[TriggerError], known: str
+) -> None:
+    with pytest.raises(error) as caught:
+        lookup()
+    assert isinstance(caught.value, TriggerError) and isinstance(caught.value, LookupError)
+    assert "'nope" in str(caught.value) and known in str(caught.value)
+
+
+def test_unknown_runner_is_a_dispatch_error_and_unknown_storage_a_value_error() -> None:
+    assert issubclass(UnknownRunner, DispatchError)
+    assert issubclass(UnknownStorage, ValueError)
+
+
+def test_scoped_registries_undo_registrations() -> None:
+    class Temporary(AsyncioRunner):
+        name = "temporary"
+
+    with runners.scoped(), tasks.scoped():
+        register_runner(Temporary())
+        unregister_runner("asyncio")
+        tasks.register(echo, "tests.registries.temporary")
+        assert "temporary" in runners and "asyncio" not in runners
+    assert "temporary" not in runners and isinstance(get_runner("asyncio"), AsyncioRunner)
+    assert "tests.registries.temporary" not in tasks
+
+
+def test_a_manager_takes_its_own_runners(sqlite_storage: SQLiteStorage) -> None:
+    own = RunnerRegistry(fallback=runners)
+    own.register(AsyncioRunner(max_concurrency=1), "mine")
+    manager = TriggerManager(sqlite_storage, "own-runners", runners=own, default_runner="mine")
+    assert manager.runners.get("mine") is not runners.get("asyncio")
+    assert manager.runners.get("asyncio") is runners.get("asyncio")
+    assert "mine" not in runners

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from atriggers import Status, TaskContext, TaskInstance, TriggerManager, task
-from atriggers.runners import BaseRunner, register_runner, unregister_runner
+from atriggers.runners import BaseRunner, register_runner
 from atriggers.state import Change
 from atriggers.storage import MemoryStorage, SQLiteStorage
 from atriggers.storage.base import Reapply
@@ -74,20 +74,17 @@ class LateTimeoutRunner(BaseRunner):
 
 async def test_a_dispatch_error_after_handover_does_not_fail_a_running_instance() -> None:
     register_runner(LateTimeoutRunner())
-    try:
-        async with MemoryStorage() as storage:
-            manager = TriggerManager(storage, "late-error")
-            await manager.update_configuration(
-                {
-                    "t": {"after": ["go"], "run": "rb.slow", "using": "late-timeout"},
-                    "t2": {"after": ["t"], "run": "rb.b"},
-                }
-            )
-            await manager.fire("go")
-            await manager.join()
-            state = await manager.get_state()
-    finally:
-        unregister_runner("late-timeout")
+    async with MemoryStorage() as storage:
+        manager = TriggerManager(storage, "late-error")
+        await manager.update_configuration(
+            {
+                "t": {"after": ["go"], "run": "rb.slow", "using": "late-timeout"},
+                "t2": {"after": ["t"], "run": "rb.b"},
+            }
+        )
+        await manager.fire("go")
+        await manager.join()
+        state = await manager.get_state()
     assert state.instances["t#0"].status is Status.FINISHED
     assert state.instances["t2#0"].status is Status.FINISHED
 

@@ -9,6 +9,9 @@ pytest-asyncio: ``pip install 'atriggers[testing]'``):
   vanish after the test; names it does not know resolve through the global
   registry (``@task``) and entry points. Stock tasks are pre-registered:
   `PASS_THRU`, `DEV_NULL`, `FAILING`, `SELF_SKIPPING`.
+- ``atriggers_registries``: the global task, runner, manager and storage
+  registries, scoped to the test: whatever the test registers (or
+  unregisters) there is undone after it.
 - ``atriggers_uid``: the session id, ``"test-session"``.
 - ``atriggers_manager``: a `TriggerManager` for that session, using
   ``atriggers_tasks``; configured from the ``atriggers_configuration`` marker if
@@ -23,7 +26,8 @@ pytest-asyncio: ``pip install 'atriggers[testing]'``):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,12 @@ import pytest
 
 from ..context import TaskContext
 from ..manager import TriggerManager
-from ..storage import SQLiteStorage
+from ..manager import managers as global_managers
+from ..registry import Registry
+from ..runners import RunnerRegistry
+from ..runners import runners as global_runners
+from ..storage import SQLiteStorage, StorageFactory
+from ..storage import storages as global_storages
 from ..tasks import TaskRegistry
 from ..tasks import registry as global_registry
 
@@ -40,6 +49,7 @@ __all__ = [
     "FAILING",
     "PASS_THRU",
     "SELF_SKIPPING",
+    "Registries",
     "TestTaskRegistry",
 ]
 
@@ -107,6 +117,28 @@ def atriggers_database(tmp_path: Path) -> Path:
 def atriggers_tasks() -> TestTaskRegistry:
     """A per-test task registry (stock tasks included), layered over ``@task``'s."""
     return _make_registry()
+
+
+@dataclass(frozen=True)
+class Registries:
+    """The global registries, as the ``atriggers_registries`` fixture gives them."""
+
+    tasks: TaskRegistry
+    runners: RunnerRegistry
+    managers: Registry[type[TriggerManager]]
+    storages: Registry[StorageFactory]
+
+
+@pytest.fixture
+def atriggers_registries() -> Iterator[Registries]:
+    """The global registries, restored after the test to what they held before."""
+    with (
+        global_registry.scoped(),
+        global_runners.scoped(),
+        global_managers.scoped(),
+        global_storages.scoped(),
+    ):
+        yield Registries(global_registry, global_runners, global_managers, global_storages)
 
 
 @pytest.fixture

@@ -337,7 +337,7 @@ async def test_a_remote_worker_rebuilds_the_storage_from_its_url(
 ) -> None:
     from atriggers.instance import TaskInstance
     from atriggers.remote import RunRequest, StoragePool, execute_request
-    from atriggers.runners import BaseRunner, register_runner, unregister_runner
+    from atriggers.runners import BaseRunner, register_runner
     from atriggers.tasks import registry
 
     queued: list[RunRequest] = []
@@ -373,5 +373,3 @@ async def test_a_remote_worker_rebuilds_the_storage_from_its_url(
             assert (worker_storage.prefix, worker_storage.ttl) == (redis_prefix, 600)
     finally:
         await pool.aclose()
-        unregister_runner("test-redis-queue")
-        registry.unregister("test_redis.work")

@@ -121,3 +121,30 @@ def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
     )
     pytester.makepyfile(test_documented=example)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_the_plugin_fixture_scopes_every_registry(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        """
+        from atriggers import TriggerManager, register_manager
+        from atriggers.runners import AsyncioRunner, register_runner, runners
+        from atriggers.storage import MemoryStorage, register_storage, storages
+        from atriggers.manager import managers
+        from atriggers.tasks import registry
+
+        def test_registers(atriggers_registries):
+            register_runner(AsyncioRunner(), "leaky")
+            register_storage("leaky", MemoryStorage.from_url)
+            registry.register(lambda context: {}, "leaky.task")
+
+            @register_manager
+            class Leaky(TriggerManager):
+                manager_name = "leaky"
+
+        def test_nothing_leaked():
+            assert "leaky" not in runners and "leaky" not in storages
+            assert "leaky" not in managers and "leaky.task" not in registry
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
