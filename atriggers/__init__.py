@@ -9,6 +9,7 @@ from .context import Retry, Skip, TaskContext
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
+    DispatchError,
     InstanceNotFound,
     InvalidInput,
     InvalidStatus,
@@ -16,12 +17,15 @@ from .errors import (
     Problem,
     StorageError,
     TriggerError,
+    UnknownManager,
     UnknownRunner,
+    UnknownStorage,
     UnknownTask,
     with_context,
 )
 from .instance import Status, TaskInstance
 from .manager import TriggerManager, get_manager_class, register_manager
+from .registry import Registry
 from .state import SessionState
 from .tasks import TaskDefinition, TaskRegistry, task
 
@@ -30,11 +34,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
+    "DispatchError",
     "InstanceNotFound",
     "InvalidInput",
     "InvalidStatus",
     "MaxRetriesExceeded",
     "Problem",
+    "Registry",
     "Retry",
     "SessionState",
     "Skip",
@@ -47,7 +53,9 @@ __all__ = [
     "TaskRegistry",
     "TriggerError",
     "TriggerManager",
+    "UnknownManager",
     "UnknownRunner",
+    "UnknownStorage",
     "UnknownTask",
     "get_manager_class",
     "parse_configuration",

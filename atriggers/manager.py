@@ -1,7 +1,7 @@
 """`TriggerManager`: one session's operations, orchestrated.
 
 Every operation is: per-session lock -> read snapshot -> apply a pure rule
-(`atriggers.rules`) to a draft -> compare-and-swap write -> dispatch what the rule
+(`atriggers._rules`) to a draft -> compare-and-swap write -> dispatch what the rule
 scheduled -> subclass hook. On a version conflict the rule is re-applied to the
 fresh state, a bounded number of times.
 """
@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from . import rules
+from . import _rules as rules
 from ._json import kwargs_by_trigger, object_arg
 from .config import parse_configuration
 from .context import Retry, Skip, TaskContext, exception_metadata

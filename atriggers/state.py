@@ -99,7 +99,7 @@ class Change:
 class Draft:
     """Copy-on-write view of a `SessionState` that the rules change.
 
-    The rules (`atriggers.rules`) are pure functions over a draft; `changes()`
+    The rules (`atriggers._rules`) are pure functions over a draft; `changes()`
     then tells storage what to write.
     """
 

@@ -40,6 +40,7 @@ from typing import Any, Self
 
 from .errors import (
     ConcurrencyError,
+    DispatchError,
     InstanceNotFound,
     InvalidInput,
     InvalidStatus,
@@ -47,6 +48,7 @@ from .errors import (
     TriggerError,
 )
 from .manager import TriggerManager
+from .runners import RunnerRegistry
 from .storage.base import Storage
 from .storage.registry import open_storage
 from .tasks import TaskRegistry
@@ -75,8 +77,9 @@ def status_code_for(exc: TriggerError) -> int:
     """The HTTP status that best reports `exc` to a client.
 
     Bad input (including configuration) is 422, an unknown instance 404, an
-    operation the instance's status does not allow 409, lost races under heavy
-    contention 503 (retry later); anything else is the server's fault, 500.
+    operation the instance's status does not allow 409, a runner that refused
+    or is unknown (`DispatchError`) 502, lost races under heavy contention 503
+    (retry later); anything else is the server's fault, 500.
     """
     if isinstance(exc, InstanceNotFound):
         return 404
@@ -84,6 +87,8 @@ def status_code_for(exc: TriggerError) -> int:
         return 409
     if isinstance(exc, ValueError):  # InvalidInput, ConfigurationError
         return 422
+    if isinstance(exc, DispatchError):
+        return 502
     if isinstance(exc, ConcurrencyError):
         return 503
     return 500
@@ -97,8 +102,10 @@ class Triggers:
     ``redis://...``) or a `Storage` object; either way the lifespan opens it at
     startup and closes it (after draining in-process runs) at shutdown.
     `close_timeout` overrides the storage's (seconds to wait for in-process runs
-    before cancelling them). `manager_class`, `default_runner` and `tasks` are
-    what `manager` builds `TriggerManager` objects with.
+    before cancelling them). `manager_class`, `default_runner`, `tasks` and
+    `runners` are what `manager` builds `TriggerManager` objects with; at
+    shutdown the runners of `runners` (default: the global registry) are closed
+    (`BaseRunner.aclose`: broker connections, clients).
 
     Create it once per app, at import time; every worker process then opens its
     own storage when its app starts.
@@ -111,6 +118,7 @@ class Triggers:
         manager_class: type[TriggerManager] = TriggerManager,
         default_runner: str | None = None,
         tasks: TaskRegistry | None = None,
+        runners: RunnerRegistry | None = None,
         close_timeout: float | None = None,
     ) -> None:
         if not isinstance(storage, str | Storage):
@@ -127,6 +135,7 @@ class Triggers:
         self.manager_class = manager_class
         self.default_runner = default_runner
         self.tasks = tasks
+        self.runners = runners
         self.close_timeout = close_timeout
 
     def __repr__(self) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atriggers import SessionState, Status, TaskInstance, TriggerManager, parse_configuration, rules
+from atriggers import SessionState, Status, TaskInstance, TriggerManager, parse_configuration
+from atriggers import _rules as rules
 from atriggers.runners import BaseRunner, register_runner
 from atriggers.state import Draft
 from atriggers.storage import MemoryStorage, SQLiteStorage, Storage

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from atriggers import InstanceNotFound, InvalidStatus, SessionState, Status, parse_configuration, rules
+from atriggers import InstanceNotFound, InvalidStatus, SessionState, Status, parse_configuration
+from atriggers import _rules as rules
 from atriggers.state import Draft
 
 

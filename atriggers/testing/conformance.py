@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from .. import rules
+from .. import _rules as rules
 from ..config import parse_configuration
 from ..context import TaskContext
 from ..errors import (

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from webserve import serve
 
 from atriggers import Status, StorageError, TaskContext, TaskRegistry, TriggerManager
+from atriggers.errors import DispatchError, UnknownRunner
 from atriggers.storage import MemoryStorage, SQLiteStorage
 from atriggers.web import Message, Receive, Scope, Send, Triggers, status_code_for
 
@@ -335,3 +336,5 @@ def test_status_codes() -> None:
     assert status_code_for(ConfigurationError([])) == 422
     assert status_code_for(ConcurrencyError("busy")) == 503
     assert status_code_for(StorageError("down")) == 500
+    assert status_code_for(UnknownRunner("no runner 'x'")) == 502
+    assert status_code_for(DispatchError("broker down")) == 502
