@@ -10,6 +10,7 @@ from .errors import (
     ConcurrencyError,
     ConfigurationError,
     DispatchError,
+    InstanceLost,
     InstanceNotFound,
     InvalidInput,
     InvalidStatus,
@@ -27,6 +28,7 @@ from .instance import Status, TaskInstance
 from .manager import TriggerManager, get_manager_class, register_manager
 from .registry import Registry
 from .state import SessionState
+from .sweeper import Sweeper
 from .tasks import TaskDefinition, TaskRegistry, task
 
 __version__ = "0.1.0"
@@ -35,6 +37,7 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "DispatchError",
+    "InstanceLost",
     "InstanceNotFound",
     "InvalidInput",
     "InvalidStatus",
@@ -46,6 +49,7 @@ __all__ = [
     "Skip",
     "Status",
     "StorageError",
+    "Sweeper",
     "TaskConfig",
     "TaskContext",
     "TaskDefinition",

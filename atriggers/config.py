@@ -13,7 +13,14 @@ from typing import Any
 
 from .errors import ConfigurationError, Problem
 
-__all__ = ["DIRECTIVES", "Directive", "TaskConfig", "parse_configuration", "validate_configuration"]
+__all__ = [
+    "DIRECTIVES",
+    "ON_LOST",
+    "Directive",
+    "TaskConfig",
+    "parse_configuration",
+    "validate_configuration",
+]
 
 
 def _is_name(value: object) -> bool:
@@ -37,6 +44,26 @@ def _one_name(value: object) -> str | None:
 
 def _optional_name(value: object) -> str | None:
     return None if value is None else _one_name(value)
+
+
+def _seconds(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of seconds, not {value!r}"
+    if not value > 0 or value == float("inf"):
+        return f"must be a finite number of seconds > 0, not {value!r}"
+    return None
+
+
+#: What ``onLost`` may say: fail the lost instance, or replay it.
+ON_LOST = ("fail", "retry")
+
+
+def _on_lost(value: object) -> str | None:
+    if value is None or value in ON_LOST:
+        return None
+    return f"must be one of {', '.join(map(repr, ON_LOST))}, not {value!r}"
 
 
 def _dict_of_dicts(value: object) -> str | None:
@@ -76,6 +103,7 @@ class Directive:
 
 
 _NAME_SCHEMA: Mapping[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
+_SECONDS_SCHEMA: Mapping[str, Any] = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]}
 
 DIRECTIVES: Mapping[str, Directive] = {
     d.name: d
@@ -128,6 +156,30 @@ DIRECTIVES: Mapping[str, Directive] = {
             "Name of the runner for this task (default: the manager's default runner).",
             {"anyOf": [_NAME_SCHEMA, {"type": "null"}]},
         ),
+        Directive(
+            "timeout",
+            False,
+            _seconds,
+            "Seconds a run may go without storing its outcome (heartbeats extend it); "
+            "past it the instance is lost.",
+            _SECONDS_SCHEMA,
+        ),
+        Directive(
+            "onLost",
+            False,
+            _on_lost,
+            "What happens to a lost instance: 'fail' (default) or 'retry' (replayed, "
+            "counted against the task's max_retries).",
+            {"anyOf": [{"enum": list(ON_LOST)}, {"type": "null"}]},
+        ),
+        Directive(
+            "within",
+            False,
+            _seconds,
+            "Seconds an instance may wait unstarted after it was created; then it is "
+            "abandoned with reason 'expired'.",
+            _SECONDS_SCHEMA,
+        ),
     )
 }
 
@@ -144,6 +196,12 @@ class TaskConfig:
     unless: frozenset[str] = frozenset()
     with_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     using: str | None = None
+    #: Seconds a run may take without storing its outcome (None: no limit).
+    timeout: float | None = None
+    #: ``"fail"`` or ``"retry"``: what happens to a lost instance.
+    on_lost: str = "fail"
+    #: Seconds an instance may stay unstarted (None: no limit).
+    within: float | None = None
     #: Custom directives, kept as given.
     extras: Mapping[str, Any] = field(default_factory=dict)
 
@@ -163,6 +221,12 @@ class TaskConfig:
             body["withParams"] = {k: dict(v) for k, v in self.with_params.items()}
         if self.using is not None:
             body["using"] = self.using
+        if self.timeout is not None:
+            body["timeout"] = self.timeout
+        if self.on_lost != "fail":
+            body["onLost"] = self.on_lost
+        if self.within is not None:
+            body["within"] = self.within
         return body
 
     @classmethod
@@ -178,6 +242,9 @@ class TaskConfig:
             unless=frozenset(body.get("unless") or ()),
             with_params=dict(body.get("withParams") or {}),
             using=body.get("using"),
+            timeout=body.get("timeout"),
+            on_lost=body.get("onLost") or "fail",
+            within=body.get("within"),
             extras={k: v for k, v in body.items() if k not in DIRECTIVES},
         )
 

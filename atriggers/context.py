@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._json import jsonable, kwargs_by_trigger, object_arg
+from .clock import from_iso
 from .errors import MaxRetriesExceeded, with_context
 from .instance import Meta, TaskInstance
 from .tasks import TaskDefinition
@@ -77,12 +78,25 @@ class _TrackingAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 class TaskContext:
     """Everything a task function receives."""
 
-    def __init__(self, manager: TriggerManager, instance: TaskInstance, definition: TaskDefinition) -> None:
+    def __init__(
+        self,
+        manager: TriggerManager,
+        instance: TaskInstance,
+        definition: TaskDefinition,
+        *,
+        token: str | None = None,
+    ) -> None:
         self.manager = manager
         self.instance = instance
         self.definition = definition
+        #: The fencing token of this run: only it can store the outcome.
+        self.token = token
         #: Highest log level emitted through `get_logger_context` loggers.
         self.log_level = logging.NOTSET
+        deadline = instance.metadata.get(Meta.DEADLINE)
+        #: When this run is lost unless it stores its outcome or heartbeats
+        #: (epoch seconds; None: no deadline).
+        self.deadline: float | None = from_iso(deadline) if isinstance(deadline, str) else None
 
     @property
     def instance_name(self) -> str:
@@ -104,6 +118,18 @@ class TaskContext:
         nothing stored."""
         actual: dict[str, Any] = self.instance.metadata.get(Meta.ACTUAL_KWARGS) or {}
         return actual
+
+    async def heartbeat(self) -> None:
+        """Tell storage this run is alive: its deadline moves its task's
+        ``timeout`` from now (for long tasks). Raises `atriggers.InstanceLost`
+        when the run was lost meanwhile: its outcome would be refused, so stop.
+        Without a ``timeout`` there is no deadline to move and nothing is written
+        (the process's lease already proves it alive)."""
+        if self.deadline is None:
+            return
+        deadline = await self.manager.heartbeat(self.instance_name, self.token)
+        if deadline is not None:
+            self.deadline = deadline
 
     @contextmanager
     def get_logger_context(self, context: Mapping[str, Any] | None = None) -> Iterator[logging.LoggerAdapter]:  # type: ignore[type-arg]

@@ -10,6 +10,7 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "DispatchError",
+    "InstanceLost",
     "InstanceNotFound",
     "InvalidInput",
     "InvalidStatus",
@@ -134,6 +135,13 @@ class UnknownStorage(TriggerError, LookupError, ValueError):
     """No storage is registered for this URL scheme."""
 
 
+class InstanceLost(TriggerError):
+    """An instance was lost: its run did not store an outcome before its
+    deadline (``timeout``), or the process holding it stopped. Stored as the
+    ``exceptionType`` of the failed instance; a task that calls
+    ``context.heartbeat()`` after it was lost gets it raised."""
+
+
 class MaxRetriesExceeded(TriggerError):
     """A task asked to retry itself more often than its ``max_retries`` allows."""
 
@@ -171,6 +179,7 @@ for _error in (
     UnknownTask,
     UnknownManager,
     UnknownStorage,
+    InstanceLost,
     MaxRetriesExceeded,
 ):
     _error.__module__ = "atriggers.errors"

@@ -51,6 +51,21 @@ class Meta:
     ACTUAL_KWARGS = "actualKwargs"
     CREATED = "created"
     LAST_MODIFIED = "lastModified"
+    #: The runner the instance was dispatched to.
+    RUNNER = "runner"
+    #: The process (lease owner) holding it: running it, or keeping it scheduled
+    #: for an in-process run.
+    OWNER = "owner"
+    #: The fencing token of its current run: storing the outcome requires it.
+    TOKEN = "token"
+    #: When a running instance is lost if it has not stored its outcome (ISO).
+    DEADLINE = "deadline"
+    #: A scheduled instance does not start before this (a cooldown; ISO).
+    NOT_BEFORE = "notBefore"
+    #: Why an instance was abandoned (``"expired"``: its ``within`` ran out).
+    REASON = "reason"
+    #: The task's ``max_retries`` where the instance last ran (for lost retries).
+    MAX_RETRIES = "maxRetries"
 
 
 @dataclass(slots=True)
@@ -127,6 +142,16 @@ class TaskInstance:
     def timestamps(self) -> dict[str, str]:
         timestamps = self.metadata.get(Meta.TIMESTAMPS)
         return dict(timestamps) if isinstance(timestamps, dict) else {}
+
+    @property
+    def runner(self) -> str | None:
+        runner = self.metadata.get(Meta.RUNNER)
+        return runner if isinstance(runner, str) else None
+
+    @property
+    def owner(self) -> str | None:
+        owner = self.metadata.get(Meta.OWNER)
+        return owner if isinstance(owner, str) else None
 
     @property
     def log_level(self) -> int:

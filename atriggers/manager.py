@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from . import _rules as rules
-from ._json import kwargs_by_trigger, object_arg
+from ._json import dumps, kwargs_by_trigger, loads, object_arg
+from .clock import from_iso, sleep_until
 from .config import parse_configuration
 from .context import Retry, Skip, TaskContext, exception_metadata
+from .due import DELAY_PREFIX, Due, DueEntry, is_delay_key
 from .errors import (
     ConcurrencyError,
+    InstanceLost,
     InstanceNotFound,
     InvalidInput,
     InvalidStatus,
+    MaxRetriesExceeded,
     TriggerError,
     UnknownManager,
+    UnknownRunner,
     UnknownTask,
     with_context,
 )
@@ -32,9 +39,9 @@ from .instance import Meta, Status, TaskInstance
 from .registry import Registry
 from .runners import RunnerRegistry
 from .runners import runners as default_runners
-from .state import Change, Draft, SessionState
+from .state import Change, Draft, Placement, SessionState
 from .storage.base import Storage, VersionConflict
-from .tasks import TaskRegistry
+from .tasks import TaskDefinition, TaskRegistry
 from .tasks import registry as default_tasks
 
 __all__ = ["ENTRY_POINT_GROUP", "TriggerManager", "get_manager_class", "managers", "register_manager"]
@@ -75,6 +82,14 @@ class TriggerManager:
     #: Attempts of an operation before `ConcurrencyError`. Retries back off with
     #: full jitter up to 50 ms, so the budget spans about a second of contention.
     max_attempts: int = 48
+    #: A lost instance of an ``onLost: retry`` task is replayed after a random
+    #: wait of up to ``lost_backoff * 2**retries`` seconds, at most
+    #: `lost_backoff_cap` (full jitter).
+    lost_backoff: float = 1.0
+    lost_backoff_cap: float = 60.0
+    #: Seconds a claimed due entry stays with its claimer before another may
+    #: take it (should the claimer die while acting on it).
+    claim_for: float = 30.0
 
     def __init__(
         self,
@@ -112,15 +127,37 @@ class TriggerManager:
         await self._apply(lambda d: rules.configure(d, tasks))
 
     async def fire(
-        self, trigger_name: str, trigger_kwargs: Mapping[str, Any] | None = None
+        self,
+        trigger_name: str,
+        trigger_kwargs: Mapping[str, Any] | None = None,
+        *,
+        delay: float | None = None,
     ) -> list[TaskInstance]:
         """Fire a trigger; returns the instances it scheduled (already dispatched).
 
-        A failed dispatch does not raise: the instance is stored as failed.
+        A failed dispatch does not raise: the instance is stored as failed. With
+        `delay` (seconds), the fire is stored now and applied that much later,
+        durably (by this process if it still runs then, else by any sweeper);
+        it returns ``[]``.
         """
         trigger = _trigger_name(trigger_name)
         kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
+                raise InvalidInput(f"delay must be a number of seconds, not {delay!r}")
+            if delay < 0:
+                raise InvalidInput(f"delay must be >= 0 seconds, not {delay!r}")
+            if delay > 0:
+                return await self._shielded(self._fire_later(trigger, kwargs, float(delay)))
         return await self._shielded(self._fire(trigger, kwargs))
+
+    async def _fire_later(self, trigger: str, kwargs: dict[str, Any], delay: float) -> list[TaskInstance]:
+        key = f"{DELAY_PREFIX}{uuid.uuid4().hex}"
+        at = self.storage.clock.time() + delay
+        payload = dumps({"trigger": trigger, "kwargs": kwargs})
+        await self._apply(lambda d: d.set_due(key, Due(at, None, payload)))
+        self._wake_at(key, at)
+        return []
 
     async def _fire(self, trigger: str, kwargs: dict[str, Any]) -> list[TaskInstance]:
         ready = [i.snapshot() for i in await self._apply(lambda d: rules.fire(d, trigger, kwargs))]
@@ -261,39 +298,92 @@ class TriggerManager:
         task.add_done_callback(self._inflight.discard)
         self.storage.track(task)
 
-    async def run_instance(self, instance: InstanceRef) -> TaskInstance | None:
+    async def run_instance(
+        self, instance: InstanceRef, *, deadline: float | None = None, owned: bool = True
+    ) -> TaskInstance | None:
         """Run a scheduled instance here and now, store the outcome, cascade.
 
         Runners call this (in-process, or in a worker after rebuilding the
         manager). Returns the instance in its final state, or None when it was not
-        ``scheduled`` (already taken by another worker, or changed by an operator):
-        an instance runs at most once.
+        ``scheduled`` (already taken by another worker, or changed by an operator),
+        or when it was lost while running: an instance runs at most once.
+
+        The run is held by this process's lease owner (`owned`), or, for a
+        process that cannot renew a lease (a Lambda invocation), bounded by
+        `deadline` (epoch seconds) alone. It carries a fencing token: only this
+        run can store its outcome, and only while it is not lost.
         """
         name = _name_of(instance)
-        running = await self._apply(lambda d: rules.start(d, name), [name])
+        token = uuid.uuid4().hex
+        owner = await self.storage.lease.acquire() if owned else None
+        running = await self._apply(
+            lambda d: rules.start(d, name, token, owner, deadline, self._max_retries_of(d, name)), [name]
+        )
         if running is None:
             log.info("%s/%s is not scheduled any more; not running it", self.uid, name)
             return None
         try:
             definition = self.tasks.get(running.config.run if running.config else running.task_name)
         except UnknownTask as exc:
-            return await self._shielded(self._fail(name, exc))
-        context = TaskContext(self, running.snapshot(), definition)
+            return await self._shielded(self._fail(name, exc, token=token))
+        context = TaskContext(self, running.snapshot(), definition, token=token)
         outcome: object
         try:
-            outcome = await definition(context)
+            outcome = await self._run_body(definition, context)
         except asyncio.CancelledError as exc:
-            await self._shielded(self._fail(name, exc, context.log_level))
+            await self._shielded(self._fail(name, exc, context.log_level, token=token))
             raise
         except Exception as exc:  # noqa: BLE001 - a task's failure is data
             outcome = exc
+        if outcome is _LOST:
+            return None
         # Storing the outcome and dispatching its cascade is one shielded step: a
         # cancellation (shutdown, time limit) cannot leave a stored cascade undispatched.
-        return await self._shielded(self._conclude(name, outcome, context.log_level, definition.name))
+        return await self._shielded(self._conclude(name, outcome, context.log_level, definition.name, token))
 
-    async def _conclude(self, name: str, outcome: object, log_level: int, task: str) -> TaskInstance | None:
+    async def _run_body(self, definition: TaskDefinition, context: TaskContext) -> object:
+        """Run the task body; past its deadline (heartbeats move it) cancel it and
+        record the instance lost here and now, without waiting for a sweeper."""
+        if context.deadline is None:
+            return await definition(context)
+        clock = self.storage.clock
+        body = asyncio.ensure_future(definition(context))
+        self.storage.track(body)
+        try:
+            while True:
+                remaining = context.deadline - clock.time()
+                if remaining <= 0:
+                    break
+                timer = asyncio.ensure_future(clock.sleep(remaining))
+                try:
+                    await asyncio.wait({body, timer}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                if body.done():
+                    return body.result()
+        except asyncio.CancelledError:
+            body.cancel()
+            raise
+        body.cancel()
+        await self._shielded(self._lose(context.instance_name, context.token, "timeout"))
+        return _LOST
+
+    async def heartbeat(self, instance: InstanceRef, token: str | None = None) -> float | None:
+        """Extend a running instance's deadline by its ``timeout`` from now (tasks
+        call ``context.heartbeat()``). Returns the new deadline (None: the task has
+        no timeout). Raises `InstanceLost` when the run `token` was lost."""
+        name = _name_of(instance)
+        beat = await self._apply(lambda d: rules.heartbeat(d, name, token), [name])
+        if beat is None:
+            raise InstanceLost(f"{self.uid}/{name} was lost: its outcome will not be stored")
+        deadline = beat.metadata.get(Meta.DEADLINE)
+        return from_iso(deadline) if isinstance(deadline, str) else None
+
+    async def _conclude(
+        self, name: str, outcome: object, log_level: int, task: str, token: str | None = None
+    ) -> TaskInstance | None:
         if isinstance(outcome, BaseException) and not isinstance(outcome, (Retry, Skip)):
-            return await self._fail(name, outcome, log_level)
+            return self._refused(name, await self._fail(name, outcome, log_level, token=token), token)
         # Check what the task handed back before anything is written: what cannot
         # be stored fails the instance with the reason.
         try:
@@ -305,30 +395,152 @@ class TriggerManager:
             else:
                 result = _check_result(outcome, task)
         except (InvalidInput, TypeError) as exc:
-            return await self._fail(name, exc, log_level)
+            return self._refused(name, await self._fail(name, exc, log_level, token=token), token)
         if isinstance(outcome, Retry):
-            return await self._retry(name, meta, replacement)
+            return self._refused(name, await self._retry(name, meta, replacement, token), token)
         if isinstance(outcome, Skip):
-            skipped = await self._apply(lambda d: rules.skip_running(d, name, meta), [name])
-            return skipped.snapshot() if skipped else None
-        finished, ready = await self._apply(lambda d: rules.finish(d, name, result, log_level), [name])
+            skipped = await self._apply(lambda d: rules.skip_running(d, name, meta, token), [name])
+            return self._refused(name, skipped.snapshot() if skipped else None, token)
+        finished, ready = await self._apply(lambda d: rules.finish(d, name, result, log_level, token), [name])
         if finished is None:
-            return None
+            return self._refused(name, None, token)
         ready = [i.snapshot() for i in ready]
         await self._dispatch(ready)
         await self.post_fire(finished.task_name, ready)
         return finished.snapshot()
 
+    def _refused(self, name: str, stored: TaskInstance | None, token: str | None) -> TaskInstance | None:
+        if stored is None and token is not None:
+            # A zombie: lost (or resolved by an operator) while it ran.
+            log.warning(
+                "%s/%s: the outcome of run %s was refused: the instance is no longer that run "
+                "(lost, or resolved by an operator); nothing was stored and nothing cascades",
+                self.uid,
+                name,
+                token,
+                extra={"uid": self.uid, "instance": name},
+            )
+        return stored
+
     async def _retry(
-        self, name: str, meta: dict[str, Any], replacement: dict[str, Any] | None
+        self, name: str, meta: dict[str, Any], replacement: dict[str, Any] | None, token: str | None = None
     ) -> TaskInstance | None:
-        clone = await self._apply(lambda d: rules.retry(d, name, meta, replacement), [name])
+        clone = await self._apply(lambda d: rules.retry(d, name, meta, replacement, token), [name])
         if clone is None:
             return None
         clone = clone.snapshot()
         await self._dispatch([clone])
         await self.post_replay(clone)
         return clone
+
+    def _max_retries_of(self, draft: Draft, name: str) -> int:
+        """The ``max_retries`` of the task instance `name` runs (0 if not known here)."""
+        instance = draft.find(name)
+        if instance is None or instance.config is None:
+            return 0
+        try:
+            return self.tasks.get(instance.config.run).max_retries
+        except UnknownTask:
+            stored = instance.metadata.get(Meta.MAX_RETRIES)
+            return stored if isinstance(stored, int) else 0
+
+    # -- time and ownership: the due index --------------------------------------------------
+
+    async def handle_due(self, entry: DueEntry) -> str:
+        """Act on a claimed due-index entry of this session (the `Sweeper` and
+        this process's own timers call it): a delayed fire is applied, an expired
+        window abandons its instance, a cooldown that ended dispatches its clone,
+        a lost instance gets its task's ``onLost`` policy. Returns what it was
+        (``"delay"``, ``"expired"``, ``"released"``, ``"lost"``, ``"not-due"``,
+        ``"stale"``)."""
+        if is_delay_key(entry.key):
+            return await self._shielded(self._fire_due(entry))
+        return await self._shielded(self._recover(entry))
+
+    async def _fire_due(self, entry: DueEntry) -> str:
+        try:
+            fired = loads(entry.payload or "")
+            trigger, kwargs = str(fired["trigger"]), dict(fired["kwargs"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("%s: dropping delayed fire %s with a malformed payload: %r", self.uid, entry.key, exc)
+            await self._apply(lambda d: d.set_due(entry.key, None))
+            return "stale"
+
+        def rule(draft: Draft) -> list[TaskInstance]:
+            draft.set_due(entry.key, None)
+            return rules.fire(draft, trigger, kwargs)
+
+        ready = [i.snapshot() for i in await self._apply(rule)]
+        await self._dispatch(ready)
+        await self.post_fire(trigger, ready)
+        return "delay"
+
+    async def _recover(self, entry: DueEntry) -> str:
+        name = entry.key
+        outcome: dict[str, Any] = {}
+        backoff = random.uniform(0, 1)  # scaled by the lost instance's depth below
+
+        def rule(draft: Draft) -> None:
+            instance = draft.find(name)
+            verdict = rules.classify(instance, entry.owner, entry.lapsed, draft.at)
+            outcome.clear()
+            outcome["verdict"] = verdict
+            if verdict == "expired":
+                rules.expire(draft, name)
+            elif verdict == "released":
+                outcome["dispatch"] = rules.release(draft, name)
+            elif verdict == "lost":
+                assert instance is not None
+                lost, exceeded = _lost_metadata(self.uid, instance, entry)
+                delay = backoff * min(self.lost_backoff_cap, self.lost_backoff * 2**instance.depth)
+                changed = rules.lose(draft, name, lost, exceeded, self._max_retries_of(draft, name), delay)
+                outcome["clone"] = changed[1] if changed is not None else None
+            elif verdict == "not-due":
+                draft.refresh_due(name)
+            else:
+                draft.set_due(name, None)
+
+        await self._apply(rule, [name])
+        if outcome.get("dispatch") is not None:
+            await self._dispatch([outcome["dispatch"].snapshot()])
+        if outcome.get("clone") is not None:
+            clone = outcome["clone"].snapshot()
+            await self._dispatch([clone])
+            await self.post_replay(clone)
+        if outcome["verdict"] == "lost":
+            log.warning(
+                "%s/%s was lost (%s); its task's onLost policy was applied",
+                self.uid,
+                name,
+                "its owner stopped" if entry.lapsed else "past its deadline",
+                extra={"uid": self.uid, "instance": name},
+            )
+        return str(outcome["verdict"])
+
+    async def _lose(self, name: str, token: str | None, cause: str) -> None:
+        """This process saw its own run `token` of `name` overrun its deadline."""
+        instance = await self.get_instance(name)
+        if instance.status is not Status.RUNNING or instance.metadata.get(Meta.TOKEN) != token:
+            return
+        await self._recover(DueEntry(self.uid, name, None, instance.owner, None, lapsed=False))
+
+    def _wake_at(self, key: str, at: float) -> None:
+        """While this process lives, act on due entry `key` at `at` itself (any
+        sweeper does it otherwise): the timer is durable, this is only prompt."""
+        task = asyncio.get_running_loop().create_task(
+            self._wake(key, at), name=f"atriggers timer {self.uid} {key}"
+        )
+        self.storage.track(task)
+
+    async def _wake(self, key: str, at: float) -> None:
+        clock = self.storage.clock
+        try:
+            await sleep_until(clock, at)
+            now = clock.time()
+            for entry in await self.storage.claim_due(now, now + self.claim_for, 1, [(self.uid, key)]):
+                await self.handle_due(entry)
+        except TriggerError as exc:
+            log.warning("%s: timer %s failed (a sweeper will act on it): %s", self.uid, key, exc)
 
     async def record_failure(
         self, instance: InstanceRef, exc: BaseException, log_level: int | None = None
@@ -340,7 +552,13 @@ class TriggerManager:
         return await self._shielded(self._fail(_name_of(instance), exc, log_level))
 
     async def _fail(
-        self, name: str, exc: BaseException, log_level: int | None = None, *, dispatching: bool = False
+        self,
+        name: str,
+        exc: BaseException,
+        log_level: int | None = None,
+        *,
+        dispatching: bool = False,
+        token: str | None = None,
     ) -> TaskInstance | None:
         meta = exception_metadata(exc)
         if log_level is not None:
@@ -349,14 +567,20 @@ class TriggerManager:
         # after handing the instance over (a lost reply), and a worker that already
         # started it owns its outcome.
         statuses = (Status.SCHEDULED,) if dispatching else (Status.SCHEDULED, Status.RUNNING)
-        failed = await self._apply(lambda d: rules.fail(d, name, meta, statuses), [name])
+        failed = await self._apply(lambda d: rules.fail(d, name, meta, statuses, token), [name])
         return failed.snapshot() if failed else None
 
     async def _dispatch(self, instances: list[TaskInstance]) -> None:
         for instance in instances:
+            not_before = instance.metadata.get(Meta.NOT_BEFORE)
+            if isinstance(not_before, str):
+                # A cooldown: a durable timer in the due index; this process acts
+                # on it on time while it lives, any sweeper does otherwise.
+                self._wake_at(instance.name, from_iso(not_before))
+                continue
             using = instance.config.using if instance.config else None
             try:
-                runner = self.runners.get(using or self.default_runner)
+                runner = self.runners.get(instance.runner or using or self.default_runner)
                 await runner.run(self, instance)
             except Exception as exc:  # noqa: BLE001 - stored on the instance
                 log.warning("dispatching %s/%s failed: %r", self.uid, instance.name, exc)
@@ -384,16 +608,33 @@ class TriggerManager:
         storage = self.storage
         fresh = False
         outcome: list[T] = []
+        unheld: list[str] = []
+
+        def holder(runner: str) -> str | None:
+            # Instances an in-process runner will run are held by this process's
+            # lease owner, so that they are recovered if the process dies.
+            try:
+                in_process = self.runners.get(runner).in_process
+            except UnknownRunner:
+                return None
+            if not in_process:
+                return None
+            owner = storage.lease.current()
+            if owner is None:
+                unheld.append(runner)
+            return owner
+
+        placement = Placement(self.default_runner, holder)
 
         def reapply(current: SessionState) -> Change | None:
-            redo = Draft(current)
+            redo = Draft(current, at=storage.clock.time(), placement=placement)
             outcome[:] = [rule(redo)]
             return redo.changes() if redo.changed else None
 
         async with storage.lock(self.uid):
             for attempt in range(self.max_attempts):
                 state = await storage.read(self.uid, names, fresh=fresh)
-                draft = Draft(state)
+                draft = Draft(state, at=storage.clock.time(), placement=placement)
                 try:
                     result = rule(draft)
                 except (InstanceNotFound, InvalidStatus, InvalidInput):
@@ -401,6 +642,12 @@ class TriggerManager:
                         raise
                     # The cached snapshot may be stale: refuse only what storage says.
                     fresh = True
+                    continue
+                if unheld:
+                    # First in-process dispatch of this process: register its lease
+                    # (one write, once), then decide again.
+                    unheld.clear()
+                    await storage.lease.acquire()
                     continue
                 if not draft.changed:
                     if fresh:
@@ -474,3 +721,35 @@ def get_manager_class(name: str) -> type[TriggerManager]:
     """The manager class registered under `name` (or in the entry-point group);
     `UnknownManager` if none."""
     return managers.get(name)
+
+
+#: `_run_body`'s answer for a run that overran its deadline (already recorded lost).
+_LOST = object()
+
+
+def _lost_metadata(
+    uid: str, instance: TaskInstance, entry: DueEntry
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metadata of a lost instance: as failed with `InstanceLost`, and as
+    failed with `MaxRetriesExceeded` when its retries are used up."""
+    meta = instance.metadata
+    held_by = instance.owner
+    if entry.lapsed:
+        reason = f"the process holding it ({held_by}) stopped renewing its lease"
+    elif isinstance(meta.get(Meta.DEADLINE), str):
+        reason = f"its run did not store an outcome by its deadline {meta[Meta.DEADLINE]}"
+    else:
+        reason = "its owner stopped"
+    context = {
+        "status": instance.status.value,
+        "owner": held_by,
+        "runner": instance.runner,
+        "deadline": meta.get(Meta.DEADLINE),
+        "ownerStopped": entry.lapsed,
+    }
+    error = with_context(InstanceLost(f"{uid}/{instance.name} was lost: {reason}"), context)
+    exceeded = with_context(
+        MaxRetriesExceeded(f"{uid}/{instance.name} was lost ({reason}) and its task has no retries left"),
+        context,
+    )
+    return exception_metadata(error), exception_metadata(exceeded)

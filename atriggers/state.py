@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .clock import iso
 from .config import TaskConfig
+from .due import Due, due_of
 from .errors import InstanceNotFound
 from .instance import Meta, Status, TaskInstance
 
-__all__ = ["Change", "Draft", "SessionState", "utc_now"]
+__all__ = ["Change", "Draft", "Placement", "SessionState", "utc_now"]
 
 
 def utc_now() -> str:
     """ISO 8601 UTC timestamp, as stored in instance metadata."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _nobody(runner: str) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the instances an operation schedules go: `default_runner` for tasks
+    without ``using``, and `owner_for(runner)`, the lease owner that will hold
+    instances dispatched to that runner in this process (None: the runner hands
+    them elsewhere, like Celery or Lambda)."""
+
+    default_runner: str = "asyncio"
+    owner_for: Callable[[str], str | None] = _nobody
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,9 @@ class Change:
     instances: tuple[TaskInstance, ...]
     #: The snapshot after the change (version = base version + 1).
     state: SessionState
+    #: Due-index entries to write (key -> entry) or delete (key -> None), in
+    #: the same atomic write (see `atriggers.due`).
+    due: Mapping[str, Due | None] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -103,10 +124,21 @@ class Draft:
     then tells storage what to write.
     """
 
-    def __init__(self, state: SessionState, now: str | None = None) -> None:
+    def __init__(
+        self,
+        state: SessionState,
+        now: str | None = None,
+        *,
+        at: float | None = None,
+        placement: Placement | None = None,
+    ) -> None:
         self.base = state
         self.uid = state.uid
-        self.now = now or utc_now()
+        #: The time of the operation: epoch seconds, and as stored (ISO 8601).
+        self.at = at if at is not None else (datetime.fromisoformat(now).timestamp() if now else time.time())
+        self.now = now or iso(self.at)
+        self.placement = placement or Placement()
+        self._due: dict[str, Due | None] = {}
         self.tasks: Mapping[str, TaskConfig] = state.tasks
         self._instances: dict[str, TaskInstance] = dict(state.instances)
         self._latest: Mapping[str, Mapping[str, Any]] = state.latest_kwargs
@@ -130,6 +162,10 @@ class Draft:
         except KeyError:
             raise InstanceNotFound(name, self.uid) from None
 
+    def find(self, name: str) -> TaskInstance | None:
+        """The named instance, or None if the draft has no such instance."""
+        return self._instances.get(name)
+
     def instances(self) -> Iterator[TaskInstance]:
         return iter(self._instances.values())
 
@@ -149,6 +185,45 @@ class Draft:
     def set_status(self, instance: TaskInstance, status: Status) -> None:
         instance.status = status
         self.touch(instance, status.value)
+
+    def schedule(
+        self, instance: TaskInstance, not_before: float | None = None, *, runner: str | None = None
+    ) -> None:
+        """Move `instance` (private to this draft) to ``scheduled``: placed on its
+        runner now, or, with a `not_before` still to come, waiting for it in the
+        due index (a durable timer that any live process acts on). The runner is
+        the task's ``using``, else `runner`, else the placement's default."""
+        meta = instance.metadata
+        for key in (Meta.OWNER, Meta.TOKEN, Meta.DEADLINE, Meta.NOT_BEFORE):
+            meta.pop(key, None)
+        config = instance.config
+        using = config.using if config is not None else None
+        meta[Meta.RUNNER] = using or runner or self.placement.default_runner
+        if not_before is not None and not_before > self.at:
+            meta[Meta.NOT_BEFORE] = iso(not_before)
+        else:
+            self.place(instance)
+        self.set_status(instance, Status.SCHEDULED)
+
+    def place(self, instance: TaskInstance) -> None:
+        """Hand a scheduled instance to its runner: if that runner holds it in
+        this process, this process's lease owner holds it."""
+        meta = instance.metadata
+        meta.pop(Meta.NOT_BEFORE, None)
+        owner = self.placement.owner_for(str(meta.get(Meta.RUNNER) or self.placement.default_runner))
+        if owner is None:
+            meta.pop(Meta.OWNER, None)
+        else:
+            meta[Meta.OWNER] = owner
+
+    def set_due(self, key: str, entry: Due | None) -> None:
+        """Write (or with None delete) a due-index entry that is not an
+        instance's own (a delayed fire), or rewrite an instance's entry."""
+        self._due[key] = entry
+
+    def refresh_due(self, name: str) -> None:
+        """Rewrite the entry instance `name` needs (after a claim moved it)."""
+        self._due[name] = due_of(self.get(name))
 
     def touch(self, instance: TaskInstance, *stamps: str) -> None:
         """Record the last-modified time (and one timestamp per name in `stamps`)."""
@@ -206,7 +281,7 @@ class Draft:
 
     @property
     def changed(self) -> bool:
-        return bool(self._changed or self._fired or self._tasks_changed)
+        return bool(self._changed or self._fired or self._tasks_changed or self._due)
 
     def changes(self) -> Change:
         """What to write, and the snapshot that results."""
@@ -221,10 +296,19 @@ class Draft:
             complete=self.base.complete,
         )
         counts_changed = self._counts is not self.base.instance_counts
+        due = dict(self._due)
+        for name, instance in self._changed.items():
+            if name in due:
+                continue
+            entry = due_of(instance)
+            before = self.base.instances.get(name)
+            if entry != (due_of(before) if before is not None else None):
+                due[name] = entry
         return Change(
             tasks=self.tasks if self._tasks_changed else None,
             triggers=self._fired,
             instance_counts=self._counts if counts_changed else None,
             instances=tuple(self._changed.values()),
             state=state,
+            due=due,
         )

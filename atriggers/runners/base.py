@@ -39,6 +39,10 @@ class BaseRunner(ABC):
 
     #: The name configurations use in ``using``.
     name: ClassVar[str]
+    #: True when instances dispatched to this runner run in the dispatching
+    #: process: that process then holds them (under its lease) until they run,
+    #: so that they are recovered if it dies first.
+    in_process: ClassVar[bool] = False
 
     @abstractmethod
     async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:

@@ -23,13 +23,15 @@ class AsyncioRunner(BaseRunner):
     """Each instance runs as an asyncio task of the loop that dispatched it.
 
     At most `max_concurrency` instances run at once per event loop; the others
-    wait their turn in ``scheduled``. A cooldown is a sleep before the run.
+    wait their turn in ``scheduled``, held by this process's lease (if it dies,
+    they are lost and recovered elsewhere by their task's ``onLost`` policy).
     ``await manager.join()`` waits for a manager's runs, cascades included; closing
     the storage waits for all of them (then cancels stragglers, which are stored
     as failed and can be replayed).
     """
 
     name = "asyncio"
+    in_process = True
 
     def __init__(self, max_concurrency: int = 100) -> None:
         if max_concurrency < 1:
@@ -43,15 +45,13 @@ class AsyncioRunner(BaseRunner):
     async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
         loop = asyncio.get_running_loop()
         task = loop.create_task(
-            self._execute(manager, instance.name, instance.cooldown),
+            self._execute(manager, instance.name),
             name=f"atriggers {manager.uid} {instance.name}",
         )
         manager.track(task)
 
-    async def _execute(self, manager: TriggerManager, name: str, cooldown: float) -> Any:
+    async def _execute(self, manager: TriggerManager, name: str) -> Any:
         try:
-            if cooldown > 0:
-                await asyncio.sleep(cooldown)
             async with self._limit():
                 return await manager.run_instance(name)
         except TriggerError:
@@ -59,14 +59,14 @@ class AsyncioRunner(BaseRunner):
             # conflicts): nobody awaits this task, so say so where operators look.
             log.exception(
                 "%s/%s: its run could not be recorded; it stays scheduled or running "
-                "until an operator marks it failed and replays it",
+                "until a sweeper recovers it (its owner or deadline lapses)",
                 manager.uid,
                 name,
             )
             return None
         except asyncio.CancelledError as exc:
-            # Still scheduled (in cooldown or waiting for a slot): record why it
-            # never ran. A cancelled *running* instance is recorded by run_instance.
+            # Still scheduled (waiting for a slot): record why it never ran. A
+            # cancelled *running* instance is recorded by run_instance.
             await manager.record_failure(name, exc)
             raise
 

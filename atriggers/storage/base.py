@@ -15,9 +15,12 @@ from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from ..clock import Clock, SystemClock
+from ..due import DueEntry
 from ..errors import TriggerError
 from ..state import Change, SessionState
 from .cache import SnapshotCache
+from .lease import OwnerLease
 from .locks import SessionLocks
 from .runs import RunTracker
 
@@ -56,12 +59,24 @@ class Storage(ABC):
     #: runners refuse sessions of a storage that cannot be reached that way).
     cross_process: ClassVar[bool] = True
 
-    def __init__(self, *, cache_size: int = 1024, close_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        cache_size: int = 1024,
+        close_timeout: float = 30.0,
+        lease: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
         #: Seconds `aclose` waits for in-process runs before cancelling them.
         self.close_timeout = close_timeout
+        #: Where every deadline, cooldown and lease of this storage reads the time.
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.locks = SessionLocks()
         self.cache = SnapshotCache(cache_size)
         self.runs = RunTracker()
+        #: This process as an owner: `lease` seconds without renewal and what it
+        #: holds is recovered elsewhere.
+        self.lease = OwnerLease(self, lease)
         self._open = False
 
     # -- what a backend implements -------------------------------------------------
@@ -106,6 +121,33 @@ class Storage(ABC):
         a mistyped location is reported instead of silently created."""
         return True
 
+    @abstractmethod
+    async def claim_due(
+        self,
+        now: float,
+        until: float,
+        limit: int = 100,
+        keys: Collection[tuple[str, str]] | None = None,
+    ) -> list[DueEntry]:
+        """Claim due-index entries, atomically: those due at `now` (``at <= now``)
+        and those whose owner's lease expired by `now` (``lapsed=True``), oldest
+        first, at most `limit` (with `keys`: only those ``(uid, key)`` entries, if
+        due). Each claimed entry's ``at`` becomes `until`, so no other claimer
+        takes it before then; whoever handles it rewrites or deletes it with the
+        session's next write. The entries are returned as they were before the
+        claim. Cost: proportional to what is due, not to what is stored."""
+
+    @abstractmethod
+    async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
+        """Register (`create`) or renew the lease of `owner` until `expires_at`.
+        Renewing returns False, changing nothing, when the owner is unknown or
+        its lease already expired (it lapsed: what it held is being recovered,
+        and it must register again under a new id)."""
+
+    @abstractmethod
+    async def release_owner(self, owner: str) -> None:
+        """The owner stops: its lease ends now, so what it still holds is due."""
+
     async def connect(self) -> None:
         """Acquire resources (connections, files); called once by `open`."""
 
@@ -129,6 +171,8 @@ class Storage(ABC):
         Called by ``async with``; idempotent."""
         try:
             await self.drain(self.close_timeout)
+            if self._open:
+                await self.lease.release()
         finally:
             self.cache.clear()
             if self._open:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._json import dumps, loads
 from ..config import TaskConfig
+from ..due import Due
 from ..instance import TaskInstance
 from ..state import Change, SessionState
 
@@ -39,6 +40,8 @@ class EncodedChange:
     triggers: list[tuple[str, str]]
     #: ``(name, task, status, resolved, json)`` for each instance written.
     instances: list[tuple[str, str, str, bool, str]]
+    #: ``(key, entry)`` for each due-index entry written (None: deleted).
+    due: list[tuple[str, Due | None]] = field(default_factory=list)
 
 
 def encode_change(change: Change) -> EncodedChange:
@@ -51,6 +54,7 @@ def encode_change(change: Change) -> EncodedChange:
         instances=[
             (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
+        due=list(change.due.items()),
     )
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from ..clock import Clock
+from ..due import Due, DueEntry
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
 from .codec import ConfigCache, decode_state, encode_change
@@ -22,6 +26,18 @@ class _Session:
     unresolved: set[str] = field(default_factory=set)
 
 
+#: How long a lapsed owner is remembered (so that a zombie's late writes under
+#: its id are still recognised as lapsed), once it holds nothing any more.
+OWNER_RETENTION = 86400.0
+
+
+@dataclass(slots=True)
+class _Due:
+    due: Due
+    #: Which heap item is this entry's current one (older ones are skipped).
+    seq: int
+
+
 class MemoryStorage(Storage):
     """Sessions kept in this process's memory, as the same JSON a database holds
     (so what cannot be stored fails here too).
@@ -33,10 +49,24 @@ class MemoryStorage(Storage):
     scheme = "memory"
     cross_process = False
 
-    def __init__(self, *, cache_size: int = 1024, close_timeout: float = 30.0) -> None:
-        super().__init__(cache_size=cache_size, close_timeout=close_timeout)
+    def __init__(
+        self,
+        *,
+        cache_size: int = 1024,
+        close_timeout: float = 30.0,
+        lease: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(cache_size=cache_size, close_timeout=close_timeout, lease=lease, clock=clock)
         self._sessions: dict[str, _Session] = {}
         self._configs = ConfigCache()
+        # The due index: entries, a heap of (at, seq, uid, key) with stale items
+        # skipped lazily, entries by owner, and owners' lease expiries.
+        self._due: dict[tuple[str, str], _Due] = {}
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._by_owner: dict[str, set[tuple[str, str]]] = {}
+        self._owners: dict[str, float] = {}
+        self._seq = itertools.count()
 
     @property
     def url(self) -> str:
@@ -85,6 +115,87 @@ class MemoryStorage(Storage):
                 session.unresolved.discard(name)
             else:
                 session.unresolved.add(name)
+        for key, due in change.due.items():
+            self._set_due((uid, key), due)
+
+    # -- the due index ----------------------------------------------------------------------
+
+    def _set_due(self, ref: tuple[str, str], due: Due | None) -> None:
+        old = self._due.pop(ref, None)
+        if old is not None and old.due.owner is not None:
+            held = self._by_owner.get(old.due.owner)
+            if held is not None:
+                held.discard(ref)
+                if not held:
+                    del self._by_owner[old.due.owner]
+        if due is None:
+            return
+        seq = next(self._seq)
+        self._due[ref] = _Due(due, seq)
+        if due.at is not None:
+            heapq.heappush(self._heap, (due.at, seq, *ref))
+        if due.owner is not None:
+            self._by_owner.setdefault(due.owner, set()).add(ref)
+
+    def _lapsed(self, owner: str | None, now: float) -> bool:
+        if owner is None:
+            return False
+        expires = self._owners.get(owner)
+        return expires is not None and expires <= now
+
+    async def claim_due(
+        self,
+        now: float,
+        until: float,
+        limit: int = 100,
+        keys: Collection[tuple[str, str]] | None = None,
+    ) -> list[DueEntry]:
+        refs: list[tuple[str, str]] = []
+        if keys is not None:
+            for ref in keys:
+                entry = self._due.get(ref)
+                if entry is not None and (
+                    (entry.due.at is not None and entry.due.at <= now) or self._lapsed(entry.due.owner, now)
+                ):
+                    refs.append(ref)
+        else:
+            for owner, expires in list(self._owners.items()):
+                if expires > now:
+                    continue
+                held = self._by_owner.get(owner)
+                if held:
+                    refs.extend(sorted(held)[: limit - len(refs)])
+                elif expires <= now - OWNER_RETENTION:
+                    del self._owners[owner]
+                if len(refs) >= limit:
+                    break
+            taken = set(refs)
+            while self._heap and self._heap[0][0] <= now and len(refs) < limit:
+                _, seq, uid, key = heapq.heappop(self._heap)
+                entry = self._due.get((uid, key))
+                if entry is not None and entry.seq == seq and (uid, key) not in taken:
+                    refs.append((uid, key))
+                    taken.add((uid, key))
+        claimed: list[DueEntry] = []
+        for ref in refs[:limit]:
+            due = self._due[ref].due
+            claimed.append(DueEntry(*ref, due.at, due.owner, due.payload, self._lapsed(due.owner, now)))
+            # Claimed: due again at `until` unless handled, and no longer bound
+            # to its owner (the claimer answers for it now).
+            self._set_due(ref, Due(until, None, due.payload))
+        return claimed
+
+    async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
+        if not create:
+            expires = self._owners.get(owner)
+            if expires is None or expires <= self.clock.time():
+                return False
+        self._owners[owner] = expires_at
+        return True
+
+    async def release_owner(self, owner: str) -> None:
+        if owner in self._owners:
+            self._owners[owner] = float("-inf")
 
     async def list_sessions(self) -> list[str]:
         return sorted(self._sessions)

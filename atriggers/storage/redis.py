@@ -1,7 +1,7 @@
 """Redis storage through redis-py's asyncio client: sessions shared by many machines.
 
 Install with ``pip install 'atriggers[redis]'``. Tested with Redis 7.0; uses only
-hashes, sets and Lua scripts, which older servers and Valkey have too.
+hashes, sets, sorted sets and Lua scripts, which older servers and Valkey have too.
 
 Key layout, for a session ``uid`` and the storage's ``prefix`` (default
 ``atriggers:``)::
@@ -10,9 +10,14 @@ Key layout, for a session ``uid`` and the storage's ``prefix`` (default
     {prefix}{<uid>}:triggers    hash  trigger name -> latest kwargs (JSON)
     {prefix}{<uid>}:instances   hash  instance name -> instance (JSON)
     {prefix}{<uid>}:unresolved  set   names of the unresolved instances
+    {prefix}due                 zset  due-index entries by time (+inf: owner-bound)
+    {prefix}due:data            hash  entry -> owner, newline, payload
+    {prefix}owners              zset  owner id -> lease expiry
+    {prefix}owner:<owner id>    set   the entries an owner holds
 
-The braces are a Redis Cluster hash tag: a session's four keys live in one slot,
-so the scripts below may touch all of them atomically. Every read and every write
+An entry is named ``<bytes of uid>:<uid><key>``. The braces are a Redis Cluster
+hash tag, but a write touches the session's keys and the shared due index in one
+script: use one Redis server (with replicas), not a cluster. Every read and every write
 is one Lua script, so one round trip and atomic: a write checks the session's
 version first (compare-and-swap) and then writes only the header fields, triggers
 and instances the change touched; a read fetches only the unresolved instances
@@ -39,6 +44,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "RedisStorage needs the redis client: install the extra with `pip install 'atriggers[redis]'`"
     ) from exc
 
+from ..clock import Clock
+from ..due import DueEntry
 from ..errors import StorageError
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
@@ -105,7 +112,9 @@ return read_state(ARGV[1] == '1', names)
 
 # ARGV = expected version, new version, change token, ttl in ms (0: none), now,
 # config ('' unchanged), counts ('' unchanged), number of triggers,
-# then trigger/kwargs pairs, then name/resolved/body triples.
+# number of due entries, owner-set key prefix, then trigger/kwargs pairs, then
+# member/score/owner/payload quads of due entries (score '': delete), then
+# name/resolved/body triples. KEYS 5 and 6: the due index's zset and data hash.
 #
 # Everything that can fail is checked before the first write: Redis does not roll
 # a script back, so a script must not stop half-way.
@@ -146,10 +155,28 @@ else
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 local n_triggers = tonumber(ARGV[8])
-local i = 9
+local n_due = tonumber(ARGV[9])
+local i = 11
 for _ = 1, n_triggers do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
+end
+for _ = 1, n_due do
+  local member, score, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[6], member)
+  if old then
+    local old_owner = string.match(old, '^([^\\n]*)')
+    if old_owner ~= '' then redis.call('SREM', ARGV[10] .. old_owner, member) end
+  end
+  if score == '' then
+    redis.call('ZREM', KEYS[5], member)
+    redis.call('HDEL', KEYS[6], member)
+  else
+    redis.call('ZADD', KEYS[5], score, member)
+    redis.call('HSET', KEYS[6], member, owner .. '\\n' .. ARGV[i + 3])
+    if owner ~= '' then redis.call('SADD', ARGV[10] .. owner, member) end
+  end
+  i = i + 4
 end
 while i <= #ARGV do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
@@ -167,6 +194,85 @@ end
 return {'ok'}
 """
 )
+
+# Claim due entries. KEYS = due zset, due data hash, owners zset. ARGV = now,
+# until, limit, owner-set key prefix, forget lapsed owners expired before this,
+# then (optional) the members to claim if due. Returns member, score, owner,
+# payload, lapsed ('1'/'0') for each claimed entry.
+_CLAIM = """
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local out, seen = {}, {}
+local function lapsed(owner)
+  if owner == '' then return false end
+  local expires = tonumber(redis.call('ZSCORE', KEYS[3], owner) or 'x')
+  return expires ~= nil and expires <= now
+end
+local function consider(member, by_time)
+  if seen[member] or #out >= limit then return end
+  local data = redis.call('HGET', KEYS[2], member)
+  if not data then return end
+  local score = redis.call('ZSCORE', KEYS[1], member)
+  local owner, payload = string.match(data, '^([^\\n]*)\\n(.*)$')
+  local gone = lapsed(owner)
+  local at = tonumber(score or 'x')
+  if by_time and not gone and not (at ~= nil and at <= now) then return end
+  seen[member] = true
+  out[#out + 1] = {member, score or '', owner, payload, gone and '1' or '0'}
+end
+if #ARGV > 5 then
+  for j = 6, #ARGV do consider(ARGV[j], true) end
+else
+  for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+    local held = redis.call('SRANDMEMBER', ARGV[4] .. owner, limit)
+    if #held == 0 then
+      if tonumber(redis.call('ZSCORE', KEYS[3], owner)) <= tonumber(ARGV[5]) then
+        redis.call('ZREM', KEYS[3], owner)
+      end
+    end
+    for _, member in ipairs(held) do consider(member, false) end
+    if #out >= limit then break end
+  end
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)) do
+    consider(member, false)
+  end
+end
+for _, entry in ipairs(out) do
+  if entry[3] ~= '' then redis.call('SREM', ARGV[4] .. entry[3], entry[1]) end
+  redis.call('ZADD', KEYS[1], ARGV[2], entry[1])
+  redis.call('HSET', KEYS[2], entry[1], '\\n' .. entry[4])
+end
+return out
+"""
+
+# Register (ARGV[4] = '1') or renew an owner. KEYS = owners zset. ARGV = owner,
+# expires at, now, create. Renewing a lapsed or unknown owner returns 0.
+_OWNER = """
+if ARGV[4] ~= '1' then
+  local expires = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or 'x')
+  if expires == nil or expires <= tonumber(ARGV[3]) then return 0 end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+#: How long a lapsed owner is remembered once it holds nothing.
+OWNER_RETENTION = 86400.0
+
+
+def _member(uid: str, key: str) -> str:
+    """A due entry's member: the uid's length in bytes, a colon, uid, key."""
+    return f"{len(uid.encode())}:{uid}{key}"
+
+
+def _unmember(member: str) -> tuple[str, str]:
+    size, _, rest = member.partition(":")
+    raw = rest.encode()
+    return raw[: int(size)].decode(), raw[int(size) :].decode()
+
+
+def _score(at: float | None) -> str:
+    return "+inf" if at is None else repr(at)
+
 
 #: Query parameters of a storage URL that are ours, not redis-py's.
 _OWN_PARAMS = ("prefix", "ttl")
@@ -214,8 +320,10 @@ class RedisStorage(Storage):
         client: aioredis.Redis | None = None,
         cache_size: int = 1024,
         close_timeout: float = 30.0,
+        lease: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(cache_size=cache_size, close_timeout=close_timeout)
+        super().__init__(cache_size=cache_size, close_timeout=close_timeout, lease=lease, clock=clock)
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"Redis URLs start with redis://, rediss:// or unix://, not {url!r}")
@@ -234,6 +342,12 @@ class RedisStorage(Storage):
         self._configs = ConfigCache()
         self._load_script: Any = None
         self._store_script: Any = None
+        self._claim_script: Any = None
+        self._owner_script: Any = None
+        # The due index is shared by every session (so a sweep reads only what
+        # is due): one zset of entries by time, their data, and the owners' leases.
+        self._due_keys = [f"{prefix}due", f"{prefix}due:data", f"{prefix}owners"]
+        self._owner_prefix = f"{prefix}owner:"
 
     @property
     def url(self) -> str:
@@ -310,9 +424,11 @@ class RedisStorage(Storage):
             raise
         self._load_script = client.register_script(_LOAD)
         self._store_script = client.register_script(_STORE)
+        self._claim_script = client.register_script(_CLAIM)
+        self._owner_script = client.register_script(_OWNER)
 
     async def disconnect(self) -> None:
-        self._load_script = self._store_script = None
+        self._load_script = self._store_script = self._claim_script = self._owner_script = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -341,15 +457,68 @@ class RedisStorage(Storage):
             encoded.tasks or "",
             encoded.counts or "",
             len(encoded.triggers),
+            len(encoded.due),
+            self._owner_prefix,
         ]
         for name, kwargs in encoded.triggers:
             args += (name, kwargs)
+        for key, due in encoded.due:
+            if due is None:
+                args += (_member(uid, key), "", "", "")
+            else:
+                args += (_member(uid, key), _score(due.at), due.owner or "", due.payload or "")
         for name, _task, _status, resolved, body in encoded.instances:
             args += (name, "1" if resolved else "0", body)
-        reply = await self._call(self._script(self._store_script)(keys=self.keys(uid), args=args), "write")
+        keys = [*self.keys(uid), *self._due_keys[:2]]
+        reply = await self._call(self._script(self._store_script)(keys=keys, args=args), "write")
         if _text(reply[0]) == "conflict":
             fresh = self._decode(uid, reply[1], complete=False)
             raise VersionConflict(uid, expected_version, fresh)
+
+    async def claim_due(
+        self,
+        now: float,
+        until: float,
+        limit: int = 100,
+        keys: Collection[tuple[str, str]] | None = None,
+    ) -> list[DueEntry]:
+        args: list[str | int | float] = [repr(now), repr(until), limit, self._owner_prefix]
+        args.append(repr(now - OWNER_RETENTION))
+        if keys is not None:
+            if not keys:
+                return []
+            args += [_member(uid, key) for uid, key in keys]
+        reply = await self._call(
+            self._script(self._claim_script)(keys=self._due_keys, args=args), "claim of due entries"
+        )
+        claimed = []
+        for member, score, owner, payload, lapsed in reply:
+            uid, key = _unmember(_text(member))
+            at = float(_text(score)) if _text(score) else None
+            claimed.append(
+                DueEntry(
+                    uid,
+                    key,
+                    None if at == float("inf") else at,
+                    _text(owner) or None,
+                    _text(payload) or None,
+                    _text(lapsed) == "1",
+                )
+            )
+        return claimed
+
+    async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
+        args = [owner, repr(expires_at), repr(self.clock.time()), "1" if create else "0"]
+        reply = await self._call(
+            self._script(self._owner_script)(keys=self._due_keys[2:], args=args), "owner lease"
+        )
+        return int(reply) == 1
+
+    async def release_owner(self, owner: str) -> None:
+        await self._call(
+            self._script(self._owner_script)(keys=self._due_keys[2:], args=[owner, "0", "0", "1"]),
+            "owner release",
+        )
 
     async def list_sessions(self) -> list[str]:
         """Every session's uid, found by scanning for session keys: O(keys in the

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from ..clock import Clock
+from ..due import DueEntry
 from ..errors import StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
@@ -27,7 +29,7 @@ from .codec import ConfigCache, EncodedChange, decode_state, encode_change
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
 #: Stored in ``PRAGMA user_version``; later releases migrate older files.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE atriggers_sessions (
@@ -56,10 +58,33 @@ CREATE TABLE atriggers_instances (
 CREATE INDEX atriggers_instances_unresolved
     ON atriggers_instances (uid) WHERE resolved = 0;
 CREATE INDEX atriggers_instances_status ON atriggers_instances (status, uid);
+""" + (
+    _DUE_SCHEMA := """
+-- The due index (see atriggers.due): what must happen later, and who holds it.
+CREATE TABLE atriggers_due (
+    uid      TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    at       REAL,
+    owner    TEXT,
+    payload  TEXT,
+    PRIMARY KEY (uid, key)
+);
+-- A sweep reads what is due and what lapsed owners held: O(due), not O(sessions).
+CREATE INDEX atriggers_due_at ON atriggers_due (at) WHERE at IS NOT NULL;
+CREATE INDEX atriggers_due_owner ON atriggers_due (owner) WHERE owner IS NOT NULL;
+CREATE TABLE atriggers_owners (
+    owner       TEXT PRIMARY KEY,
+    expires_at  REAL NOT NULL
+);
 """
+)
 
 #: schema version -> statements that bring a file from that version to the next.
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {1: _DUE_SCHEMA}
+
+#: How long a lapsed owner is remembered once it holds nothing (so that a
+#: zombie's late writes under its id are still recognised as lapsed).
+OWNER_RETENTION = 86400.0
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -147,6 +172,14 @@ def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedCha
             "(uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?)",
             [(uid, *row) for row in c.instances],
         )
+    for key, due in c.due:
+        if due is None:
+            db.execute("DELETE FROM atriggers_due WHERE uid = ? AND key = ?", (uid, key))
+        else:
+            db.execute(
+                "INSERT OR REPLACE INTO atriggers_due (uid, key, at, owner, payload) VALUES (?, ?, ?, ?, ?)",
+                (uid, key, due.at, due.owner, due.payload),
+            )
     return True
 
 
@@ -182,7 +215,87 @@ class _Write:
         return _Reapplied(change)
 
 
-_Op = _Read | _Write
+_CLAIMABLE = "SELECT d.uid, d.key, d.at, d.owner, d.payload, o.expires_at FROM atriggers_due d "
+
+
+@dataclass(slots=True)
+class _Claim:
+    now: float
+    until: float
+    limit: int
+    keys: Collection[tuple[str, str]] | None
+
+    writes = True
+
+    def __call__(self, db: sqlite3.Connection) -> list[DueEntry]:
+        rows: list[tuple[str, str, float | None, str | None, str | None, float | None]]
+        if self.keys is not None:
+            rows = []
+            for uid, key in self.keys:
+                row = db.execute(
+                    _CLAIMABLE
+                    + "LEFT JOIN atriggers_owners o ON o.owner = d.owner WHERE d.uid = ? AND d.key = ?",
+                    (uid, key),
+                ).fetchone()
+                if row is not None and (
+                    (row[2] is not None and row[2] <= self.now) or (row[5] is not None and row[5] <= self.now)
+                ):
+                    rows.append(row)
+        else:
+            # What lapsed owners held, then what is due by time: both through indexes.
+            rows = db.execute(
+                _CLAIMABLE + "JOIN atriggers_owners o ON o.owner = d.owner WHERE o.expires_at <= ? LIMIT ?",
+                (self.now, self.limit),
+            ).fetchall()
+            if len(rows) < self.limit:
+                rows += db.execute(
+                    _CLAIMABLE + "LEFT JOIN atriggers_owners o ON o.owner = d.owner "
+                    "WHERE d.at <= ? ORDER BY d.at LIMIT ?",
+                    (self.now, self.limit),
+                ).fetchall()
+            db.execute(
+                "DELETE FROM atriggers_owners WHERE expires_at <= ? AND NOT EXISTS "
+                "(SELECT 1 FROM atriggers_due WHERE atriggers_due.owner = atriggers_owners.owner)",
+                (self.now - OWNER_RETENTION,),
+            )
+        claimed: dict[tuple[str, str], DueEntry] = {}
+        for uid, key, at, owner, payload, expires in rows:
+            if (uid, key) not in claimed and len(claimed) < self.limit:
+                lapsed = expires is not None and expires <= self.now
+                claimed[uid, key] = DueEntry(uid, key, at, owner, payload, lapsed)
+        # Claimed: due again at `until` unless handled, and no longer bound to
+        # its owner (the claimer answers for it now).
+        db.executemany(
+            "UPDATE atriggers_due SET at = ?, owner = NULL WHERE uid = ? AND key = ?",
+            [(self.until, uid, key) for uid, key in claimed],
+        )
+        return list(claimed.values())
+
+
+@dataclass(slots=True)
+class _Owner:
+    owner: str
+    expires_at: float
+    now: float
+    create: bool
+
+    writes = True
+
+    def __call__(self, db: sqlite3.Connection) -> bool:
+        if self.create:
+            db.execute(
+                "INSERT OR REPLACE INTO atriggers_owners (owner, expires_at) VALUES (?, ?)",
+                (self.owner, self.expires_at),
+            )
+            return True
+        cursor = db.execute(
+            "UPDATE atriggers_owners SET expires_at = ? WHERE owner = ? AND expires_at > ?",
+            (self.expires_at, self.owner, self.now),
+        )
+        return cursor.rowcount == 1
+
+
+_Op = _Read | _Write | _Claim | _Owner
 
 
 def _run_batch(db: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
@@ -248,8 +361,10 @@ class SQLiteStorage(Storage):
         synchronous: Synchronous = "NORMAL",
         cache_size: int = 1024,
         close_timeout: float = 30.0,
+        lease: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(cache_size=cache_size, close_timeout=close_timeout)
+        super().__init__(cache_size=cache_size, close_timeout=close_timeout, lease=lease, clock=clock)
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
@@ -333,6 +448,23 @@ class SQLiteStorage(Storage):
 
     def _decode_working(self, uid: str, rows: _Rows) -> SessionState:
         return self._decode(uid, rows, complete=False)
+
+    async def claim_due(
+        self,
+        now: float,
+        until: float,
+        limit: int = 100,
+        keys: Collection[tuple[str, str]] | None = None,
+    ) -> list[DueEntry]:
+        claimed: list[DueEntry] = await self._submit(_Claim(now, until, limit, keys))
+        return claimed
+
+    async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
+        renewed: bool = await self._submit(_Owner(owner, expires_at, self.clock.time(), create))
+        return renewed
+
+    async def release_owner(self, owner: str) -> None:
+        await self._submit(_Owner(owner, float("-inf"), float("inf"), True))
 
     async def list_sessions(self) -> list[str]:
         conn = self._require()

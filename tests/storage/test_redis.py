@@ -172,15 +172,16 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     # be told "conflict" (the manager would apply the fire a second time).
     m = manager(storage)
     await m.update_configuration(WAITING)
-    keys = storage.keys("s1")
-    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, "tick", "{}"]
+    keys = [*storage.keys("s1"), f"{storage.prefix}due", f"{storage.prefix}due:data"]
+    owners = f"{storage.prefix}owner:"
+    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "tick", "{}"]
     assert await storage._store_script(keys=keys, args=args) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
-    other = [1, 2, "token-2", 0, "0", "", "", 1, "tick", "{}"]
+    other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "tick", "{}"]
     assert (await storage._store_script(keys=keys, args=other))[0] == "conflict"
     assert (await storage.load("s1")).version == 2
     # Another writer lands in between: the resent write is still recognised.
-    later = [2, 3, "token-3", 0, "0", "", "", 1, "tock", "{}"]
+    later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "tock", "{}"]
     assert await storage._store_script(keys=keys, args=later) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
     assert (await storage.load("s1")).version == 3

@@ -1,0 +1,82 @@
+"""The due index: what must happen later, and who must stay alive meanwhile.
+
+Every instance whose future depends on time or on a process has one entry,
+keyed by its name and derived from its state by `due_of` (a pure function):
+
+- ``unstarted`` with ``within``: due when its window closes (it expires);
+- ``scheduled`` with ``notBefore`` (a cooldown, a retry's backoff): due then, to
+  be dispatched by any live process;
+- ``scheduled`` and held by an owner (waiting in-process for a free slot): due
+  only if that owner stops renewing its lease (it is then lost);
+- ``running``: due at its ``deadline`` (``timeout``, a Lambda invocation's end)
+  or when its owner's lease lapses (it is then lost).
+
+Delayed fires are entries too (keys without ``#``), carrying the fire as payload.
+Entries are written in the same atomic write as the state they belong to, so the
+index never disagrees with the sessions; `atriggers.Sweeper` claims what is due.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .clock import from_iso
+from .instance import Meta, Status, TaskInstance
+
+__all__ = ["DELAY_PREFIX", "Due", "DueEntry", "due_of", "is_delay_key"]
+
+#: Keys of delayed fires start with this; instance names always hold a ``#``.
+DELAY_PREFIX = "fire@"
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """One entry as written: when it is due (`at`, epoch seconds; None: only
+    when `owner` lapses), who holds it, and a payload (delayed fires' JSON)."""
+
+    at: float | None
+    owner: str | None = None
+    payload: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DueEntry:
+    """An entry as `Storage.claim_due` hands it out."""
+
+    uid: str
+    key: str
+    #: When it was due before the claim moved it on (None: owner-bound only).
+    at: float | None
+    owner: str | None = None
+    payload: str | None = None
+    #: True when it was claimed because its owner's lease lapsed.
+    lapsed: bool = False
+
+
+def is_delay_key(key: str) -> bool:
+    return "#" not in key
+
+
+def due_of(instance: TaskInstance) -> Due | None:
+    """The entry `instance` needs in the due index, given its state (None: none)."""
+    status = instance.status
+    meta = instance.metadata
+    if status is Status.UNSTARTED:
+        within = instance.config.within if instance.config is not None else None
+        created = instance.timestamps.get(Meta.CREATED)
+        if within is None or not created:
+            return None
+        return Due(from_iso(created) + within)
+    if status is Status.SCHEDULED:
+        not_before = meta.get(Meta.NOT_BEFORE)
+        if isinstance(not_before, str):
+            return Due(from_iso(not_before))
+        owner = meta.get(Meta.OWNER)
+        return Due(None, owner) if isinstance(owner, str) else None
+    if status is Status.RUNNING:
+        deadline = meta.get(Meta.DEADLINE)
+        owner = meta.get(Meta.OWNER)
+        at = from_iso(deadline) if isinstance(deadline, str) else None
+        owner = owner if isinstance(owner, str) else None
+        return Due(at, owner) if at is not None or owner is not None else None
+    return None
