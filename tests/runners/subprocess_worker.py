@@ -16,7 +16,9 @@ import atriggers.testing.conformance.tasks  # noqa: F401  (registers the suite's
 from atriggers.runners import register_runner
 
 HERE = Path(__file__).resolve()
-spec = importlib.util.spec_from_file_location("custom_runner", HERE.parents[2] / "examples" / "custom_runner.py")
+spec = importlib.util.spec_from_file_location(
+    "custom_runner", HERE.parents[2] / "examples" / "custom_runner.py"
+)
 assert spec is not None and spec.loader is not None
 example = importlib.util.module_from_spec(spec)
 sys.modules["custom_runner"] = example
