@@ -28,12 +28,12 @@ RUNNER_TASKS = (ECHO, RETRY, BLOCK)
 
 
 @task(ECHO)
-async def echo(context: TaskContext) -> dict[str, Any]:
+async def _echo(context: TaskContext) -> dict[str, Any]:
     return {"instance": context.instance_name, "pid": os.getpid(), "at": time.time()}
 
 
 @task(RETRY, max_retries=1)
-async def retry_once(context: TaskContext) -> dict[str, Any]:
+async def _retry_once(context: TaskContext) -> dict[str, Any]:
     if context.instance.depth == 0:
         cooldown = float(context.trigger_kwargs["go"]["cooldown"])
         raise context.retry(RuntimeError("the first run fails on purpose"), cooldown=cooldown)
@@ -41,6 +41,6 @@ async def retry_once(context: TaskContext) -> dict[str, Any]:
 
 
 @task(BLOCK)
-async def block(context: TaskContext) -> dict[str, Any]:
+async def _block(context: TaskContext) -> dict[str, Any]:
     await asyncio.sleep(float(context.trigger_kwargs["go"]["seconds"]))
     return {"slept": True}
