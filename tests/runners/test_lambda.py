@@ -79,7 +79,6 @@ def runner(lambda_endpoint: LambdaEndpoint) -> Iterator[LambdaRunner]:
     try:
         yield registered
     finally:
-        unregister_runner("lambda")
         client.close()
 
 
@@ -218,7 +217,6 @@ async def test_unreachable_endpoint_fails_the_instance(storage: SQLiteStorage) -
         await manager.fire("start", {"a": 1, "b": 1})
         failed = await manager.get_instance("add#0")
     finally:
-        unregister_runner("lambda")
         client.close()
     assert failed.status is Status.FAILED
     assert failed.metadata["exceptionType"] == INVOKE_ERROR
@@ -238,7 +236,6 @@ async def test_bad_signature_is_rejected_by_the_endpoint(
         await manager.fire("start", {"a": 1, "b": 1})
         failed = await manager.get_instance("add#0")
     finally:
-        unregister_runner("lambda")
         client.close()
     assert failed.status is Status.FAILED
     assert failed.metadata["exceptionContext"]["awsErrorCode"] == "InvalidSignatureException"
@@ -249,10 +246,7 @@ async def aio_runner(lambda_endpoint: LambdaEndpoint) -> AsyncIterator[LambdaRun
     async with aio_client_context(lambda_endpoint.url) as client:
         runner = LambdaRunner(client, WORKER_AIO)
         register_runner(runner, "lambda-aio")
-        try:
-            yield runner
-        finally:
-            unregister_runner("lambda-aio")
+        yield runner
 
 
 async def test_aiobotocore_client_success_and_cascade(
@@ -419,7 +413,6 @@ async def test_task_without_a_function_fails_naming_the_directive(
         await manager.fire("start", {"a": 1, "b": 1})
         failed = await manager.get_instance("add#0")
     finally:
-        unregister_runner("lambda")
         client.close()
     assert failed.status is Status.FAILED
     assert failed.metadata["exceptionType"] == (
@@ -430,12 +423,9 @@ async def test_task_without_a_function_fails_naming_the_directive(
 
 def test_entry_point_gives_a_lambda_runner() -> None:
     unregister_runner("lambda")
-    try:
-        runner = get_runner("lambda")
-        assert isinstance(runner, LambdaRunner)
-        assert runner.client is None  # created from the environment on first use
-    finally:
-        unregister_runner("lambda")
+    runner = get_runner("lambda")
+    assert isinstance(runner, LambdaRunner)
+    assert runner.client is None  # created from the environment on first use
 
 
 async def test_malformed_event_is_an_invocation_error(lambda_endpoint: LambdaEndpoint) -> None:
@@ -507,7 +497,6 @@ async def test_aclose_closes_the_client_it_made_and_leaves_a_given_one_open(
             done = await wait_for(storage, "aclose", f"add#{n}")
             assert done.result is not None and done.result["sum"] == total
     finally:
-        unregister_runner("lambda")
         await own.aclose()
         given.close()
 
