@@ -78,14 +78,44 @@ class SessionState:
     def get_instances_with_unresolved_logs(self) -> list[TaskInstance]:
         return [i for i in self.instances.values() if not i.logs_resolved]
 
+    def ordered_instances(self) -> list[TaskInstance]:
+        """The instances task by task in configuration order, each task's oldest
+        first; instances of tasks no longer configured come last, by name."""
+        by_task: dict[str, list[TaskInstance]] = {}
+        for instance in self.instances.values():
+            by_task.setdefault(instance.task_name, []).append(instance)
+        ordered: list[TaskInstance] = []
+        for task in self.tasks:
+            ordered += sorted(by_task.pop(task, ()), key=_instance_number)
+        leftovers = (i for found in by_task.values() for i in found)
+        ordered += sorted(leftovers, key=lambda i: i.name)
+        return ordered
+
     def debug_repr(self) -> dict[str, Any]:
-        """The whole snapshot as plain JSON-ready data."""
+        """The whole snapshot as plain JSON-ready data, instances in the order of
+        `ordered_instances`, with the derived lists people look for first."""
+        ordered = self.ordered_instances()
         return {
             "uid": self.uid,
             "version": self.version,
             "tasks": {name: task.to_dict() for name, task in self.tasks.items()},
-            "instances": {name: i.to_dict() for name, i in self.instances.items()},
+            "instances": {i.name: i.to_dict() for i in ordered},
             "latestKwargs": {k: dict(v) for k, v in self.latest_kwargs.items()},
+            "unresolvedTasks": [t.name for t in self.get_unresolved_tasks()],
+            # From the ordered instances, so two storages holding the same
+            # session give the same lists whatever order they load rows in.
+            "unresolvedInstances": [i.name for i in ordered if not i.is_resolved],
+            "unresolvedLogs": [i.name for i in ordered if not i.logs_resolved],
+            "failed": [
+                {
+                    "instance": i.name,
+                    "exceptionType": i.metadata.get(Meta.EXCEPTION_TYPE),
+                    "exceptionInfo": i.metadata.get(Meta.EXCEPTION_INFO),
+                    "exceptionContext": i.metadata.get(Meta.EXCEPTION_CONTEXT),
+                }
+                for i in ordered
+                if i.status is Status.FAILED
+            ],
         }
 
 

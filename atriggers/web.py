@@ -32,6 +32,7 @@ This module needs no web framework; FastAPI helpers need the ``web`` extra.
 from __future__ import annotations
 
 import inspect
+import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -49,11 +50,14 @@ from .errors import (
 )
 from .manager import TriggerManager
 from .runners import RunnerRegistry
+from .runners import runners as default_runners
 from .storage.base import Storage
 from .storage.registry import open_storage
 from .tasks import TaskRegistry
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "Triggers", "status_code_for"]
+
+log = logging.getLogger("atriggers.web")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -171,7 +175,8 @@ class Triggers:
 
     async def aclose(self) -> None:
         """Drain in-process runs (up to ``close_timeout`` seconds, then cancel
-        the stragglers, which are stored as failed) and close the storage."""
+        the stragglers, which are stored as failed), close the storage, then the
+        runners (their broker connections and clients)."""
         storage = self._storage
         if storage is None:
             return
@@ -183,6 +188,15 @@ class Triggers:
             self._storage = None
             if isinstance(self._source, str):
                 self._next = open_storage(self._source)
+            await self._close_runners()
+
+    async def _close_runners(self) -> None:
+        registry = self.runners if self.runners is not None else default_runners
+        for name in registry.names():
+            try:
+                await registry.get(name).aclose()
+            except Exception:  # one runner's failure must not stop the others
+                log.exception("closing runner %r failed", name)
 
     async def __aenter__(self) -> Self:
         await self.open()

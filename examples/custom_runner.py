@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from atriggers import (
-    InvalidInput,
     Status,
     TaskContext,
     TaskInstance,
@@ -58,14 +57,30 @@ class SubprocessRunner(BaseRunner):
         self._slots: asyncio.Semaphore | None = None
 
     async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
-        if manager.storage.url.startswith("memory://"):
-            # Raising here stores the instance as failed with this message.
-            raise InvalidInput("SubprocessRunner needs a storage other processes can open")
+        # Refuses a memory:// session (another process cannot see it); raising
+        # here stores the instance as failed with the reason.
         request = RunRequest.for_instance(manager, instance)
         loop = asyncio.get_running_loop()
         manager.track(loop.create_task(self._execute(manager, request, instance.cooldown)))
 
     async def _execute(self, manager: TriggerManager, request: RunRequest, cooldown: float) -> None:
+        try:
+            returncode, stderr = await self._spawn(request, cooldown)
+        except asyncio.CancelledError as exc:
+            # A shutdown cancelled the run (in its cooldown, waiting for a slot,
+            # or running): the instance never finished, so say so (failed,
+            # replayable) rather than leave it scheduled or running.
+            await manager.record_failure(request.instance, exc)
+            raise
+        if returncode != 0:
+            tail = stderr.decode(errors="replace")[-2000:]
+            # No-op unless the instance is still scheduled or running.
+            await manager.record_failure(
+                request.instance,
+                RuntimeError(f"worker process exited with status {returncode}\n{tail}"),
+            )
+
+    async def _spawn(self, request: RunRequest, cooldown: float) -> tuple[int, bytes]:
         if cooldown > 0:
             await asyncio.sleep(cooldown)
         if self._slots is None:
@@ -85,13 +100,7 @@ class SubprocessRunner(BaseRunner):
                 process.kill()
                 await process.wait()
                 raise
-        if process.returncode != 0:
-            tail = stderr.decode(errors="replace")[-2000:]
-            # No-op unless the instance is still scheduled or running.
-            await manager.record_failure(
-                request.instance,
-                RuntimeError(f"worker process exited with status {process.returncode}\n{tail}"),
-            )
+        return await process.wait(), stderr  # already exited: its status at once
 
 
 @register_manager

@@ -148,6 +148,9 @@ class LambdaRunner(BaseRunner):
     handler waits until then before running the instance (see `LambdaHandler`).
     The wait is thus durable (the event sits in Lambda's queue, not in this
     process) but billed, and bounded by the function's timeout.
+
+    `aclose` closes the client the runner created itself (a later dispatch
+    creates a new one); a client passed in is the caller's to close.
     """
 
     name: ClassVar[str] = "lambda"
@@ -165,6 +168,8 @@ class LambdaRunner(BaseRunner):
             raise TypeError(f"client must have an invoke() method like a boto3 Lambda client, not {client!r}")
         self.client = client
         self.function_name = function_name
+        # Only a client made by `_default_client` is closed by `aclose`.
+        self._owns_client = False
         #: Whether ``client.invoke`` is awaited on the loop (True) or called in a
         #: worker thread (False); guessed from the client when None.
         self.asynchronous = _is_async_client(client) if asynchronous is None else asynchronous
@@ -268,7 +273,20 @@ class LambdaRunner(BaseRunner):
 
                 self.client = botocore.session.get_session().create_client("lambda")
                 self.asynchronous = False
+                self._owns_client = True
             return self.client
+
+    async def aclose(self) -> None:
+        """Close the botocore client this runner created (none is created until
+        the first dispatch without a client). A client given to the constructor
+        is left open: whoever made it closes it (an aiobotocore client, for
+        instance, with the ``async with`` that opened it)."""
+        with self._client_lock:
+            client = self.client if self._owns_client else None
+            if client is not None:
+                self.client, self._owns_client = None, False
+        if client is not None:
+            client.close()  # type: ignore[attr-defined]
 
 
 def _is_async_client(client: object) -> bool:

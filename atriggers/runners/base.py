@@ -35,6 +35,10 @@ class BaseRunner(ABC):
     calls ``await manager.run_instance(instance.name)`` (in-process) or rebuilds a
     manager from the session's storage URL and uid (remote workers) and does the
     same. If `run` raises, the instance is stored as ``failed`` with the error.
+    `aclose` releases the runner's resources at shutdown.
+
+    `atriggers.testing.conformance.RunnerConformance` checks a runner against
+    this contract.
     """
 
     #: The name configurations use in ``using``.
@@ -47,6 +51,16 @@ class BaseRunner(ABC):
     @abstractmethod
     async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
         """Dispatch `instance`; honour ``instance.cooldown`` (seconds) if possible."""
+
+    async def aclose(self) -> None:
+        """Release what the runner holds open (broker connections, clients).
+
+        Called when the application that dispatches shuts down; it does not
+        wait for instances already handed over, which belong to wherever they
+        run. A runner may be used again after `aclose` (it reopens what it
+        needs) and `aclose` may be awaited more than once. Does nothing by
+        default: override it when the runner keeps resources between calls.
+        """
 
 
 def _runner_from_entry_point(name: str, loaded: object) -> BaseRunner:

@@ -70,6 +70,7 @@ __all__ = [
     "CeleryDispatchError",
     "CeleryRunner",
     "EagerModeError",
+    "WorkerLoop",
     "celery_task",
     "expose_tasks",
     "worker_loop",
@@ -225,11 +226,17 @@ class CeleryRunner(BaseRunner):
         return str(maybe_sanitize_url(app.conf.broker_write_url or app.conf.broker_url))
 
     def close(self) -> None:
-        """Close the runner's broker connections (they reopen on next use)."""
+        """Close the runner's broker connections (they reopen on next use).
+        The blocking form of `aclose`, for synchronous shutdown code."""
         with self._pools_lock:
             pools, self._pools = self._pools, {}
         for _app, pool in pools.values():
             pool.force_close_all()
+
+    async def aclose(self) -> None:
+        """Close the runner's broker connection pools (they reopen on next use)."""
+        # Closing a kombu connection may talk to the broker: keep the loop free.
+        await anyio.to_thread.run_sync(self.close)
 
 
 # -- worker side -------------------------------------------------------------------------

@@ -15,10 +15,10 @@ other test runner::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..describe import compact_json, describe_instance, describe_session
 from ..instance import Meta, Status, TaskInstance
 from ..manager import TriggerManager
 from ..state import SessionState
@@ -60,45 +60,6 @@ async def _state(source: Source) -> SessionState:
     raise TypeError(f"expected a TriggerManager or a SessionState, not {source!r}")
 
 
-def describe_instance(instance: TaskInstance) -> str:
-    """A multi-line account of `instance` for failure messages."""
-    lines = [f"{instance.name}: {instance.status.value}"]
-    meta = instance.metadata
-    if instance.parent:
-        lines.append(f"  parent: {instance.parent}")
-    if Meta.RESULT in meta:
-        lines.append(f"  result: {_json(meta[Meta.RESULT])}")
-    if Meta.EXCEPTION_TYPE in meta:
-        lines.append(f"  exception: {meta[Meta.EXCEPTION_TYPE]}")
-        if meta.get(Meta.EXCEPTION_CONTEXT):
-            lines.append(f"  context: {_json(meta[Meta.EXCEPTION_CONTEXT])}")
-        info = str(meta.get(Meta.EXCEPTION_INFO) or "").rstrip()
-        if info:
-            lines.append("  traceback:")
-            lines += [f"    {line}" for line in info.splitlines()]
-    lines.append(f"  triggers applied: {', '.join(sorted(instance.kwargs)) or 'none'}")
-    return "\n".join(lines)
-
-
-def describe_session(state: SessionState) -> str:
-    """One line per instance of the session (name, status, exception type)."""
-    if not state.instances:
-        return f"session {state.uid!r} has no instances"
-    lines = [f"instances of session {state.uid!r}:"]
-    for name, instance in sorted(state.instances.items()):
-        error = instance.metadata.get(Meta.EXCEPTION_TYPE)
-        suffix = f" ({error})" if instance.status is Status.FAILED and error else ""
-        lines.append(f"  {name}: {instance.status.value}{suffix}")
-    return "\n".join(lines)
-
-
-def _json(value: object) -> str:
-    try:
-        return json.dumps(value, sort_keys=True)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
 def _get(state: SessionState, name: str, expected: str) -> TaskInstance:
     __tracebackhide__ = True
     instance = state.instances.get(name)
@@ -132,8 +93,8 @@ async def assert_instance_finished(
     instance = await assert_instance_status(source, name, Status.FINISHED)
     if result is not ANY_RESULT and instance.result != result:
         raise AssertionError(
-            f"instance {name!r} finished with result {_json(instance.result)}, "
-            f"expected {_json(result)}\n{describe_instance(instance)}"
+            f"instance {name!r} finished with result {compact_json(instance.result)}, "
+            f"expected {compact_json(result)}\n{describe_instance(instance)}"
         )
     return instance
 

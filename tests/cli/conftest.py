@@ -1,17 +1,27 @@
-"""The `atriggers` command, run as a subprocess against real SQLite files."""
+"""The `atriggers` command against real SQLite files.
+
+`cli` runs it in this process through `atriggers.cli.main` (so coverage sees
+it); `console` runs the installed console script, for what only a real process
+shows (the entry point, exit statuses, tasks run in that process).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import sysconfig
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from atriggers.cli import main
+from atriggers.tasks import registry
 
 TASKS_MODULE = textwrap.dedent(
     """
@@ -72,10 +82,42 @@ def url(workdir: Path) -> str:
 
 
 @pytest.fixture
-def cli(workdir: Path) -> Cli:
+def cli(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
+    """Run the command in this process, in `workdir`, as an operator would type it."""
+    monkeypatch.chdir(workdir)
+    # `--import` puts the working directory on sys.path and registers the
+    # module's tasks: none of it may outlive the test (another test checks what
+    # happens when the tasks are *not* imported).
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    tasks_before = set(registry)
+
+    def run(*args: str, stdin: str | None = None) -> Result:
+        capsys.readouterr()
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    yield run
+    for name in set(registry) - tasks_before:
+        registry.unregister(name)
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(workdir)):
+            del sys.modules[name]
+
+
+#: The ``atriggers`` script pip installed next to this interpreter.
+SCRIPT = Path(sysconfig.get_path("scripts")) / "atriggers"
+
+
+@pytest.fixture
+def console(workdir: Path) -> Cli:
+    """Run the installed ``atriggers`` console script in `workdir`."""
+
     def run(*args: str, stdin: str | None = None) -> Result:
         done = subprocess.run(
-            [sys.executable, "-m", "atriggers", *args],
+            [str(SCRIPT), *args],
             cwd=workdir,
             input=stdin,
             capture_output=True,

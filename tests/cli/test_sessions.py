@@ -6,21 +6,26 @@ import asyncio
 import json
 from pathlib import Path
 
-from atriggers import Status, TriggerManager
+from atriggers import SessionState, Status, TriggerManager
+from atriggers.describe import describe_instance
 from atriggers.storage import SQLiteStorage
 
-from .conftest import Cli
+from .conftest import Cli, Result
+
+
+def snapshot(workdir: Path, uid: str = "s1") -> SessionState:
+    """The whole session, read straight from the database by this test."""
+
+    async def read() -> SessionState:
+        async with SQLiteStorage(workdir / "state.db") as storage:
+            return await TriggerManager(storage, uid).get_state()
+
+    return asyncio.run(read())
 
 
 def states(workdir: Path, uid: str = "s1") -> dict[str, str]:
-    """Instance -> status, read straight from the database by this process."""
-
-    async def read() -> dict[str, str]:
-        async with SQLiteStorage(workdir / "state.db") as storage:
-            state = await TriggerManager(storage, uid).get_state()
-        return {name: i.status.value for name, i in state.instances.items()}
-
-    return asyncio.run(read())
+    """Instance -> status, read straight from the database."""
+    return {name: i.status.value for name, i in snapshot(workdir, uid).instances.items()}
 
 
 def test_configure_creates_the_session(cli: Cli, url: str, workdir: Path) -> None:
@@ -44,7 +49,9 @@ def test_fire_runs_tasks_in_process_and_reports(cli: Cli, url: str, workdir: Pat
     assert result.code == 6, result  # t_boom failed
     assert "fired 'go' in session 's1'; scheduled: t_echo#0, t_boom#0" in result.out
     assert "t_echo#0  (new)  finished" in result.out
-    assert "Failed: t_boom#0  builtins.ValueError" in result.out
+    # The failure as `atriggers.testing`'s assertions describe it too.
+    assert "\nFailed instances\nt_boom#0: failed\n  exception: builtins.ValueError\n" in result.out
+    assert 'context: {"score": 3}' in result.out
     assert 'raise with_context(ValueError("bad score")' in result.out
     assert states(workdir) == {"t_echo#0": "finished", "t_boom#0": "failed"}
 
@@ -88,7 +95,7 @@ def test_show(cli: Cli, url: str, session: str) -> None:
     assert "t_boom#0  failed    go                " in out
     assert "Unresolved tasks: t_boom, t_after_boom" in out
     assert "Unresolved instances: t_boom#0" in out
-    assert "Failed: t_boom#0  builtins.ValueError" in out
+    assert "\nFailed instances\nt_boom#0: failed\n  exception: builtins.ValueError\n" in out
     assert 'context: {"score": 3}' in out
     assert "Traceback (most recent call last):" in out
     assert "ValueError: bad score" in out
@@ -109,6 +116,22 @@ def test_show_json(cli: Cli, url: str, session: str) -> None:
     assert failed["exceptionType"] == "builtins.ValueError"
     assert failed["exceptionContext"] == {"score": 3}
     assert "ValueError: bad score" in failed["exceptionInfo"]
+
+
+def test_show_json_is_the_snapshot_itself(cli: Cli, url: str, session: str, workdir: Path) -> None:
+    """One JSON form of a session: `SessionState.debug_repr`, instances listed in order."""
+    data = cli("show", url, session, "--json").json()
+    expected = snapshot(workdir).debug_repr()
+    assert data.pop("url").startswith("sqlite:///")
+    assert data.pop("instances") == [{"name": n, **i} for n, i in expected.pop("instances").items()]
+    assert data == expected
+
+
+def test_a_failure_reads_as_in_test_assertions(cli: Cli, url: str, session: str, workdir: Path) -> None:
+    failed = snapshot(workdir).instances["t_boom#0"]
+    assert describe_instance(failed) in cli("show", url, session).out
+    replayed = cli("replay", url, session, "t_boom#0", "--import", "apptasks")
+    assert describe_instance(snapshot(workdir).instances["t_boom#1"]) in replayed.out
 
 
 def test_replay_with_replacement_kwargs(cli: Cli, url: str, session: str, workdir: Path) -> None:
@@ -229,3 +252,21 @@ def test_kwargs_from_a_file(cli: Cli, url: str, session: str, workdir: Path) -> 
     (workdir / "kw.json").write_text('{"go": {"fixed": true}}')
     result = cli("replay", url, session, "t_boom#0", "--kwargs", "@kw.json", "--import", "apptasks")
     assert result.code == 0, result
+
+
+def test_the_console_script_runs_tasks_in_its_own_process(
+    cli: Cli, console: Cli, url: str, workdir: Path
+) -> None:
+    assert cli("configure", url, "s1", "config.json").code == 0
+    result = console("fire", url, "s1", "go", "--kwargs", '{"x": 1}', "--import", "apptasks")
+    assert result.code == 6, result  # t_boom failed, in the script's process
+    assert "t_echo#0  (new)  finished" in result.out
+    assert "ValueError: bad score" in result.out
+    assert states(workdir) == {"t_echo#0": "finished", "t_boom#0": "failed"}
+
+
+def test_the_console_script_exit_status(console: Cli, url: str) -> None:
+    missing = console("show", "sqlite:///missing.db", "s1")
+    assert missing == Result(3, "", missing.err)
+    assert missing.err.startswith("atriggers: error: no storage at sqlite:///")
+    assert console("fire", url, "s1").code == 2  # usage error, from argparse

@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
+import pytest
+
+import atriggers
+from atriggers.cli import ExitCode, main
 from atriggers.schema import schema_json
 
-from .conftest import Cli
+from .conftest import SCRIPT, Cli
 
 
-def test_console_script_is_installed(workdir: Path) -> None:
-    script = Path(sysconfig.get_path("scripts")) / "atriggers"
-    assert script.exists(), "pip install -e . should install the atriggers script"
-    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, cwd=workdir)
-    assert done.returncode == 0 and done.stdout.startswith("atriggers ")
+def test_console_script_is_installed(console: Cli) -> None:
+    assert SCRIPT.exists(), "pip install -e . should install the atriggers script"
+    done = console("--version")
+    assert done.code == 0 and done.out.startswith("atriggers ")
 
 
 def test_help_lists_commands_and_exit_codes(cli: Cli) -> None:
@@ -101,8 +103,16 @@ def test_schema_command(cli: Cli, workdir: Path) -> None:
     assert stale.code == 1 and "out of date" in stale.err
 
 
-def test_python_dash_m_matches_main() -> None:
+@pytest.mark.parametrize("module", ["atriggers", "atriggers.cli"])
+def test_python_dash_m(module: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "atriggers", "--version"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 0
+    assert done.returncode == 0 and done.stdout == f"atriggers {atriggers.__version__}\n"
+
+
+def test_main_returns_the_code_of_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """`main` is a function for Python callers: argparse's exits become return values."""
+    assert main(["--version"]) == 0
+    assert main(["show"]) == ExitCode.USAGE
+    assert "the following arguments are required" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from celery import Celery  # type: ignore[import-untyped]
 from atriggers import TaskContext, TriggerManager, register_manager, with_context
 from atriggers.runners import register_runner
 from atriggers.runners.celery import CeleryRunner, celery_task, expose_tasks
+from atriggers.testing.conformance.tasks import BLOCK, ECHO, RETRY
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -71,18 +72,15 @@ expose_tasks(
 )
 
 
+# The runner conformance suite's tasks. A soft time limit is how a Celery
+# worker cancels a run: the suite's "block" task outlives it.
+expose_tasks(app, ECHO, RETRY)
+expose_tasks(app, BLOCK, soft_time_limit=1)
+
+
 @celery_task(app, "tests.where")
 async def where(context: TaskContext) -> dict[str, Any]:
     return {"pid": os.getpid(), "at": time.time()}
-
-
-@celery_task(app, "tests.flaky", max_retries=3)
-async def flaky(context: TaskContext) -> dict[str, Any]:
-    """Fails its first run, asking atriggers for a retry after a cooldown."""
-    go = context.trigger_kwargs["go"]
-    if context.instance.depth < go.get("failures", 1):
-        raise context.retry(exc=ConnectionError("flaky backend"), cooldown=go["cooldown"])
-    return {"depth": context.instance.depth, "at": time.time()}
 
 
 @celery_task(app, "tests.fail")
@@ -100,9 +98,3 @@ async def block(context: TaskContext) -> dict[str, Any]:
     """Sleeps as long as told: long enough for a test to kill the worker."""
     await asyncio.sleep(context.trigger_kwargs["go"]["seconds"])
     return {"pid": os.getpid()}
-
-
-@celery_task(app, "tests.sleepy", soft_time_limit=1)
-async def sleepy(context: TaskContext) -> None:
-    """Outlives its Celery soft time limit."""
-    await asyncio.sleep(30)

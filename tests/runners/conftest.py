@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports the suites: their asserts explain failures.
+pytest.register_assert_rewrite("atriggers.testing.conformance")
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 # The Celery tests import their helper modules (and workers their app) from here,

@@ -19,6 +19,7 @@ from aiobotocore.session import (  # type: ignore[import-untyped, unused-ignore]
 from botocore.config import Config  # type: ignore[import-untyped, unused-ignore]
 from botocore.session import get_session  # type: ignore[import-untyped, unused-ignore]
 
+import atriggers.testing.conformance.tasks  # noqa: F401  (the runner conformance suite's tasks)
 from atriggers import TaskContext, task, with_context
 from atriggers.runners import register_runner
 from atriggers.runners.aws_lambda import LambdaRunner, make_handler

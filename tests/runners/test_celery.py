@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import celery_worker_app as wapp
 import pytest
+from celery import Celery  # type: ignore[import-untyped]
 from celery_helpers import Worker, WorkerFactory, all_resolved, purge, wait_for_state
 
-from atriggers import Status, TriggerManager
+from atriggers import Status, TaskInstance, TriggerManager
 from atriggers.remote import RunRequest
+from atriggers.runners.celery import CeleryRunner
 from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.testing.conformance import RunnerConformance, RunnerHarness
 
 pytestmark = pytest.mark.celery
 
@@ -119,32 +122,6 @@ async def test_failure_is_stored_with_its_context(worker: Worker, storage: SQLit
     assert state.instances[clone.name].parent == "t_fail#0"
 
 
-def _ts(instance: Any, status: str) -> float:
-    return datetime.fromisoformat(instance.timestamps[status]).timestamp()
-
-
-async def test_retry_goes_through_atriggers_and_cooldown_is_a_countdown(
-    worker: Worker, storage: SQLiteStorage
-) -> None:
-    manager = wapp.CeleryManager(storage, "flaky")
-    await manager.update_configuration({"t_flaky": {"after": ["go"], "run": "tests.flaky"}})
-    await manager.fire("go", {"failures": 1, "cooldown": 1.5})
-    state = await wait_for_state(
-        manager,
-        lambda s: "t_flaky#1" in s.instances and s.instances["t_flaky#1"].status is Status.FINISHED,
-        explain=worker.output,
-    )
-    first, second = state.instances["t_flaky#0"], state.instances["t_flaky#1"]
-    assert first.status is Status.REPLAYED
-    assert first.metadata["exceptionType"] == "builtins.ConnectionError"
-    assert second.parent == "t_flaky#0" and second.depth == 1
-    assert second.cooldown == 1.5
-    # The clone was sent from the worker with countdown=1.5: it ran no sooner.
-    waited = _ts(second, "running") - _ts(first, "replayed")
-    assert 1.5 - 0.05 <= waited < 10, waited
-    assert second.result is not None and second.result["depth"] == 1
-
-
 async def test_instances_of_many_sessions_run_concurrently(worker: Worker, storage: SQLiteStorage) -> None:
     managers = [wapp.CeleryManager(storage, f"many-{n}") for n in range(10)]
     started = time.monotonic()
@@ -160,39 +137,6 @@ async def test_instances_of_many_sessions_run_concurrently(worker: Worker, stora
         pids.add(instance.result["pid"])
     assert worker.pid not in pids  # prefork: children run the tasks
     assert time.monotonic() - started < 20
-
-
-async def test_soft_time_limit_fails_the_instance_with_the_reason(
-    worker: Worker, storage: SQLiteStorage
-) -> None:
-    manager = wapp.CeleryManager(storage, "sleepy")
-    await manager.update_configuration({"t_sleepy": {"after": ["go"], "run": "tests.sleepy"}})
-    await manager.fire("go", {})
-    state = await wait_for_state(
-        manager, lambda s: s.instances["t_sleepy#0"].status is Status.FAILED, explain=worker.output
-    )
-    info = state.instances["t_sleepy#0"].metadata["exceptionInfo"]
-    assert "interrupted by SoftTimeLimitExceeded" in info
-    assert state.instances["t_sleepy#0"].metadata["exceptionType"].endswith("CancelledError")
-
-
-async def test_a_duplicate_delivery_does_not_run_again(worker: Worker, storage: SQLiteStorage) -> None:
-    manager = wapp.CeleryManager(storage, "twice")
-    await manager.update_configuration({"t_where": {"after": ["go"], "run": "tests.where"}})
-    await manager.fire("go", {})
-    state = await wait_for_state(manager, all_resolved, explain=worker.output)
-    first = state.instances["t_where#0"]
-    # The same message again, as a redelivery would bring it.
-    payload = RunRequest.for_instance(manager, first).to_dict()
-    result = wapp.app.send_task("tests.where", args=[payload], ignore_result=True)
-    deadline = time.monotonic() + 20
-    while f"{result.id}] succeeded" not in worker.output():
-        assert time.monotonic() < deadline, worker.output()
-        await asyncio.sleep(0.05)
-    assert "'instance': 't_where#0', 'ran': False" in worker.output()
-    again = await manager.get_state()
-    assert again.instances["t_where#0"] == first  # untouched
-    assert again.version == state.version
 
 
 async def test_a_worker_that_cannot_rebuild_the_session_fails_loudly(
@@ -215,3 +159,36 @@ async def test_a_worker_that_cannot_rebuild_the_session_fails_loudly(
         assert time.monotonic() < deadline, worker.output()
         await asyncio.sleep(0.05)
     assert "no trigger manager registered as 'not-registered-in-the-worker'" in worker.output()
+
+
+async def deliver_again(worker: Worker, manager: TriggerManager, instance: TaskInstance) -> None:
+    """The same message again, as a redelivery brings it; returns once handled."""
+    payload = RunRequest.for_instance(manager, instance).to_dict()
+    run = instance.config.run if instance.config else instance.task_name
+    result = wapp.app.send_task(run, args=[payload], ignore_result=True)
+    deadline = time.monotonic() + 20
+    while f"{result.id}] succeeded" not in worker.output():
+        assert time.monotonic() < deadline, worker.output()
+        await asyncio.sleep(0.05)
+    assert f"'instance': '{instance.name}', 'ran': False" in worker.output()
+
+
+async def cancelled_by_the_soft_time_limit(manager: TriggerManager, instance: TaskInstance) -> None:
+    """Nothing to do: the worker's soft time limit of the "block" task cancels it."""
+
+
+class TestCeleryRunnerConformance(RunnerConformance):
+    @pytest.fixture
+    async def runner_harness(self, worker: Worker, storage: SQLiteStorage) -> AsyncIterator[RunnerHarness]:
+        with socket.socket() as sock:  # a port nothing listens on: the broker is down
+            sock.bind(("127.0.0.1", 0))
+            closed_port = sock.getsockname()[1]
+        down = CeleryRunner(Celery("down", broker=f"redis://127.0.0.1:{closed_port}/0", set_as_current=False))
+        yield RunnerHarness(
+            wapp.runner,
+            storage,
+            unreachable=down,
+            deliver_again=lambda manager, instance: deliver_again(worker, manager, instance),
+            cancel=cancelled_by_the_soft_time_limit,
+        )
+        await down.aclose()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import celery_worker_app as wapp
 import pytest
+import redis
 from celery import Celery  # type: ignore[import-untyped]
 from celery_helpers import purge, queued_messages
 
@@ -27,7 +28,7 @@ from atriggers.runners.celery import (
     EagerModeError,
     celery_task,
 )
-from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.storage import SQLiteStorage
 
 pytestmark = pytest.mark.celery
 
@@ -125,34 +126,23 @@ async def test_send_options_choose_the_queue(broker: str, storage: SQLiteStorage
     assert message["headers"]["task"] == "tests.where"
 
 
-async def test_broker_down_leaves_the_instance_failed_and_replayable(
-    broker: str, storage: SQLiteStorage, closed_port: int
-) -> None:
-    purge(broker)
+async def test_broker_down_fails_fast_naming_the_broker(storage: SQLiteStorage, closed_port: int) -> None:
+    # That the instance is then failed and replayable is RunnerConformance's job.
     down = CeleryRunner(app_for(f"redis://127.0.0.1:{closed_port}/0"))
     register_runner(down)
     manager = TriggerManager(storage, "down", default_runner="celery")
     await manager.update_configuration(PARKED)
     started = time.monotonic()
-    scheduled = await manager.fire("go", {"x": 1})  # does not raise
+    await manager.fire("go", {"x": 1})
     elapsed = time.monotonic() - started
     assert elapsed < 5, elapsed
-    assert [i.name for i in scheduled] == ["t_parked#0"]
     failed = await manager.get_instance("t_parked#0")
-    assert failed.status is Status.FAILED
     assert failed.metadata["exceptionType"] == "atriggers.runners.celery.CeleryDispatchError"
     assert f"127.0.0.1:{closed_port}" in failed.metadata["exceptionInfo"]
     assert "Connection refused" in failed.metadata["exceptionInfo"]
     with pytest.raises(CeleryDispatchError, match=r"cannot send Celery task 'tests\.parked'"):
-        await down.run(manager, failed)  # what the manager stored above
-    down.close()
-    # The broker is back (the good runner): the replay is delivered.
-    register_runner(wapp.runner)
-    clone = await manager.replay_failed_instance("t_parked#0")
-    assert clone.status is Status.SCHEDULED
-    [message] = queued_messages(broker, "parked")
-    assert message["args"][0]["instance"] == clone.name == "t_parked#1"
-    assert message["args"][0]["storage"] == storage.url
+        await down.run(manager, failed)
+    await down.aclose()
 
 
 async def test_a_silent_broker_cannot_hang_dispatch(storage: SQLiteStorage, black_hole: int) -> None:
@@ -197,14 +187,27 @@ def test_trigger_tasks_refuse_to_run_eagerly(broker: str) -> None:
         wapp.app.tasks["tests.where"].apply(args=[payload], throw=True)
 
 
-async def test_memory_storage_cannot_be_sent_to_a_worker(broker: str) -> None:
-    async with MemoryStorage() as memory:
-        manager = TriggerManager(memory, "mem", default_runner="celery")
-        await manager.update_configuration(PARKED)
+async def test_aclose_closes_the_broker_connections_and_they_reopen(
+    broker: str, storage: SQLiteStorage
+) -> None:
+    purge(broker)
+    runner = register_runner(CeleryRunner(wapp.app))
+    manager = TriggerManager(storage, "aclose", default_runner="celery")
+    await manager.update_configuration({"t": {"after": ["go"], "andEvery": "go", "run": "tests.parked"}})
+    watcher = redis.Redis.from_url(broker)
+    try:
+        baseline = len(watcher.client_list())
         await manager.fire("go", {})
-        failed = await manager.get_instance("t_parked#0")
-        assert failed.status is Status.FAILED
-        assert "memory:// storage" in failed.metadata["exceptionInfo"]
+        assert len(watcher.client_list()) > baseline  # the runner's pooled connection
+        await runner.aclose()
+        assert len(watcher.client_list()) == baseline
+        await runner.aclose()  # twice is fine
+        [again] = await manager.fire("go", {})  # the pool reopens on use
+        assert again.status is Status.SCHEDULED
+        assert len(queued_messages(broker, "parked")) == 2
+    finally:
+        await runner.aclose()
+        watcher.close()
 
 
 def test_celery_retry_options_are_refused() -> None:

@@ -15,9 +15,11 @@ import pytest
 
 from atriggers import Status
 from atriggers.runners import get_runner
-from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.storage import SQLiteStorage
+from atriggers.testing.conformance import RunnerConformance, RunnerHarness
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_runner.py"
+WORKER = Path(__file__).resolve().parent / "subprocess_worker.py"
 
 
 def load() -> ModuleType:
@@ -77,16 +79,6 @@ async def test_a_crashed_process_fails_its_instance_replayably(storage: SQLiteSt
     assert (await manager.get_instance(clone.name)).status is Status.FINISHED
 
 
-async def test_memory_storage_is_refused_at_dispatch() -> None:
-    async with MemoryStorage() as memory:
-        manager = example.IsolatedManager(memory, "mem")
-        await manager.update_configuration(example.CONFIGURATION)
-        await manager.fire("uploaded", {"photo": "x.jpg"})
-        failed = await manager.get_instance("t_resize#0")
-        assert failed.status is Status.FAILED
-        assert "other processes can open" in failed.metadata["exceptionInfo"]
-
-
 def test_the_example_script_runs(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(EXAMPLE), str(tmp_path / "state.db")],
@@ -97,3 +89,14 @@ def test_the_example_script_runs(tmp_path: Path) -> None:
     )
     assert "t_publish#0  finished" in out.stdout
     assert "t_scan#0     failed    RuntimeError: worker process exited with status 3" in out.stdout
+
+
+class TestSubprocessRunnerConformance(RunnerConformance):
+    @pytest.fixture
+    async def runner_harness(self, storage: SQLiteStorage, tmp_path: Path) -> RunnerHarness:
+        return RunnerHarness(
+            example.SubprocessRunner(script=WORKER),
+            storage,
+            # The worker process cannot even start: it exits with status 2.
+            unreachable=example.SubprocessRunner(script=tmp_path / "missing.py"),
+        )

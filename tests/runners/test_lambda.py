@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 from lambda_fixtures import (
+    ACCESS_KEY,
     DENIED,
+    REGION,
+    SECRET_KEY,
     THROTTLED,
     WORKER,
     WORKER_AIO,
@@ -29,7 +32,7 @@ from lambda_fixtures import (
     wait_for,
 )
 
-from atriggers import ConfigurationError, Status, TriggerManager
+from atriggers import ConfigurationError, Status, TaskInstance, TriggerManager
 from atriggers.runners import get_runner, register_runner, unregister_runner
 from atriggers.runners.aws_lambda import (
     FUNCTION_DIRECTIVE,
@@ -37,7 +40,9 @@ from atriggers.runners.aws_lambda import (
     LambdaRunner,
     make_handler,
 )
-from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.storage import SQLiteStorage
+from atriggers.testing.conformance import RunnerConformance, RunnerHarness
+from atriggers.testing.conformance.tasks import BLOCK
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +79,6 @@ def runner(lambda_endpoint: LambdaEndpoint) -> Iterator[LambdaRunner]:
     try:
         yield registered
     finally:
-        unregister_runner("lambda")
         client.close()
 
 
@@ -203,13 +207,6 @@ async def test_rejected_invoke_fails_the_instance_with_the_aws_error(
     assert "botocore" in failed.metadata["exceptionInfo"]  # the cause, kept
     assert lambda_endpoint.invocations(uid) == []  # nothing ran
 
-    # Replayable: point the task at a function that exists, replay, it runs.
-    await manager.update_configuration({"add": lambda_task("lambda.add", ["start"])})
-    clone = await manager.replay_failed_instance("add#0")
-    done = await wait_for(storage, uid, clone.name)
-    assert done.status is Status.FINISHED
-    assert done.result is not None and done.result["sum"] == 2
-
 
 async def test_unreachable_endpoint_fails_the_instance(storage: SQLiteStorage) -> None:
     client = botocore_client(closed_port_url())
@@ -220,7 +217,6 @@ async def test_unreachable_endpoint_fails_the_instance(storage: SQLiteStorage) -
         await manager.fire("start", {"a": 1, "b": 1})
         failed = await manager.get_instance("add#0")
     finally:
-        unregister_runner("lambda")
         client.close()
     assert failed.status is Status.FAILED
     assert failed.metadata["exceptionType"] == INVOKE_ERROR
@@ -240,7 +236,6 @@ async def test_bad_signature_is_rejected_by_the_endpoint(
         await manager.fire("start", {"a": 1, "b": 1})
         failed = await manager.get_instance("add#0")
     finally:
-        unregister_runner("lambda")
         client.close()
     assert failed.status is Status.FAILED
     assert failed.metadata["exceptionContext"]["awsErrorCode"] == "InvalidSignatureException"
@@ -251,10 +246,7 @@ async def aio_runner(lambda_endpoint: LambdaEndpoint) -> AsyncIterator[LambdaRun
     async with aio_client_context(lambda_endpoint.url) as client:
         runner = LambdaRunner(client, WORKER_AIO)
         register_runner(runner, "lambda-aio")
-        try:
-            yield runner
-        finally:
-            unregister_runner("lambda-aio")
+        yield runner
 
 
 async def test_aiobotocore_client_success_and_cascade(
@@ -355,43 +347,20 @@ async def test_fan_in_across_containers_dispatches_exactly_once(
     assert len(containers) == 2  # both execution environments took part
 
 
-async def test_duplicate_delivery_runs_once(
+async def test_cooldown_travels_as_not_before(
     runner: LambdaRunner, storage: SQLiteStorage, lambda_endpoint: LambdaEndpoint
 ) -> None:
-    manager = TriggerManager(storage, "duplicate")
-    await manager.update_configuration({"add": lambda_task("lambda.add", ["start"])})
-    await manager.fire("start", {"a": 1, "b": 2})
-    await wait_for(storage, "duplicate", "add#0")
-    [first] = lambda_endpoint.invocations("duplicate")
-    # Lambda delivers asynchronous events at least once: deliver it again,
-    # synchronously, and read the handler's answer.
-    client = botocore_client(lambda_endpoint.url)
-    try:
-        response = client.invoke(FunctionName=WORKER, Payload=json.dumps(first["payload"]).encode())
-        answer = json.loads(response["Payload"].read())
-    finally:
-        client.close()
-    assert answer == {"uid": "duplicate", "instance": "add#0", "status": "notScheduled"}
-    assert (await manager.get_instance("add#0")).status is Status.FINISHED
-
-
-async def test_cooldown_is_waited_out_in_the_function(
-    runner: LambdaRunner, storage: SQLiteStorage, lambda_endpoint: LambdaEndpoint
-) -> None:
+    # That the clone waits out its cooldown is RunnerConformance's job; here:
+    # it is sent at once, with notBefore, not held back in the sending process.
     manager = TriggerManager(storage, "cooldown")
     await manager.update_configuration({"flaky": lambda_task("lambda.flaky", ["start"])})
     await manager.fire("start", {"cooldown": 1.0})
     retried = await wait_for(storage, "cooldown", "flaky#1")
     assert retried.status is Status.FINISHED, retried.metadata
-    assert retried.cooldown == 1.0
     scheduled_at = datetime.fromisoformat(retried.timestamps["scheduled"]).timestamp()
-    running_at = datetime.fromisoformat(retried.timestamps["running"]).timestamp()
-    assert running_at - scheduled_at >= 0.95
-    # Sent at once (with notBefore), not held back in the sending process.
     payload = lambda_endpoint.invocations("cooldown")[1]["payload"]
     assert payload["instance"] == "flaky#1"
     assert payload["notBefore"] == pytest.approx(scheduled_at + 1.0, abs=0.5)
-    assert (await manager.get_instance("flaky#0")).status is Status.REPLAYED
 
 
 async def test_run_overrunning_the_function_timeout_is_stored_failed(
@@ -444,7 +413,6 @@ async def test_task_without_a_function_fails_naming_the_directive(
         await manager.fire("start", {"a": 1, "b": 1})
         failed = await manager.get_instance("add#0")
     finally:
-        unregister_runner("lambda")
         client.close()
     assert failed.status is Status.FAILED
     assert failed.metadata["exceptionType"] == (
@@ -455,12 +423,9 @@ async def test_task_without_a_function_fails_naming_the_directive(
 
 def test_entry_point_gives_a_lambda_runner() -> None:
     unregister_runner("lambda")
-    try:
-        runner = get_runner("lambda")
-        assert isinstance(runner, LambdaRunner)
-        assert runner.client is None  # created from the environment on first use
-    finally:
-        unregister_runner("lambda")
+    runner = get_runner("lambda")
+    assert isinstance(runner, LambdaRunner)
+    assert runner.client is None  # created from the environment on first use
 
 
 async def test_malformed_event_is_an_invocation_error(lambda_endpoint: LambdaEndpoint) -> None:
@@ -484,16 +449,6 @@ async def test_handler_called_on_a_running_loop_points_to_handle() -> None:
     handler.close()
 
 
-async def test_memory_storage_cannot_be_sent_to_a_function(runner: LambdaRunner) -> None:
-    async with MemoryStorage() as memory:
-        manager = TriggerManager(memory, "memory")
-        await manager.update_configuration({"add": lambda_task("lambda.add", ["start"])})
-        await manager.fire("start", {"a": 1, "b": 1})
-        failed = await manager.get_instance("add#0")
-    assert failed.status is Status.FAILED
-    assert "memory:// storage, which only this process can see" in failed.metadata["exceptionInfo"]
-
-
 def test_core_never_imports_botocore_and_a_missing_extra_is_named() -> None:
     script = """
 import sys
@@ -508,3 +463,76 @@ except ImportError as exc:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "install the 'lambda' extra (pip install 'atriggers[lambda]')" in done.stdout
+
+
+async def test_aclose_closes_the_client_it_made_and_leaves_a_given_one_open(
+    lambda_endpoint: LambdaEndpoint, storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner's own client comes from the environment, as in a deployment.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", lambda_endpoint.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    own = LambdaRunner(function_name=WORKER)
+    given = botocore_client(lambda_endpoint.url)
+    theirs = LambdaRunner(given, WORKER)
+    manager = TriggerManager(storage, "aclose")
+    await manager.update_configuration({"add": {**lambda_task("lambda.add", ["start"]), "andEvery": "start"}})
+    try:
+        register_runner(own)
+        await manager.fire("start", {"a": 1, "b": 1})
+        made = own.client
+        assert made is not None
+        await own.aclose()
+        assert own.client is None
+        await own.aclose()  # twice is fine
+        await manager.fire("start", {"a": 2, "b": 2})  # a new client on next use
+        assert own.client is not None and own.client is not made
+        register_runner(theirs)
+        await manager.fire("start", {"a": 3, "b": 3})
+        await theirs.aclose()
+        assert theirs.client is given
+        await manager.fire("start", {"a": 4, "b": 4})  # still open: the caller's to close
+        for n, total in enumerate([2, 4, 6, 8]):
+            done = await wait_for(storage, "aclose", f"add#{n}")
+            assert done.result is not None and done.result["sum"] == total
+    finally:
+        await own.aclose()
+        given.close()
+
+
+async def deliver_again(endpoint: LambdaEndpoint, manager: TriggerManager, instance: TaskInstance) -> None:
+    """Lambda delivers asynchronous events at least once: deliver it again,
+    synchronously, so the handler's answer says it is handled."""
+    client = botocore_client(endpoint.url)
+    try:
+        payload = LambdaRunner.payload_for(manager, instance)
+        response = await asyncio.to_thread(client.invoke, FunctionName=WORKER, Payload=payload)
+        answer = json.loads(response["Payload"].read())
+    finally:
+        client.close()
+    assert answer == {"uid": manager.uid, "instance": instance.name, "status": "notScheduled"}
+
+
+async def cancelled_at_the_deadline(manager: TriggerManager, instance: TaskInstance) -> None:
+    """Nothing to do: the handler cancels a run at the function's timeout."""
+
+
+class TestLambdaRunnerConformance(RunnerConformance):
+    @pytest.fixture
+    async def runner_harness(
+        self, lambda_endpoint: LambdaEndpoint, storage: SQLiteStorage
+    ) -> AsyncIterator[RunnerHarness]:
+        client = botocore_client(lambda_endpoint.url)
+        nowhere = botocore_client(closed_port_url())
+        yield RunnerHarness(
+            LambdaRunner(client, WORKER),
+            storage,
+            unreachable=LambdaRunner(nowhere, WORKER),
+            deliver_again=lambda manager, instance: deliver_again(lambda_endpoint, manager, instance),
+            cancel=cancelled_at_the_deadline,
+            # The function with a 2-second timeout: the suite's long task outlives it.
+            directives={BLOCK: {FUNCTION_DIRECTIVE: WORKER_SHORT}},
+        )
+        client.close()
+        nowhere.close()

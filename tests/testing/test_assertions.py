@@ -163,20 +163,17 @@ async def test_test_registry_falls_back_to_global_tasks(
         return {"local": 1}
 
     atriggers_tasks.register(local_task, "tests.testing.local_task")
-    try:
-        await atriggers_manager.update_configuration(
-            {
-                "t_g": {"after": ["go"], "run": "tests.testing.global_task"},
-                "t_l": {"after": ["go"], "run": "tests.testing.local_task"},
-            }
-        )
-        await atriggers_manager.fire("go")
-        await atriggers_manager.join()
-        await assert_instance_finished(atriggers_manager, "t_g#0", result={"global": 1})
-        await assert_instance_finished(atriggers_manager, "t_l#0", result={"local": 1})
-        assert "tests.testing.local_task" not in registry
-    finally:
-        registry.unregister("tests.testing.global_task")
+    await atriggers_manager.update_configuration(
+        {
+            "t_g": {"after": ["go"], "run": "tests.testing.global_task"},
+            "t_l": {"after": ["go"], "run": "tests.testing.local_task"},
+        }
+    )
+    await atriggers_manager.fire("go")
+    await atriggers_manager.join()
+    await assert_instance_finished(atriggers_manager, "t_g#0", result={"global": 1})
+    await assert_instance_finished(atriggers_manager, "t_l#0", result={"local": 1})
+    assert "tests.testing.local_task" not in registry
 
 
 async def test_source_must_be_a_manager_or_state() -> None:

@@ -24,6 +24,7 @@ from webserve import serve
 
 from atriggers import Status, StorageError, TaskContext, TaskRegistry, TriggerManager
 from atriggers.errors import DispatchError, UnknownRunner
+from atriggers.runners import AsyncioRunner, RunnerRegistry
 from atriggers.storage import MemoryStorage, SQLiteStorage
 from atriggers.web import Message, Receive, Scope, Send, Triggers, status_code_for
 
@@ -79,6 +80,24 @@ async def test_starlette_lifespan_opens_and_closes_the_storage(tmp_path: Path) -
             instance = (await storage.load_all(uid)).instances["t_work#0"]
             assert instance.status is Status.FINISHED
             assert instance.result == {"done": uid}
+
+
+async def test_shutdown_closes_the_runners(tmp_path: Path) -> None:
+    closed: list[str] = []
+
+    class Closing(AsyncioRunner):
+        async def aclose(self) -> None:
+            closed.append(self.name)
+
+    own = RunnerRegistry()
+    own.register(Closing(), "asyncio")
+    triggers = Triggers(f"sqlite:///{tmp_path / 'app.db'}", tasks=registry(), runners=own)
+    app = starlette_app(triggers, lifespan=triggers.lifespan)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.post("/a/start")).status_code == 200
+        assert (await client.post("/a/go", json={"n": 1})).json() == {"scheduled": ["t_work#0"]}
+        assert closed == []
+    assert closed == ["asyncio"]
 
 
 async def test_the_same_triggers_serves_one_lifespan_after_another(tmp_path: Path) -> None:

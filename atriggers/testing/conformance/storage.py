@@ -45,21 +45,21 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from .. import _rules as rules
-from ..config import parse_configuration
-from ..context import TaskContext
-from ..errors import (
+from ... import _rules as rules
+from ...config import parse_configuration
+from ...context import TaskContext
+from ...errors import (
     ConcurrencyError,
     ConfigurationError,
     InstanceNotFound,
     InvalidInput,
     InvalidStatus,
 )
-from ..instance import Status
-from ..manager import TriggerManager
-from ..state import Change, Draft, SessionState
-from ..storage.base import Storage, VersionConflict
-from ..tasks import TaskRegistry
+from ...instance import Status
+from ...manager import TriggerManager
+from ...state import Change, Draft, SessionState
+from ...storage.base import Storage, VersionConflict
+from ...tasks import TaskRegistry
 
 __all__ = ["StorageConformance", "StorageFactory"]
 
@@ -588,7 +588,7 @@ _CHILD_CONFIGURATION: Mapping[str, Mapping[str, Any]] = {
 async def _child(request: Mapping[str, Any]) -> dict[str, Any]:
     import importlib
 
-    from ..storage.registry import open_storage
+    from ...storage.registry import open_storage
 
     for module in request["imports"]:
         importlib.import_module(module)
@@ -638,5 +638,7 @@ async def _child(request: Mapping[str, Any]) -> dict[str, Any]:
     return {"acknowledged": acknowledged, "retried": retried}
 
 
-if __name__ == "__main__":
-    print(json.dumps(asyncio.run(_child(json.loads(sys.argv[1])))))
+def _child_main(argument: str) -> None:
+    """Entry point of the cross-process test's child (``python -m
+    atriggers.testing.conformance REQUEST``)."""
+    print(json.dumps(asyncio.run(_child(json.loads(argument)))))

@@ -1,0 +1,243 @@
+"""The ``atriggers`` subcommands: each takes the parsed arguments and returns
+an `ExitCode` (or raises `CommandError`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import parse_configuration
+from ..graph import to_dot, to_mermaid
+from ..instance import Status
+from ..manager import TriggerManager
+from ..schema import schema_json
+from ..state import SessionState
+from .exits import CommandError, ExitCode
+from .inputs import checked_configuration, json_object, read_text
+from .render import (
+    Changed,
+    changes_json,
+    changes_text,
+    emit_json,
+    session_json,
+    session_text,
+    sessions_table,
+)
+from .session import existing_session, load_session, manager_for, opened_storage
+
+__all__ = [
+    "cmd_configure",
+    "cmd_fire",
+    "cmd_graph",
+    "cmd_replay",
+    "cmd_schema",
+    "cmd_sessions",
+    "cmd_show",
+    "cmd_skip",
+    "cmd_validate",
+]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    configuration, problems = checked_configuration(args.config, None if args.json else sys.stdout)
+    if args.json:
+        emit_json(
+            {
+                "valid": not problems,
+                "problems": [
+                    {"task": p.task, "directive": p.directive, "message": p.message} for p in problems
+                ],
+            },
+            sys.stdout,
+        )
+    elif not problems:
+        count = len(configuration)
+        print(f"{args.config}: valid configuration ({count} task{'s' * (count != 1)})")
+    return ExitCode.INVALID if problems else ExitCode.OK
+
+
+async def cmd_configure(args: argparse.Namespace) -> int:
+    configuration, problems = checked_configuration(args.config, sys.stderr, "; nothing stored")
+    if problems:
+        return ExitCode.INVALID
+    async with opened_storage(args.url, create=True) as storage:
+        manager = manager_for(storage, args.uid, args)
+        await manager.update_configuration(configuration)
+        state = await manager.get_state()
+    print(
+        f"session {args.uid!r}: configuration updated ({len(configuration)} task(s) given, "
+        f"{len(state.tasks)} configured), version {state.version}"
+    )
+    return ExitCode.OK
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    async with opened_storage(args.url) as storage:
+        state = await existing_session(storage, args.uid)
+        url = storage.url
+    if args.json:
+        emit_json(session_json(state, url), sys.stdout)
+    else:
+        print(session_text(state, url))
+    return ExitCode.OK
+
+
+async def cmd_sessions(args: argparse.Namespace) -> int:
+    async with opened_storage(args.url) as storage:
+        uids = await storage.list_sessions()
+        rows: list[dict[str, Any]] = []
+        for uid in uids:
+            if args.quiet and not (args.unresolved or args.failed):
+                rows.append({"uid": uid})
+                continue
+            # The working view holds every unresolved instance, failed ones included:
+            # enough to filter without reading the session's whole history.
+            state = await storage.load(uid)
+            failed = [i.name for i in state.get_unresolved_instances() if i.status is Status.FAILED]
+            unresolved_tasks = [t.name for t in state.get_unresolved_tasks()]
+            if args.failed and not failed:
+                continue
+            if args.unresolved and not unresolved_tasks:
+                continue
+            rows.append(
+                {
+                    "uid": uid,
+                    "version": state.version,
+                    "tasks": len(state.tasks),
+                    "instances": sum(state.instance_counts.values()),
+                    "unresolvedTasks": unresolved_tasks,
+                    "unresolvedInstances": [i.name for i in state.get_unresolved_instances()],
+                    "failed": failed,
+                }
+            )
+    if args.json:
+        emit_json(rows, sys.stdout)
+    elif args.quiet:
+        for row in rows:
+            print(row["uid"])
+    elif rows:
+        print(sessions_table(rows))
+    else:
+        print("no sessions" + (" matching the filter" if args.unresolved or args.failed else ""))
+    return ExitCode.OK
+
+
+Operation = Callable[[TriggerManager], Awaitable[str]]
+
+
+async def _operate(args: argparse.Namespace, operation: Operation) -> int:
+    """Apply `operation` to the session, wait for what it started here, report."""
+    async with opened_storage(args.url) as storage:
+        named = [args.instance] if getattr(args, "instance", None) else []
+        before = await existing_session(storage, args.uid, named)
+        manager = manager_for(storage, args.uid, args)
+        summary = await operation(manager)
+        # In-process runs (the asyncio runner) live in this process: wait for them
+        # and their cascades, or they would die with it.
+        timed_out = False
+        try:
+            await asyncio.wait_for(manager.join(), args.timeout)
+        except TimeoutError:
+            timed_out = True
+            # Cancelled runs are stored as failed, so they can be replayed.
+            await storage.drain(0)
+        # What may have changed: the instances unresolved before, the one named,
+        # and the ones created since (numbered on from the task's old count).
+        counts = (await storage.load(args.uid)).instance_counts
+        created = [
+            f"{task}#{n}"
+            for task, count in counts.items()
+            for n in range(before.instance_counts.get(task, 0), count)
+        ]
+        after = await storage.load(args.uid, [*before.instances, *created])
+    changed: list[Changed] = [
+        (before.instances.get(name), instance)
+        for name, instance in after.instances.items()
+        if name not in before.instances or before.instances[name] != instance
+    ]
+    if args.json:
+        emit_json(changes_json(summary, timed_out, changed), sys.stdout)
+    else:
+        print(changes_text(summary, args.timeout if timed_out else None, changed))
+    failed = any(new.status is Status.FAILED for _, new in changed)
+    return ExitCode.TASK_FAILED if failed else ExitCode.OK
+
+
+async def cmd_fire(args: argparse.Namespace) -> int:
+    kwargs = json_object(args.kwargs, "--kwargs")
+
+    async def fire(manager: TriggerManager) -> str:
+        scheduled = await manager.fire(args.trigger, kwargs)
+        names = ", ".join(i.name for i in scheduled) or "none"
+        return f"fired {args.trigger!r} in session {args.uid!r}; scheduled: {names}"
+
+    return await _operate(args, fire)
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    kwargs = json_object(args.kwargs, "--kwargs")
+
+    async def replay(manager: TriggerManager) -> str:
+        clone = await manager.replay_failed_instance(args.instance, kwargs)
+        return f"replayed {args.instance} as {clone.name}"
+
+    return await _operate(args, replay)
+
+
+async def cmd_skip(args: argparse.Namespace) -> int:
+    result = json_object(args.result, "--result")
+    if result is not None and not args.cascade:
+        raise CommandError("--result is the kwargs of the cascade: give --cascade too", ExitCode.USAGE)
+
+    async def skip(manager: TriggerManager) -> str:
+        skipped = await manager.skip_failed_instance(args.instance, args.cascade, result)
+        if args.cascade:
+            return f"skipped {skipped.name}; fired {skipped.task_name!r} as if it had finished"
+        return f"skipped {skipped.name}"
+
+    return await _operate(args, skip)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    if args.config is None and args.session is None:
+        raise CommandError("graph needs CONFIG.json, --session URL UID, or both", ExitCode.USAGE)
+    configuration: Any = None
+    if args.config is not None:
+        configuration, problems = checked_configuration(args.config, sys.stderr)
+        if problems:
+            return ExitCode.INVALID
+        configuration = parse_configuration(configuration)
+    state: SessionState | None = None
+    if args.session is not None:
+        state = asyncio.run(load_session(*args.session))
+        if configuration is None:
+            configuration = state.tasks
+    render = to_dot if args.format == "dot" else to_mermaid
+    text = render(configuration, state)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = schema_json()
+    if args.check:
+        current = read_text(args.check, "schema")
+        if current != text:
+            print(
+                f"{args.check} is out of date: regenerate it with `atriggers schema --output {args.check}`",
+                file=sys.stderr,
+            )
+            return ExitCode.INVALID
+        print(f"{args.check} is up to date")
+    elif args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK
