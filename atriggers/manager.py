@@ -156,7 +156,7 @@ class TriggerManager:
         at = self.storage.clock.time() + delay
         payload = dumps({"trigger": trigger, "kwargs": kwargs})
         await self._apply(lambda d: d.set_due(key, Due(at, None, payload)))
-        self._wake_at(key, at)
+        self._wake_at(key, at, joined=False)
         return []
 
     async def _fire(self, trigger: str, kwargs: dict[str, Any]) -> list[TaskInstance]:
@@ -275,7 +275,8 @@ class TriggerManager:
 
     async def join(self) -> None:
         """Wait until every in-process run started through this manager, and the
-        runs their cascades started, has finished."""
+        runs their cascades and retries started, has finished (a retry's cooldown
+        included; delayed fires are not waited for)."""
         while self._inflight:
             await asyncio.wait(set(self._inflight))
 
@@ -524,13 +525,16 @@ class TriggerManager:
             return
         await self._recover(DueEntry(self.uid, name, None, instance.owner, None, lapsed=False))
 
-    def _wake_at(self, key: str, at: float) -> None:
+    def _wake_at(self, key: str, at: float, *, joined: bool) -> None:
         """While this process lives, act on due entry `key` at `at` itself (any
-        sweeper does it otherwise): the timer is durable, this is only prompt."""
-        task = asyncio.get_running_loop().create_task(
-            self._wake(key, at), name=f"atriggers timer {self.uid} {key}"
-        )
-        self.storage.track(task)
+        sweeper does it otherwise): the timer is durable, this is only prompt.
+        A `joined` timer (a retry's cooldown) is waited for by `join`."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._wake(key, at), name=f"atriggers timer {self.uid} {key}")
+        if joined:
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        self.storage.track(task, timer=True)
 
     async def _wake(self, key: str, at: float) -> None:
         clock = self.storage.clock
@@ -576,7 +580,7 @@ class TriggerManager:
             if isinstance(not_before, str):
                 # A cooldown: a durable timer in the due index; this process acts
                 # on it on time while it lives, any sweeper does otherwise.
-                self._wake_at(instance.name, from_iso(not_before))
+                self._wake_at(instance.name, from_iso(not_before), joined=True)
                 continue
             using = instance.config.using if instance.config else None
             try:

@@ -113,15 +113,18 @@ class StoragePool:
             await storage.aclose()
 
 
-async def execute_request(request: RunRequest, pool: StoragePool) -> TaskInstance | None:
+async def execute_request(
+    request: RunRequest, pool: StoragePool, *, deadline: float | None = None, owned: bool = True
+) -> TaskInstance | None:
     """Run the requested instance and wait for in-process cascades it started.
 
     Returns the instance in its final state, or None if it was not scheduled (a
-    duplicate delivery): each instance runs at most once.
+    duplicate delivery): each instance runs at most once. `deadline` and
+    `owned` are `TriggerManager.run_instance`'s.
     """
     storage = await pool.get(request.storage_url)
     manager = get_manager_class(request.manager)(storage, request.uid, default_runner=request.runner)
     try:
-        return await manager.run_instance(request.instance)
+        return await manager.run_instance(request.instance, deadline=deadline, owned=owned)
     finally:
         await manager.join()

@@ -209,12 +209,11 @@ class LambdaRunner(BaseRunner):
 
     @staticmethod
     def payload_for(manager: TriggerManager, instance: TaskInstance) -> bytes:
-        """The invocation payload: the `RunRequest` of `instance` as JSON, plus
-        ``notBefore`` (epoch seconds) when the instance has a cooldown."""
+        """The invocation payload: the `RunRequest` of `instance` as JSON. (A
+        retry's cooldown waits in the due index: the clone is sent once it is
+        over, so the function is not billed for waiting.)"""
         request = RunRequest.for_instance(manager, instance)
         data: dict[str, Any] = request.to_dict()
-        if instance.cooldown > 0:
-            data[NOT_BEFORE_KEY] = round(time.time() + instance.cooldown, 3)
         payload = json.dumps(data, separators=(",", ":")).encode()
         if len(payload) > MAX_EVENT_PAYLOAD:
             # Only a pathologically long storage URL or uid can get here.
@@ -399,14 +398,17 @@ class LambdaHandler:
                 )
             log.info("%s/%s: waiting %.1fs of cooldown", request.uid, request.instance, wait)
             await asyncio.sleep(wait)
+        # A Lambda invocation cannot renew a lease: its run is bounded by the
+        # function's own timeout instead, after which a sweeper finds it lost.
+        ends = None if remaining is None else time.time() + remaining
         if deadline is None:
-            instance = await execute_request(request, self.pool)
+            instance = await execute_request(request, self.pool, deadline=ends, owned=False)
             return _answer(request, instance)
-        return await self._run_until(request, deadline)
+        return await self._run_until(request, deadline, ends)
 
-    async def _run_until(self, request: RunRequest, deadline: float) -> dict[str, Any]:
+    async def _run_until(self, request: RunRequest, deadline: float, ends: float | None) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        run = loop.create_task(execute_request(request, self.pool))
+        run = loop.create_task(execute_request(request, self.pool, deadline=ends, owned=False))
         done, _ = await asyncio.wait({run}, timeout=max(0.0, deadline - loop.time()))
         if run in done:
             return _answer(request, run.result())

@@ -7,7 +7,8 @@ Sender side (the process that fires triggers)::
 
 Each instance is sent as the Celery task named by its configuration's ``run``,
 with one small JSON argument, a `RunRequest` (storage URL, session uid, instance
-name, manager name), and ``countdown`` = the instance's cooldown. Celery routing
+name, manager name). A retry's cooldown is not a ``countdown``: the clone waits in
+the due index, durably, and is sent when it is over. Celery routing
 (``task_routes``, a locally registered task's ``queue``) applies as usual.
 
 Worker side (the process running ``celery worker``)::
@@ -165,15 +166,12 @@ class CeleryRunner(BaseRunner):
         _refuse_eager(app)
         task_name = instance.config.run if instance.config else instance.task_name
         payload = RunRequest.for_instance(manager, instance).to_dict()
-        countdown = instance.cooldown or None
         try:
             with anyio.fail_after(self.dispatch_timeout):
                 # kombu is synchronous; a worker thread keeps the event loop free.
                 # abandon_on_cancel: on timeout we stop waiting (the socket
                 # timeouts end the thread soon after).
-                await anyio.to_thread.run_sync(
-                    self._send, app, task_name, payload, countdown, abandon_on_cancel=True
-                )
+                await anyio.to_thread.run_sync(self._send, app, task_name, payload, abandon_on_cancel=True)
         except TimeoutError as exc:
             raise CeleryDispatchError(
                 f"sending Celery task {task_name!r} for {manager.uid}/{instance.name} took "
@@ -185,7 +183,7 @@ class CeleryRunner(BaseRunner):
                 f"to broker {self._broker(app)}: {exc}"
             ) from exc
 
-    def _send(self, app: Any, task_name: str, payload: dict[str, str], countdown: float | None) -> None:
+    def _send(self, app: Any, task_name: str, payload: dict[str, str]) -> None:
         retry_policy = {
             "max_retries": self.publish_retries,
             "interval_start": 0,
@@ -196,7 +194,6 @@ class CeleryRunner(BaseRunner):
             app.send_task(
                 task_name,
                 args=[payload],
-                countdown=countdown,
                 connection=conn,
                 retry=True,
                 retry_policy=retry_policy,

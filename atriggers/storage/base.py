@@ -257,14 +257,15 @@ class Storage(ABC):
         """Drop the cached snapshot of `uid`."""
         self.cache.forget(uid)
 
-    def track(self, task: asyncio.Task[Any], *, cancellable: bool = True) -> None:
+    def track(self, task: asyncio.Task[Any], *, cancellable: bool = True, timer: bool = False) -> None:
         """Keep `task` alive until done; `aclose` waits for it.
 
         Runs are `cancellable`: past `close_timeout` they are cancelled (and record
         themselves failed). Short store-then-dispatch steps are not: they always
-        complete, so nothing stored as scheduled is left undispatched.
+        complete, so nothing stored as scheduled is left undispatched. A `timer`
+        (waiting for a due entry) is cancelled at once: what it waits for is durable.
         """
-        self.runs.track(task, cancellable=cancellable)
+        self.runs.track(task, cancellable=cancellable, timer=timer)
 
     async def drain(self, timeout: float | None = None, *, grace: float = 10.0) -> None:
         """Wait for in-process runs (cascades included) to finish. After

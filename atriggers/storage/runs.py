@@ -14,17 +14,24 @@ log = logging.getLogger("atriggers.storage")
 class RunTracker:
     """Tasks to wait for before a storage closes: in-process runs (cancellable
     past a timeout) and short store-then-dispatch steps (never cancelled, so that
-    nothing stored as scheduled is left undispatched)."""
+    nothing stored as scheduled is left undispatched); and timers, which are
+    cancelled at once (what they wait for is durable: any sweeper acts on it)."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._uncancellable: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def track(self, task: asyncio.Task[Any], *, cancellable: bool = True) -> None:
-        """Keep `task` alive until done; `drain` waits for it."""
+    def track(self, task: asyncio.Task[Any], *, cancellable: bool = True, timer: bool = False) -> None:
+        """Keep `task` alive until done; `drain` waits for it (or, for a
+        `timer`, cancels it)."""
+        if timer:
+            self._timers.add(task)
+            task.add_done_callback(self._timers.discard)
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if not cancellable:
@@ -36,6 +43,8 @@ class RunTracker:
         After `timeout` seconds, cancel the cancellable ones still going, and keep
         cancelling runs that start meanwhile (a cascade of a run that ended
         anyway), for at most `grace` more seconds."""
+        for timer in list(self._timers):
+            timer.cancel()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         cancelled: set[asyncio.Task[Any]] = set()
