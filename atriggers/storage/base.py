@@ -130,19 +130,21 @@ class Storage(ABC):
         keys: Collection[tuple[str, str]] | None = None,
     ) -> list[DueEntry]:
         """Claim due-index entries, atomically: those due at `now` (``at <= now``)
-        and those whose owner's lease expired by `now` (``lapsed=True``), oldest
-        first, at most `limit` (with `keys`: only those ``(uid, key)`` entries, if
-        due). Each claimed entry's ``at`` becomes `until`, so no other claimer
-        takes it before then; whoever handles it rewrites or deletes it with the
-        session's next write. The entries are returned as they were before the
-        claim. Cost: proportional to what is due, not to what is stored."""
+        and those whose owner's lease has expired (``lapsed=True``; leases are in
+        real time, `time.time`, whatever the storage's clock), oldest first, at
+        most `limit` (with `keys`: only those ``(uid, key)`` entries, if due).
+        Each claimed entry's ``at`` becomes `until` and it is no longer bound to
+        its owner, so no other claimer takes it before then; whoever handles it
+        rewrites or deletes it with the session's next write. The entries are
+        returned as they were before the claim. Cost: proportional to what is
+        due, not to what is stored."""
 
     @abstractmethod
     async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
-        """Register (`create`) or renew the lease of `owner` until `expires_at`.
-        Renewing returns False, changing nothing, when the owner is unknown or
-        its lease already expired (it lapsed: what it held is being recovered,
-        and it must register again under a new id)."""
+        """Register (`create`) or renew the lease of `owner` until `expires_at`
+        (real time, `time.time`). Renewing returns False, changing nothing, when
+        the owner is unknown or its lease already expired (it lapsed: what it held
+        is being recovered, and it must register again under a new id)."""
 
     @abstractmethod
     async def release_owner(self, owner: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -138,6 +139,7 @@ class MemoryStorage(Storage):
             self._by_owner.setdefault(due.owner, set()).add(ref)
 
     def _lapsed(self, owner: str | None, now: float) -> bool:
+        """`now`: real time (leases are about processes being alive)."""
         if owner is None:
             return False
         expires = self._owners.get(owner)
@@ -151,21 +153,23 @@ class MemoryStorage(Storage):
         keys: Collection[tuple[str, str]] | None = None,
     ) -> list[DueEntry]:
         refs: list[tuple[str, str]] = []
+        alive_until = time.time()
         if keys is not None:
             for ref in keys:
                 entry = self._due.get(ref)
                 if entry is not None and (
-                    (entry.due.at is not None and entry.due.at <= now) or self._lapsed(entry.due.owner, now)
+                    (entry.due.at is not None and entry.due.at <= now)
+                    or self._lapsed(entry.due.owner, alive_until)
                 ):
                     refs.append(ref)
         else:
             for owner, expires in list(self._owners.items()):
-                if expires > now:
+                if expires > alive_until:
                     continue
                 held = self._by_owner.get(owner)
                 if held:
                     refs.extend(sorted(held)[: limit - len(refs)])
-                elif expires <= now - OWNER_RETENTION:
+                elif expires <= alive_until - OWNER_RETENTION:
                     del self._owners[owner]
                 if len(refs) >= limit:
                     break
@@ -179,7 +183,8 @@ class MemoryStorage(Storage):
         claimed: list[DueEntry] = []
         for ref in refs[:limit]:
             due = self._due[ref].due
-            claimed.append(DueEntry(*ref, due.at, due.owner, due.payload, self._lapsed(due.owner, now)))
+            lapsed = self._lapsed(due.owner, alive_until)
+            claimed.append(DueEntry(*ref, due.at, due.owner, due.payload, lapsed))
             # Claimed: due again at `until` unless handled, and no longer bound
             # to its owner (the claimer answers for it now).
             self._set_due(ref, Due(until, None, due.payload))
@@ -188,7 +193,7 @@ class MemoryStorage(Storage):
     async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
         if not create:
             expires = self._owners.get(owner)
-            if expires is None or expires <= self.clock.time():
+            if expires is None or expires <= time.time():
                 return False
         self._owners[owner] = expires_at
         return True

@@ -197,15 +197,15 @@ return {'ok'}
 
 # Claim due entries. KEYS = due zset, due data hash, owners zset. ARGV = now,
 # until, limit, owner-set key prefix, forget lapsed owners expired before this,
-# then (optional) the members to claim if due. Returns member, score, owner,
+# real time now (for leases), then (optional) the members to claim if due. Returns member, score, owner,
 # payload, lapsed ('1'/'0') for each claimed entry.
 _CLAIM = """
-local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local now, limit, alive = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[6])
 local out, seen = {}, {}
 local function lapsed(owner)
   if owner == '' then return false end
   local expires = tonumber(redis.call('ZSCORE', KEYS[3], owner) or 'x')
-  return expires ~= nil and expires <= now
+  return expires ~= nil and expires <= alive
 end
 local function consider(member, by_time)
   if seen[member] or #out >= limit then return end
@@ -219,10 +219,10 @@ local function consider(member, by_time)
   seen[member] = true
   out[#out + 1] = {member, score or '', owner, payload, gone and '1' or '0'}
 end
-if #ARGV > 5 then
-  for j = 6, #ARGV do consider(ARGV[j], true) end
+if #ARGV > 6 then
+  for j = 7, #ARGV do consider(ARGV[j], true) end
 else
-  for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', alive)) do
     local held = redis.call('SRANDMEMBER', ARGV[4] .. owner, limit)
     if #held == 0 then
       if tonumber(redis.call('ZSCORE', KEYS[3], owner)) <= tonumber(ARGV[5]) then
@@ -483,7 +483,8 @@ class RedisStorage(Storage):
         keys: Collection[tuple[str, str]] | None = None,
     ) -> list[DueEntry]:
         args: list[str | int | float] = [repr(now), repr(until), limit, self._owner_prefix]
-        args.append(repr(now - OWNER_RETENTION))
+        alive = time.time()
+        args += [repr(alive - OWNER_RETENTION), repr(alive)]
         if keys is not None:
             if not keys:
                 return []
@@ -508,7 +509,7 @@ class RedisStorage(Storage):
         return claimed
 
     async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
-        args = [owner, repr(expires_at), repr(self.clock.time()), "1" if create else "0"]
+        args = [owner, repr(expires_at), repr(time.time()), "1" if create else "0"]
         reply = await self._call(
             self._script(self._owner_script)(keys=self._due_keys[2:], args=args), "owner lease"
         )

@@ -224,6 +224,8 @@ class _Claim:
     until: float
     limit: int
     keys: Collection[tuple[str, str]] | None
+    #: Real time, for owners' leases.
+    alive_until: float
 
     writes = True
 
@@ -238,14 +240,15 @@ class _Claim:
                     (uid, key),
                 ).fetchone()
                 if row is not None and (
-                    (row[2] is not None and row[2] <= self.now) or (row[5] is not None and row[5] <= self.now)
+                    (row[2] is not None and row[2] <= self.now)
+                    or (row[5] is not None and row[5] <= self.alive_until)
                 ):
                     rows.append(row)
         else:
             # What lapsed owners held, then what is due by time: both through indexes.
             rows = db.execute(
                 _CLAIMABLE + "JOIN atriggers_owners o ON o.owner = d.owner WHERE o.expires_at <= ? LIMIT ?",
-                (self.now, self.limit),
+                (self.alive_until, self.limit),
             ).fetchall()
             if len(rows) < self.limit:
                 rows += db.execute(
@@ -256,12 +259,12 @@ class _Claim:
             db.execute(
                 "DELETE FROM atriggers_owners WHERE expires_at <= ? AND NOT EXISTS "
                 "(SELECT 1 FROM atriggers_due WHERE atriggers_due.owner = atriggers_owners.owner)",
-                (self.now - OWNER_RETENTION,),
+                (self.alive_until - OWNER_RETENTION,),
             )
         claimed: dict[tuple[str, str], DueEntry] = {}
         for uid, key, at, owner, payload, expires in rows:
             if (uid, key) not in claimed and len(claimed) < self.limit:
-                lapsed = expires is not None and expires <= self.now
+                lapsed = expires is not None and expires <= self.alive_until
                 claimed[uid, key] = DueEntry(uid, key, at, owner, payload, lapsed)
         # Claimed: due again at `until` unless handled, and no longer bound to
         # its owner (the claimer answers for it now).
@@ -456,11 +459,11 @@ class SQLiteStorage(Storage):
         limit: int = 100,
         keys: Collection[tuple[str, str]] | None = None,
     ) -> list[DueEntry]:
-        claimed: list[DueEntry] = await self._submit(_Claim(now, until, limit, keys))
+        claimed: list[DueEntry] = await self._submit(_Claim(now, until, limit, keys, time.time()))
         return claimed
 
     async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
-        renewed: bool = await self._submit(_Owner(owner, expires_at, self.clock.time(), create))
+        renewed: bool = await self._submit(_Owner(owner, expires_at, time.time(), create))
         return renewed
 
     async def release_owner(self, owner: str) -> None:
