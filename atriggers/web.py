@@ -53,6 +53,7 @@ from .runners import RunnerRegistry
 from .runners import runners as default_runners
 from .storage.base import Storage
 from .storage.registry import open_storage
+from .sweeper import Sweeper
 from .tasks import TaskRegistry
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "Triggers", "status_code_for"]
@@ -109,7 +110,10 @@ class Triggers:
     before cancelling them). `manager_class`, `default_runner`, `tasks` and
     `runners` are what `manager` builds `TriggerManager` objects with; at
     shutdown the runners of `runners` (default: the global registry) are closed
-    (`BaseRunner.aclose`: broker connections, clients).
+    (`BaseRunner.aclose`: broker connections, clients). With `sweeper` (the
+    default) the lifespan also runs a `Sweeper` every `sweep_interval` seconds:
+    runs lost by a crashed process, retries whose cooldown ended and delayed
+    fires are acted on by whichever app process gets to them first.
 
     Create it once per app, at import time; every worker process then opens its
     own storage when its app starts.
@@ -124,6 +128,8 @@ class Triggers:
         tasks: TaskRegistry | None = None,
         runners: RunnerRegistry | None = None,
         close_timeout: float | None = None,
+        sweeper: bool = True,
+        sweep_interval: float = 1.0,
     ) -> None:
         if not isinstance(storage, str | Storage):
             raise TypeError(f"storage must be a storage URL or a Storage, not {storage!r}")
@@ -141,6 +147,11 @@ class Triggers:
         self.tasks = tasks
         self.runners = runners
         self.close_timeout = close_timeout
+        #: Whether the lifespan runs a `Sweeper` (every `sweep_interval` seconds)
+        #: so that lost runs, ended cooldowns and delayed fires are acted on.
+        self.sweeper = sweeper
+        self.sweep_interval = sweep_interval
+        self._sweeper: Sweeper | None = None
 
     def __repr__(self) -> str:
         where = self._source if isinstance(self._source, str) else repr(self._source)
@@ -172,6 +183,16 @@ class Triggers:
             storage.close_timeout = self.close_timeout
         await storage.open()
         self._storage = storage
+        if self.sweeper:
+            self._sweeper = Sweeper(
+                storage,
+                interval=self.sweep_interval,
+                manager_class=self.manager_class,
+                tasks=self.tasks,
+                runners=self.runners,
+                default_runner=self.default_runner,
+            )
+            self._sweeper.start()
 
     async def aclose(self) -> None:
         """Drain in-process runs (up to ``close_timeout`` seconds, then cancel
@@ -180,6 +201,9 @@ class Triggers:
         storage = self._storage
         if storage is None:
             return
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            await sweeper.aclose()
         try:
             # Still reachable while draining: a task may fire into another
             # session through `triggers.manager(...)`.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from ..instance import Status
 from ..manager import TriggerManager
 from ..schema import schema_json
 from ..state import SessionState
+from ..storage.base import Storage
+from ..storage.lease import OwnerLease
+from ..sweeper import Sweeper
 from .exits import CommandError, ExitCode
 from .inputs import checked_configuration, json_object, read_text
 from .render import (
@@ -39,6 +43,7 @@ __all__ = [
     "cmd_show",
     "cmd_skip",
     "cmd_validate",
+    "cmd_worker",
 ]
 
 
@@ -241,3 +246,43 @@ def cmd_schema(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return ExitCode.OK
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    if not args.interval > 0 or not args.lease > 0:
+        raise CommandError("--interval and --lease must be positive numbers of seconds", ExitCode.USAGE)
+    async with opened_storage(args.url) as storage:
+        storage.lease = OwnerLease(storage, args.lease)
+        sweeper = Sweeper(storage, interval=args.interval, default_runner=args.runner)
+        if args.once:
+            handled = await sweeper.run_once()
+            await _join(storage)
+            print(f"handled {handled} due entr{'y' if handled == 1 else 'ies'}: {_counts(sweeper)}")
+            return ExitCode.OK
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        print(
+            f"atriggers worker: sweeping {storage!r} every {args.interval:g}s "
+            f"(lease {args.lease:g}s); stop with Ctrl-C or SIGTERM",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            async with sweeper:
+                await stop.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        print(f"atriggers worker: stopping after {_counts(sweeper)}", file=sys.stderr, flush=True)
+    return ExitCode.OK
+
+
+async def _join(storage: Storage) -> None:
+    """Wait for what the sweep started in this process (runs, cascades)."""
+    await storage.drain()
+
+
+def _counts(sweeper: Sweeper) -> str:
+    return ", ".join(f"{count} {verdict}" for verdict, count in sorted(sweeper.counts.items())) or "nothing"

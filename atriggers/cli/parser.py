@@ -17,6 +17,7 @@ from .commands import (
     cmd_show,
     cmd_skip,
     cmd_validate,
+    cmd_worker,
 )
 from .exits import ExitCode
 
@@ -141,6 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(handler=cmd_graph)
+
+    p = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="recover what is due (lost runs, ended cooldowns, delayed fires, expired windows) "
+        "until stopped, running in-process what it recovers",
+    )
+    p.add_argument("url", metavar="URL", help="storage URL, e.g. sqlite:///state.db")
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="seconds between sweeps (default: 1)"
+    )
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="this process's lease: silent this long, what it runs is recovered elsewhere (default: 30)",
+    )
+    p.add_argument(
+        "--runner", metavar="NAME", help="runner for recovered tasks without `using` (default: asyncio)"
+    )
+    p.add_argument("--once", action="store_true", help="sweep once, print what was handled, and exit")
+    p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("schema", parents=[common], help="print the JSON Schema of configurations")
     out = p.add_mutually_exclusive_group()

@@ -4,7 +4,14 @@ Loaded automatically when atriggers is installed. Fixtures (async ones need
 pytest-asyncio: ``pip install 'atriggers[testing]'``):
 
 - ``atriggers_database``: path of a fresh SQLite file in the test's ``tmp_path``.
-- ``atriggers_storage``: an open `SQLiteStorage` on it, closed after the test.
+- ``atriggers_storage``: an open `SQLiteStorage` on it, closed after the test;
+  on the ``atriggers_clock`` if the test uses that fixture, else on real time.
+- ``atriggers_clock``: a `FakeClock` that moves only when the test says
+  (``await atriggers_clock.advance(3600)``): ``within`` windows, cooldowns,
+  ``timeout`` deadlines and delayed fires are tested without waiting.
+- ``atriggers_sweeper``: a `Sweeper` for ``atriggers_storage`` using
+  ``atriggers_tasks`` (``await atriggers_sweeper.run_once()`` acts on what is
+  due; ``async with atriggers_sweeper:`` runs it in the background).
 - ``atriggers_tasks``: a task registry for the test: tasks registered on it
   vanish after the test; names it does not know resolve through the global
   registry (``@task``) and entry points. Stock tasks are pre-registered:
@@ -33,6 +40,7 @@ from typing import Any
 
 import pytest
 
+from ..clock import FakeClock
 from ..context import TaskContext
 from ..manager import TriggerManager
 from ..manager import managers as global_managers
@@ -41,6 +49,7 @@ from ..runners import RunnerRegistry
 from ..runners import runners as global_runners
 from ..storage import SQLiteStorage, StorageFactory
 from ..storage import storages as global_storages
+from ..sweeper import Sweeper
 from ..tasks import TaskRegistry
 from ..tasks import registry as global_registry
 
@@ -168,12 +177,33 @@ def _async_fixture(function: Callable[..., Any]) -> Any:
     return pytest.fixture(missing, name=function.__name__)
 
 
+@pytest.fixture
+def atriggers_clock() -> FakeClock:
+    """A clock for the test's storage that moves only with ``await clock.advance(s)``."""
+    return FakeClock()
+
+
 @_async_fixture
-async def atriggers_storage(atriggers_database: Path) -> AsyncIterator[SQLiteStorage]:
+async def atriggers_storage(
+    request: pytest.FixtureRequest, atriggers_database: Path
+) -> AsyncIterator[SQLiteStorage]:
     """An open SQLite storage on a temporary file; closing it after the test
-    waits for in-process runs still going."""
-    async with SQLiteStorage(atriggers_database) as storage:
+    waits for in-process runs still going. Its clock is ``atriggers_clock``
+    when the test uses that fixture."""
+    clock = request.getfixturevalue("atriggers_clock") if "atriggers_clock" in request.fixturenames else None
+    async with SQLiteStorage(atriggers_database, clock=clock) as storage:
         yield storage
+
+
+@_async_fixture
+async def atriggers_sweeper(
+    atriggers_storage: SQLiteStorage, atriggers_tasks: TestTaskRegistry
+) -> AsyncIterator[Sweeper]:
+    """A sweeper of ``atriggers_storage`` (not started: call ``run_once()``, or
+    use it as ``async with``)."""
+    sweeper = Sweeper(atriggers_storage, tasks=atriggers_tasks)
+    yield sweeper
+    await sweeper.aclose()
 
 
 @_async_fixture
