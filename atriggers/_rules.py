@@ -54,6 +54,11 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
         unstarted = [
             i for i in draft.instances() if i.task_name == task.name and i.status is Status.UNSTARTED
         ]
+        if task.within is not None:
+            # A window that closed is closed, whether or not a sweeper saw it yet.
+            for instance in [i for i in unstarted if _expired(i, draft.at)]:
+                expire(draft, instance.name)
+                unstarted.remove(instance)
         if draft.count(task.name):
             # A new instance only for the task's `andEvery`, and only when no
             # waiting instance took this firing: one firing, one new instance.

@@ -367,7 +367,15 @@ class TriggerManager:
             raise
         body.cancel()
         await self._shielded(self._lose(context.instance_name, context.token, "timeout"))
+        # A body that cannot be cancelled (a sync task in its thread) may still
+        # end: what it hands back is refused, and said so.
+        body.add_done_callback(lambda done: self._refused_late(context, done))
         return _LOST
+
+    def _refused_late(self, context: TaskContext, body: asyncio.Future[object]) -> None:
+        if not body.cancelled():
+            body.exception()  # retrieved: the outcome of a lost run is discarded either way
+            self._refused(context.instance_name, None, context.token)
 
     async def heartbeat(self, instance: InstanceRef, token: str | None = None) -> float | None:
         """Extend a running instance's deadline by its ``timeout`` from now (tasks

@@ -148,3 +148,33 @@ def test_the_plugin_fixture_scopes_every_registry(pytester: pytest.Pytester) -> 
         """
     )
     pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_the_clock_and_sweeper_fixtures(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        """
+        import pytest
+        from atriggers.testing import assert_instance_abandoned, assert_instance_finished
+        from atriggers.testing.pytest_plugin import PASS_THRU
+
+        @pytest.mark.atriggers_configuration({
+            "t_day": {"after": ["a", "b"], "run": PASS_THRU, "within": 86400},
+            "t_later": {"after": ["later"], "run": PASS_THRU},
+        })
+        async def test_a_day_passes_in_no_time(atriggers_manager, atriggers_clock, atriggers_sweeper):
+            await atriggers_manager.fire("a")
+            await atriggers_manager.fire("later", {"n": 1}, delay=3600)
+            await atriggers_clock.advance(3600)
+            await atriggers_manager.join()
+            await assert_instance_finished(atriggers_manager, "t_later#0")
+            await atriggers_clock.advance(86400)
+            assert await atriggers_sweeper.run_once() == 1
+            await assert_instance_abandoned(atriggers_manager, "t_day#0")
+
+        async def test_without_the_clock_time_is_real(atriggers_storage):
+            import time
+            assert abs(atriggers_storage.clock.time() - time.time()) < 5
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)

@@ -100,6 +100,29 @@ async def test_shutdown_closes_the_runners(tmp_path: Path) -> None:
     assert closed == ["asyncio"]
 
 
+async def test_the_lifespan_runs_a_sweeper(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    # A process that stored a delayed fire and is gone before it is due.
+    async with SQLiteStorage(db) as gone:
+        manager = TriggerManager(gone, "later", tasks=registry())
+        await manager.update_configuration(CONFIG)
+        await manager.fire("go", {"n": 5}, delay=0.2)
+    triggers = Triggers(f"sqlite:///{db}", tasks=registry(), sweep_interval=0.05)
+    async with serve(starlette_app(triggers, lifespan=triggers.lifespan)):
+        deadline = time.monotonic() + 10
+        while True:
+            instance = (await triggers.storage.load_all("later")).instances.get("t_work#0")
+            if instance is not None and instance.status is Status.FINISHED:
+                break
+            assert time.monotonic() < deadline, instance
+            await asyncio.sleep(0.05)
+    assert instance.result == {"done": 5}
+    untouched = Triggers(f"sqlite:///{tmp_path / 'other.db'}", sweeper=False)
+    await untouched.open()
+    assert untouched._sweeper is None
+    await untouched.aclose()
+
+
 async def test_the_same_triggers_serves_one_lifespan_after_another(tmp_path: Path) -> None:
     triggers = Triggers(f"sqlite:///{tmp_path}/app.db", tasks=registry())
     app = starlette_app(triggers, lifespan=triggers.lifespan)
