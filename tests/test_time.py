@@ -127,7 +127,7 @@ async def test_heartbeats_move_the_deadline_and_a_lost_run_learns_it(
     await manager.update_configuration({"t": {"after": ["go"], "run": "time.beating", "timeout": 10}})
     await manager.fire("go")
     await settle()
-    for _ in range(3):  # 3 × 8 s: far past the first deadline, alive thanks to heartbeats
+    for _ in range(3):  # 3 times 8 s: far past the first deadline, alive thanks to heartbeats
         await clock.advance(8)
         gate.set()
         await settle()

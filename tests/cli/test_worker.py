@@ -61,7 +61,7 @@ def test_the_worker_runs_until_stopped(url: str, workdir: Path) -> None:
         else:
             raise AssertionError(f"the worker did not apply the delayed fire: {snapshot(workdir)}")
         worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=20)
+        _, err = worker.communicate(timeout=20)
     finally:
         if worker.poll() is None:
             worker.kill()
