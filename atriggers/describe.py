@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import json
 
+from .clock import from_iso
+from .due import due_of
 from .instance import Meta, Status, TaskInstance
 from .state import SessionState
 
-__all__ = ["compact_json", "describe_instance", "describe_session"]
+__all__ = ["STUCK_AFTER", "compact_json", "describe_instance", "describe_session", "held_by", "trouble"]
+
+#: Seconds after which an instance that nothing will recover by itself (scheduled
+#: or running with neither an owner, a deadline nor a timer) counts as stuck.
+STUCK_AFTER = 600.0
+
+_LOST = "atriggers.errors.InstanceLost"
 
 
 def describe_instance(instance: TaskInstance) -> str:
@@ -34,6 +42,45 @@ def describe_instance(instance: TaskInstance) -> str:
             lines += [f"    {line}" for line in info.splitlines()]
     lines.append(f"  triggers applied: {', '.join(sorted(instance.kwargs)) or 'none'}")
     return "\n".join(lines)
+
+
+def held_by(instance: TaskInstance) -> str:
+    """Who has an instance in flight: its runner, its owner, its deadline or the
+    end of its cooldown ("" when it is not in flight)."""
+    meta = instance.metadata
+    if instance.status not in (Status.SCHEDULED, Status.RUNNING):
+        return ""
+    parts = [instance.runner or "?"]
+    if isinstance(meta.get(Meta.NOT_BEFORE), str):
+        parts.append(f"cooldown until {meta[Meta.NOT_BEFORE][:19].replace('T', ' ')}")
+    if instance.owner:
+        parts.append(f"owner {instance.owner}")
+    if instance.status is Status.RUNNING and isinstance(meta.get(Meta.DEADLINE), str):
+        parts.append(f"deadline {meta[Meta.DEADLINE][:19].replace('T', ' ')}")
+    return ", ".join(parts)
+
+
+def trouble(instance: TaskInstance, now: float, stuck_after: float = STUCK_AFTER) -> str | None:
+    """Why an instance needs a look, in a few words, or None:
+
+    - ``"lost"``: it failed because it was lost (``InstanceLost``);
+    - ``"overdue"``: its deadline or cooldown passed and no sweeper acted yet
+      (is one running?);
+    - ``"stuck"``: scheduled or running for more than `stuck_after` seconds with
+      nothing that will recover it by itself (no owner, deadline or timer: a
+      broker that lost its message, say): a person must look.
+    """
+    if instance.status is Status.FAILED and instance.metadata.get(Meta.EXCEPTION_TYPE) == _LOST:
+        return "lost"
+    if instance.status not in (Status.SCHEDULED, Status.RUNNING):
+        return None
+    entry = due_of(instance)
+    if entry is not None:
+        return "overdue" if entry.at is not None and entry.at + stuck_after / 10 < now else None
+    since = instance.timestamps.get(instance.status.value)
+    if since is not None and from_iso(since) + stuck_after < now:
+        return "stuck"
+    return None
 
 
 def describe_session(state: SessionState) -> str:

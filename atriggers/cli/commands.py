@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import parse_configuration
+from ..describe import trouble
 from ..graph import to_dot, to_mermaid
 from ..instance import Status
 from ..manager import TriggerManager
@@ -83,11 +84,12 @@ async def cmd_configure(args: argparse.Namespace) -> int:
 async def cmd_show(args: argparse.Namespace) -> int:
     async with opened_storage(args.url) as storage:
         state = await existing_session(storage, args.uid)
-        url = storage.url
+        url = storage.safe_url  # never print a password
+        now = storage.clock.time()
     if args.json:
         emit_json(session_json(state, url), sys.stdout)
     else:
-        print(session_text(state, url))
+        print(session_text(state, url, now))
     return ExitCode.OK
 
 
@@ -96,7 +98,7 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
         uids = await storage.list_sessions()
         rows: list[dict[str, Any]] = []
         for uid in uids:
-            if args.quiet and not (args.unresolved or args.failed):
+            if args.quiet and not (args.unresolved or args.failed or args.stuck):
                 rows.append({"uid": uid})
                 continue
             # The working view holds every unresolved instance, failed ones included:
@@ -104,9 +106,15 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
             state = await storage.load(uid)
             failed = [i.name for i in state.get_unresolved_instances() if i.status is Status.FAILED]
             unresolved_tasks = [t.name for t in state.get_unresolved_tasks()]
+            now = storage.clock.time()
+            troubled = {
+                i.name: why for i in state.get_unresolved_instances() if (why := trouble(i, now)) is not None
+            }
             if args.failed and not failed:
                 continue
             if args.unresolved and not unresolved_tasks:
+                continue
+            if args.stuck and not troubled:
                 continue
             rows.append(
                 {
@@ -117,6 +125,7 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
                     "unresolvedTasks": unresolved_tasks,
                     "unresolvedInstances": [i.name for i in state.get_unresolved_instances()],
                     "failed": failed,
+                    "trouble": troubled,
                 }
             )
     if args.json:
@@ -127,7 +136,9 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
     elif rows:
         print(sessions_table(rows))
     else:
-        print("no sessions" + (" matching the filter" if args.unresolved or args.failed else ""))
+        print(
+            "no sessions" + (" matching the filter" if args.unresolved or args.failed or args.stuck else "")
+        )
     return ExitCode.OK
 
 

@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--unresolved", action="store_true", help="only sessions with unresolved tasks")
     which.add_argument("--failed", action="store_true", help="only sessions with failed instances")
+    which.add_argument(
+        "--stuck",
+        action="store_true",
+        help="only sessions with lost instances, or in-flight ones past their deadline (no sweeper "
+        "running?) or that nothing will recover by itself",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print session ids only")
     p.set_defaults(handler=cmd_sessions)
 

@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
-from ..describe import describe_instance
+from ..describe import describe_instance, held_by, trouble
 from ..errors import Problem
 from ..instance import Meta, Status, TaskInstance
 from ..state import SessionState
@@ -102,8 +102,9 @@ def session_json(state: SessionState, url: str) -> dict[str, Any]:
     return {"url": url, **data}
 
 
-def session_text(state: SessionState, url: str) -> str:
-    """``show``: the session's tasks, instances, triggers, unresolved items, failures."""
+def session_text(state: SessionState, url: str, now: float) -> str:
+    """``show``: the session's tasks, instances (who holds those in flight, and
+    which are lost, overdue or stuck), triggers, unresolved items, failures."""
     ordered = state.ordered_instances()
     out = [
         f"Session {state.uid!r} in {url}: version {state.version}, "
@@ -127,16 +128,25 @@ def session_text(state: SessionState, url: str) -> str:
     instance_rows = [
         [
             i.name,
-            i.status.value,
+            i.status.value + (f" ({problem.upper()})" if (problem := trouble(i, now)) else ""),
             ", ".join(sorted(i.kwargs)),
             _timestamp(i, Meta.CREATED),
             _timestamp(i, Meta.LAST_MODIFIED),
+            held_by(i),
             _outcome(i),
         ]
         for i in ordered
     ]
     if instance_rows:
-        header = ["instance", "status", "triggers applied", "created", "modified", "result / error"]
+        header = [
+            "instance",
+            "status",
+            "triggers applied",
+            "created",
+            "modified",
+            "held by",
+            "result / error",
+        ]
         out.append(table(instance_rows, header))
     else:
         out.append("(none yet)")
@@ -199,7 +209,9 @@ def sessions_table(rows: Sequence[Mapping[str, Any]]) -> str:
             str(r["instances"]),
             str(len(r["unresolvedTasks"])),
             ", ".join(r["failed"]),
+            ", ".join(f"{name} ({why})" for name, why in r["trouble"].items()),
         ]
         for r in rows
     ]
-    return table(cells, ["session", "version", "tasks", "instances", "unresolved tasks", "failed"])
+    header = ["session", "version", "tasks", "instances", "unresolved tasks", "failed", "lost / stuck"]
+    return table(cells, header)

@@ -26,7 +26,7 @@ async def opened_storage(url: str, *, create: bool = False) -> AsyncIterator[Sto
     # Opening a SQLite path creates the file: a mistyped path must not silently
     # become an empty database.
     if not create and not await storage.exists():
-        raise CommandError(f"no storage at {storage.url}", ExitCode.NOT_FOUND)
+        raise CommandError(f"no storage at {storage.safe_url}", ExitCode.NOT_FOUND)
     async with storage:
         yield storage
 
@@ -37,7 +37,8 @@ async def existing_session(storage: Storage, uid: str, names: Sequence[str] | No
     state = await (storage.load_all(uid) if names is None else storage.load(uid, names))
     if state.version == 0:
         raise CommandError(
-            f"no session {uid!r} in {storage.url} (list them with: atriggers sessions {storage.url})",
+            f"no session {uid!r} in {storage.safe_url} "
+            f"(list them with: atriggers sessions {storage.safe_url})",
             ExitCode.NOT_FOUND,
         )
     return state

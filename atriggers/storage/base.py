@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit, urlunsplit
 
 from ..clock import Clock, SystemClock
 from ..due import DueEntry
@@ -24,7 +25,7 @@ from .lease import OwnerLease
 from .locks import SessionLocks
 from .runs import RunTracker
 
-__all__ = ["Reapply", "SessionLocks", "Storage", "VersionConflict"]
+__all__ = ["Reapply", "SessionLocks", "Storage", "VersionConflict", "mask_url"]
 
 #: Recomputes an operation's change against the session's current state (None:
 #: nothing to change). Pure and quick: it may run in a storage's worker thread.
@@ -276,5 +277,19 @@ class Storage(ABC):
         records its instance as failed (replayable)."""
         await self.runs.drain(timeout, grace=grace, owner=self)
 
+    @property
+    def safe_url(self) -> str:
+        """`url` with any password masked, for output and logs."""
+        return mask_url(self.url)
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url}>"
+        return f"<{type(self).__name__} {self.safe_url}>"
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of its user info replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -48,7 +48,7 @@ from ..clock import Clock
 from ..due import DueEntry
 from ..errors import StorageError
 from ..state import Change, SessionState
-from .base import Storage, VersionConflict
+from .base import Storage, VersionConflict, mask_url
 from .codec import ConfigCache, decode_state, encode_change
 
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
@@ -382,16 +382,8 @@ class RedisStorage(Storage):
                 raise ValueError(f"ttl in {url!r} must be a number of seconds") from None
         return cls(redis_url, prefix=own.get("prefix", DEFAULT_PREFIX), ttl=ttl)
 
-    def _safe_url(self) -> str:
-        parts = urlsplit(self.redis_url)
-        if parts.password is None:
-            return self.redis_url
-        netloc = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
     def __repr__(self) -> str:
-        return f"<RedisStorage {self._safe_url()} prefix={self.prefix!r}>"
+        return f"<RedisStorage {mask_url(self.redis_url)} prefix={self.prefix!r}>"
 
     def keys(self, uid: str) -> list[str]:
         """The keys of session `uid`: session, triggers, instances, unresolved."""
@@ -566,5 +558,5 @@ class RedisStorage(Storage):
             return await operation
         except RedisError as exc:
             raise StorageError(
-                f"Redis {what} failed at {self._safe_url()}: {type(exc).__name__}: {exc}"
+                f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
             ) from exc

@@ -196,9 +196,40 @@ def test_sessions_and_filters(cli: Cli, url: str, session: str, workdir: Path) -
             "unresolvedTasks": ["t_boom", "t_after_boom"],
             "unresolvedInstances": ["t_boom#0"],
             "failed": ["t_boom#0"],
+            "trouble": {},
         }
     ]
     assert cli("sessions", url, "--failed", "--unresolved").code == 2
+    assert cli("sessions", url, "--stuck").out == "no sessions matching the filter\n"
+
+
+def test_lost_and_stuck_instances_are_marked(cli: Cli, url: str, workdir: Path) -> None:
+    async def prepare() -> None:
+        async with SQLiteStorage(workdir / "state.db") as storage:
+            manager = TriggerManager(storage, "stuck", default_runner="parked")
+            await manager.update_configuration(
+                {
+                    "t_lost": {"after": ["go"], "run": "app.echo", "using": "parked"},
+                    "t_stuck": {"after": ["go"], "run": "app.echo", "using": "parked"},
+                }
+            )
+            await manager.fire("go")  # no runner "parked": both failed at dispatch
+            await manager.update_instance_status(
+                "t_lost#0", "failed", {"exceptionType": "atriggers.errors.InstanceLost"}
+            )
+            # Running for years on a runner that nothing watches (no owner, no
+            # deadline): stuck.
+            await manager.update_instance_status("t_stuck#0", "running", {"runner": "celery"})
+            await manager.update_instance_metadata(
+                "t_stuck#0", {"timestamps": {"running": "2000-01-01T00:00:00+00:00"}}
+            )
+
+    asyncio.run(prepare())
+    listed = cli("sessions", url, "--stuck", "--json")
+    assert listed.json()[0]["trouble"] == {"t_lost#0": "lost", "t_stuck#0": "stuck"}
+    assert "t_lost#0 (lost), t_stuck#0 (stuck)" in cli("sessions", url).out
+    shown = cli("show", url, "stuck").out
+    assert "failed (LOST)" in shown and "running (STUCK)" in shown and "celery" in shown
 
 
 def test_in_process_runs_past_the_timeout_are_stored_failed(cli: Cli, url: str, workdir: Path) -> None:
