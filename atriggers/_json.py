@@ -10,7 +10,22 @@ from typing import Any
 
 from .errors import InvalidInput
 
-__all__ = ["dumps", "jsonable", "kwargs_by_trigger", "loads", "object_arg"]
+__all__ = [
+    "MAX_DEPTH",
+    "check_name",
+    "check_text",
+    "dumps",
+    "jsonable",
+    "kwargs_by_trigger",
+    "loads",
+    "non_string_key",
+    "object_arg",
+]
+
+#: How deeply JSON values given to atriggers may nest (kwargs, results,
+#: metadata, configuration). Deeper values are refused with `InvalidInput`
+#: before anything is written: every backend and every reader handles this depth.
+MAX_DEPTH = 64
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 loads = json.loads
@@ -49,9 +64,13 @@ def object_arg(value: object, what: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInput(f"{what} must be a mapping (a JSON object), not {type(value).__name__}")
     try:
-        result: dict[str, Any] = loads(dumps(value))
+        text = dumps(value)
+        result: dict[str, Any] = loads(text)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} cannot be stored as JSON: {exc}") from exc
+    check_text(text, what)
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(result) > MAX_DEPTH:
+        raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels")
     if result != value:
         # Usually tuples that became lists; but JSON also turns number keys into
         # strings silently, and a key that changes is refused, not rewritten.
@@ -59,15 +78,62 @@ def object_arg(value: object, what: str) -> dict[str, Any]:
     return result
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate such as
+    ``"\\udc80"``: JSON takes it, but no database can store it)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = text[exc.start : exc.end]
+            raise InvalidInput(f"{what} holds {bad!r}, which is not valid Unicode text") from None
+
+
+def check_name(value: object, what: str) -> str:
+    """`value` as a name (of a trigger, task, instance or session): a string that
+    is not empty, not only whitespace, and valid Unicode text."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string, not {value!r}")
+    check_text(value, what)
+    return value
+
+
+def _depth(value: object) -> int:
+    """How deeply `value` nests (iteratively: no recursion to run out of)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((inner, level + 1) for inner in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((inner, level + 1) for inner in item)
+    return deepest
+
+
+def non_string_key(value: object) -> object | None:
+    """The first mapping key in `value` that is not a string (JSON would turn it
+    into one), or None."""
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    found: object = key
+                    return found
+                stack.append(inner)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
 def _check_keys(value: object, what: str) -> None:
-    if isinstance(value, Mapping):
-        for key, inner in value.items():
-            if not isinstance(key, str):
-                raise InvalidInput(f"{what} cannot be stored as JSON: key {key!r} is not a string")
-            _check_keys(inner, what)
-    elif isinstance(value, (list, tuple)):
-        for inner in value:
-            _check_keys(inner, what)
+    key = non_string_key(value)
+    if key is not None:
+        raise InvalidInput(f"{what} cannot be stored as JSON: key {key!r} is not a string")
 
 
 def kwargs_by_trigger(value: object, what: str) -> dict[str, dict[str, Any]] | None:

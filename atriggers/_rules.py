@@ -14,7 +14,7 @@ from .clock import from_iso, iso
 from .config import TaskConfig
 from .errors import InvalidInput, InvalidStatus
 from .instance import Meta, Status, TaskInstance
-from .state import Draft
+from .state import Draft, instance_number
 
 __all__ = [
     "Verdict",
@@ -51,9 +51,12 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
     """Fire `trigger`; returns the instances it moved to ``scheduled``."""
     ready: list[TaskInstance] = []
     for task in draft.tasks_using(trigger):
-        unstarted = [
-            i for i in draft.instances() if i.task_name == task.name and i.status is Status.UNSTARTED
-        ]
+        # In creation order, whatever order a backend read them in: instances made
+        # ready by one fire are dispatched oldest first, the same in every process.
+        unstarted = sorted(
+            (i for i in draft.instances() if i.task_name == task.name and i.status is Status.UNSTARTED),
+            key=instance_number,
+        )
         if task.within is not None:
             # A window that closed is closed, whether or not a sweeper saw it yet.
             for instance in [i for i in unstarted if _expired(i, draft.at)]:

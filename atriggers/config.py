@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigurationError, Problem
+from ._json import check_text, non_string_key, object_arg
+from .errors import ConfigurationError, InvalidInput, Problem
 
 __all__ = [
     "DIRECTIVES",
@@ -24,7 +25,15 @@ __all__ = [
 
 
 def _is_name(value: object) -> bool:
-    return isinstance(value, str) and value.strip() != ""
+    return isinstance(value, str) and value.strip() != "" and _is_text(value)
+
+
+def _is_text(value: str) -> bool:
+    try:
+        check_text(value, "name")
+    except InvalidInput:
+        return False
+    return True
 
 
 def _trigger_list(value: object) -> str | None:
@@ -83,9 +92,14 @@ def _dict_of_dicts(value: object) -> str | None:
 
 
 def _json_error(value: object) -> str | None:
+    # What a directive holds is stored as JSON and read back: refuse what would
+    # not come back the same (a number key turned into a string) or not at all.
+    key = non_string_key(value)
+    if key is not None:
+        return f"keys must be strings, got {key!r}"
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        object_arg({"value": value}, "the value")
+    except InvalidInput as exc:
         return f"must be JSON-serializable ({exc})"
     return None
 

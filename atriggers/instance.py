@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from ._json import dumps, loads
 from .config import TaskConfig
+from .errors import InvalidInput
 
-__all__ = ["Meta", "Status", "TaskInstance"]
+__all__ = ["Meta", "Status", "TaskInstance", "check_metadata"]
 
 
 class Status(StrEnum):
@@ -66,6 +69,58 @@ class Meta:
     REASON = "reason"
     #: The task's ``max_retries`` where the instance last ran (for lost retries).
     MAX_RETRIES = "maxRetries"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+#: What each reserved metadata key may hold, and how to say it.
+_RESERVED: dict[str, tuple[Callable[[object], bool], str]] = {
+    Meta.RESULT: (lambda v: isinstance(v, dict), "a JSON object"),
+    Meta.EXCEPTION_TYPE: (lambda v: isinstance(v, str), "a string"),
+    Meta.EXCEPTION_INFO: (lambda v: isinstance(v, str), "a string"),
+    Meta.EXCEPTION_CONTEXT: (lambda v: isinstance(v, dict), "a JSON object"),
+    Meta.PARENT: (lambda v: isinstance(v, str), "an instance name"),
+    Meta.TIMESTAMPS: (
+        lambda v: isinstance(v, dict) and all(_is_time(t) for t in v.values()),
+        "a JSON object of ISO 8601 times",
+    ),
+    Meta.LOG_LEVEL: (_is_int, "a logging level (an integer >= 0)"),
+    Meta.LOGS_RESOLVED: (lambda v: isinstance(v, bool), "true or false"),
+    Meta.COOLDOWN: (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+        "a number of seconds >= 0",
+    ),
+    Meta.DEPTH: (_is_int, "an integer >= 0"),
+    Meta.ACTUAL_KWARGS: (lambda v: isinstance(v, dict), "a JSON object"),
+    Meta.RUNNER: (lambda v: isinstance(v, str), "a runner name"),
+    Meta.OWNER: (lambda v: isinstance(v, str), "an owner id"),
+    Meta.TOKEN: (lambda v: isinstance(v, str), "a string"),
+    Meta.DEADLINE: (_is_time, "an ISO 8601 time"),
+    Meta.NOT_BEFORE: (_is_time, "an ISO 8601 time"),
+    Meta.REASON: (lambda v: isinstance(v, str), "a string"),
+    Meta.MAX_RETRIES: (_is_int, "an integer >= 0"),
+}
+
+
+def check_metadata(metadata: Mapping[str, Any], what: str = "metadata") -> None:
+    """Refuse values of reserved keys (``logLevel``, ``depth``, ``timestamps``...)
+    that properties, replays and tools could not read back; other keys are free."""
+    for key, value in metadata.items():
+        rule = _RESERVED.get(key)
+        if rule is not None and not rule[0](value):
+            raise InvalidInput(f"{what} key {key!r} must be {rule[1]}, not {value!r}")
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from . import _rules as rules
-from ._json import dumps, kwargs_by_trigger, loads, object_arg
+from ._json import check_name, check_text, dumps, kwargs_by_trigger, loads, object_arg
 from .clock import from_iso, sleep_until
 from .config import parse_configuration
 from .context import Retry, Skip, TaskContext, exception_metadata
@@ -35,7 +35,7 @@ from .errors import (
     UnknownTask,
     with_context,
 )
-from .instance import Meta, Status, TaskInstance
+from .instance import Meta, Status, TaskInstance, check_metadata
 from .registry import Registry
 from .runners import RunnerRegistry
 from .runners import runners as default_runners
@@ -61,13 +61,21 @@ def _name_of(instance: InstanceRef) -> str:
         return instance.name
     if not isinstance(instance, str):
         raise InvalidInput(f"instance must be a name or a TaskInstance, not {instance!r}")
+    check_text(instance, "instance name")
     return instance
 
 
 def _trigger_name(trigger: object) -> str:
     if not isinstance(trigger, str) or not trigger.strip():
         raise InvalidInput(f"trigger names must be non-empty strings, not {trigger!r}")
+    check_text(trigger, "trigger name")
     return trigger
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what} must be True or False, not {value!r}")
+    return value
 
 
 class TriggerManager:
@@ -102,8 +110,7 @@ class TriggerManager:
     ) -> None:
         if not isinstance(storage, Storage):
             raise TypeError(f"storage must be an atriggers Storage, not {storage!r}")
-        if not isinstance(uid, str) or not uid:
-            raise InvalidInput(f"uid must be a non-empty string, not {uid!r}")
+        check_name(uid, "uid")
         self.storage = storage
         self.uid = uid
         if default_runner is not None:
@@ -194,6 +201,7 @@ class TriggerManager:
         """Mark a failed instance ``skipped``; with `cascade`, its task's name
         fires with `result` as if it had finished."""
         name = _name_of(instance)
+        cascade = _flag(cascade, "cascade")
         result_kwargs = object_arg(result, "result")
         return await self._shielded(self._skip(name, cascade, result_kwargs))
 
@@ -224,6 +232,8 @@ class TriggerManager:
             known = ", ".join(s.value for s in Status)
             raise InvalidInput(f"unknown status {status!r} (one of: {known})") from None
         meta = object_arg(metadata, "metadata")
+        check_metadata(meta)
+        cascade = _flag(cascade, "cascade")
         kwargs = object_arg(cascade_kwargs, "cascade_kwargs")
         return await self._shielded(self._set_status(name, new_status, meta, cascade, kwargs))
 
@@ -249,6 +259,7 @@ class TriggerManager:
         """Merge `metadata` into the instance's metadata (status unchanged)."""
         name = _name_of(instance)
         meta = object_arg(metadata, "metadata")
+        check_metadata(meta)
         return (await self._apply(lambda d: rules.update_metadata(d, name, meta), [name])).snapshot()
 
     async def mark_instance_logs_resolved(self, instance: InstanceRef) -> TaskInstance:
@@ -277,8 +288,10 @@ class TriggerManager:
         """Wait until every in-process run started through this manager, and the
         runs their cascades and retries started, has finished (a retry's cooldown
         included; delayed fires are not waited for)."""
-        while self._inflight:
-            await asyncio.wait(set(self._inflight))
+        # Not the task calling join (a hook awaiting it would wait for itself).
+        current = asyncio.current_task()
+        while waiting := self._inflight - {current}:
+            await asyncio.wait(waiting)
 
     # -- hooks for subclasses --------------------------------------------------------
 
@@ -398,9 +411,11 @@ class TriggerManager:
         try:
             if isinstance(outcome, Retry):
                 meta = {**object_arg(outcome.metadata, "retry metadata"), Meta.LOG_LEVEL: log_level}
+                check_metadata(meta, "retry metadata")
                 replacement = kwargs_by_trigger(outcome.replacement_kwargs, "replacement_kwargs")
             elif isinstance(outcome, Skip):
                 meta = {**object_arg(outcome.metadata, "skip metadata"), Meta.LOG_LEVEL: log_level}
+                check_metadata(meta, "skip metadata")
             else:
                 result = _check_result(outcome, task)
         except (InvalidInput, TypeError) as exc:
@@ -613,6 +628,10 @@ class TriggerManager:
         caller is cancelled: a stored ``scheduled`` must always be dispatched."""
         task = asyncio.get_running_loop().create_task(operation)
         self.storage.track(task, cancellable=False)
+        # `join` waits for it too: a fire whose caller was cancelled goes on, and
+        # what it starts is this manager's work all the same.
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
 
     async def _apply(self, rule: Callable[[Draft], T], names: Collection[str] = ()) -> T:

@@ -14,7 +14,7 @@ from .due import Due, due_of
 from .errors import InstanceNotFound
 from .instance import Meta, Status, TaskInstance
 
-__all__ = ["Change", "Draft", "Placement", "SessionState", "utc_now"]
+__all__ = ["Change", "Draft", "Placement", "SessionState", "instance_number", "utc_now"]
 
 
 def utc_now() -> str:
@@ -60,7 +60,7 @@ class SessionState:
         """The task's instances, oldest first."""
         name = task.name if isinstance(task, TaskConfig) else task
         found = [i for i in self.instances.values() if i.task_name == name]
-        found.sort(key=_instance_number)
+        found.sort(key=instance_number)
         return found
 
     def get_unresolved_tasks(self) -> list[TaskConfig]:
@@ -86,7 +86,7 @@ class SessionState:
             by_task.setdefault(instance.task_name, []).append(instance)
         ordered: list[TaskInstance] = []
         for task in self.tasks:
-            ordered += sorted(by_task.pop(task, ()), key=_instance_number)
+            ordered += sorted(by_task.pop(task, ()), key=instance_number)
         leftovers = (i for found in by_task.values() for i in found)
         ordered += sorted(leftovers, key=lambda i: i.name)
         return ordered
@@ -119,7 +119,8 @@ class SessionState:
         }
 
 
-def _instance_number(instance: TaskInstance) -> int:
+def instance_number(instance: TaskInstance) -> int:
+    """The ``n`` of ``<task>#<n>`` (its creation order within its task)."""
     _, _, number = instance.name.rpartition("#")
     return int(number) if number.isdigit() else 0
 

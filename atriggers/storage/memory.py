@@ -32,6 +32,11 @@ class _Session:
 OWNER_RETENTION = 86400.0
 
 
+def _creation_order(name: str) -> tuple[str, int]:
+    task, _, number = name.rpartition("#")
+    return task, int(number) if number.isdigit() else 0
+
+
 @dataclass(slots=True)
 class _Due:
     due: Due
@@ -80,7 +85,9 @@ class MemoryStorage(Storage):
     async def load(self, uid: str, names: Collection[str] = ()) -> SessionState:
         session = self._sessions.get(uid) or _Session()
         wanted = session.unresolved.union(n for n in names if n in session.instances)
-        return self._decode(uid, session, wanted, complete=False)
+        # In a stable order (by task, then creation), not a set's, which would
+        # change from one process to the next.
+        return self._decode(uid, session, sorted(wanted, key=_creation_order), complete=False)
 
     async def load_all(self, uid: str) -> SessionState:
         session = self._sessions.get(uid) or _Session()
