@@ -34,6 +34,9 @@ class Clock(Protocol):
 class SystemClock:
     """The real time: `time.time` and `asyncio.sleep`."""
 
+    #: Time passes by itself (`TriggerManager.join` may wait for a timer to come due).
+    flows = True
+
     def time(self) -> float:
         return time.time()
 
@@ -47,10 +50,13 @@ class SystemClock:
 class FakeClock:
     """A clock that moves only when told to (``await clock.advance(3600)``).
 
-    Sleepers wake when the clock passes their deadline; `advance` then lets the
-    event loop run a few rounds so that what they start (a run, a sweep) gets
-    going before it returns.
+    Sleepers wake when the clock passes their deadline; `advance` then lets what
+    they start (a run, a delayed fire, a sweep) get going before it returns.
+    Time never passes by itself, so `TriggerManager.join` does not wait for a
+    timer still to come.
     """
+
+    flows = False
 
     def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
         self._now = float(start)
@@ -71,18 +77,24 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
         await future
 
-    async def advance(self, seconds: float, *, rounds: int = 20) -> None:
-        """Move the clock `seconds` forward, wake whoever slept until then, and
-        let the loop run `rounds` iterations."""
+    async def advance(self, seconds: float, *, settle: float = 0.005) -> None:
+        """Move the clock `seconds` forward and wake whoever slept until then.
+
+        Before and after, the loop runs for `settle` seconds of real time, so
+        that work already under way (a run starting, a write in a database's
+        thread) happens at the time it belongs to, and what the wake-up starts
+        is under way when this returns; ``await manager.join()`` then waits for
+        it to finish.
+        """
         if seconds < 0:
             raise ValueError(f"a clock does not go back: advance({seconds})")
+        await asyncio.sleep(settle)
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:
             _, _, future = heapq.heappop(self._sleepers)
             if not future.done():
                 future.set_result(None)
-        for _ in range(rounds):
-            await asyncio.sleep(0)
+        await asyncio.sleep(settle)
 
 
 async def sleep_until(clock: Clock, when: float) -> None:

@@ -7,7 +7,8 @@ keyed by its name and derived from its state by `due_of` (a pure function):
 - ``scheduled`` with ``notBefore`` (a cooldown, a retry's backoff): due then, to
   be dispatched by any live process;
 - ``scheduled`` and held by an owner (waiting in-process for a free slot): due
-  only if that owner stops renewing its lease (it is then lost);
+  only if that owner stops renewing its lease (it is then lost); handed to a
+  runner elsewhere with a ``start_within``: due when it should have started;
 - ``running``: due at its ``deadline`` (``timeout``, a Lambda invocation's end)
   or when its owner's lease lapses (it is then lost).
 
@@ -71,9 +72,7 @@ def due_of(instance: TaskInstance) -> Due | None:
         not_before = meta.get(Meta.NOT_BEFORE)
         if isinstance(not_before, str):
             return Due(from_iso(not_before))
-        owner = meta.get(Meta.OWNER)
-        return Due(None, owner) if isinstance(owner, str) else None
-    if status is Status.RUNNING:
+    if status in (Status.SCHEDULED, Status.RUNNING):
         deadline = meta.get(Meta.DEADLINE)
         owner = meta.get(Meta.OWNER)
         at = from_iso(deadline) if isinstance(deadline, str) else None

@@ -29,6 +29,7 @@ from .errors import (
     InvalidInput,
     InvalidStatus,
     MaxRetriesExceeded,
+    StorageError,
     TriggerError,
     UnknownManager,
     UnknownRunner,
@@ -98,6 +99,8 @@ class TriggerManager:
     #: Seconds a claimed due entry stays with its claimer before another may
     #: take it (should the claimer die while acting on it).
     claim_for: float = 30.0
+    #: `join` waits for this manager's timers coming due this soon (seconds).
+    join_timers_within: float = 60.0
 
     def __init__(
         self,
@@ -118,6 +121,8 @@ class TriggerManager:
         self.tasks = tasks if tasks is not None else default_tasks
         self.runners = runners if runners is not None else default_runners
         self._inflight: set[asyncio.Task[Any]] = set()
+        #: This manager's timers (cooldowns, delayed fires) -> when they are due.
+        self._timers: dict[asyncio.Task[Any], float] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uid!r} on {self.storage!r}>"
@@ -163,7 +168,7 @@ class TriggerManager:
         at = self.storage.clock.time() + delay
         payload = dumps({"trigger": trigger, "kwargs": kwargs})
         await self._apply(lambda d: d.set_due(key, Due(at, None, payload)))
-        self._wake_at(key, at, joined=False)
+        self._wake_at(key, at)
         return []
 
     async def _fire(self, trigger: str, kwargs: dict[str, Any]) -> list[TaskInstance]:
@@ -284,14 +289,25 @@ class TriggerManager:
         except KeyError:
             raise InstanceNotFound(name, self.uid) from None
 
-    async def join(self) -> None:
+    async def join(self, *, timers: bool = True) -> None:
         """Wait until every in-process run started through this manager, and the
-        runs their cascades and retries started, has finished (a retry's cooldown
-        included; delayed fires are not waited for)."""
+        runs their cascades and retries started, has finished.
+
+        With `timers`, its cooldowns and delayed fires are waited for too when
+        they come due: up to `join_timers_within` seconds ahead on a clock that
+        flows by itself, only those already due on a test's `FakeClock`.
+        """
         # Not the task calling join (a hook awaiting it would wait for itself).
         current = asyncio.current_task()
-        while waiting := self._inflight - {current}:
-            await asyncio.wait(waiting)
+        clock = self.storage.clock
+        while True:
+            horizon = clock.time() + (self.join_timers_within if getattr(clock, "flows", True) else 0.0)
+            waiting = self._inflight - {current}
+            if timers:
+                waiting |= {task for task, at in self._timers.items() if at <= horizon}
+            if not waiting:
+                return
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
 
     # -- hooks for subclasses --------------------------------------------------------
 
@@ -353,7 +369,35 @@ class TriggerManager:
             return None
         # Storing the outcome and dispatching its cascade is one shielded step: a
         # cancellation (shutdown, time limit) cannot leave a stored cascade undispatched.
-        return await self._shielded(self._conclude(name, outcome, context.log_level, definition.name, token))
+        return await self._store_outcome(name, token, outcome, context.log_level, definition.name)
+
+    async def _store_outcome(
+        self, name: str, token: str, outcome: object, log_level: int, task: str
+    ) -> TaskInstance | None:
+        """Store the run's outcome and dispatch its cascade; while storage is down
+        (or writers keep colliding), keep trying as long as this process lives,
+        so that a run whose body finished is not left ``running``."""
+        delay = 0.1
+        while True:
+            try:
+                return await self._shielded(self._conclude(name, outcome, log_level, task, token))
+            except (StorageError, ConcurrencyError) as exc:
+                log.warning(
+                    "%s/%s: storing the outcome failed (%s); retrying in %.1fs",
+                    self.uid,
+                    name,
+                    exc,
+                    delay,
+                    extra={"uid": self.uid, "instance": name},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                stored = await self.get_instance(name)
+            except (StorageError, ConcurrencyError):
+                continue
+            if stored.status is not Status.RUNNING and stored.metadata.get(Meta.TOKEN) == token:
+                return stored  # the write had landed, only its answer was lost
 
     async def _run_body(self, definition: TaskDefinition, context: TaskContext) -> object:
         """Run the task body; past its deadline (heartbeats move it) cancel it and
@@ -548,15 +592,50 @@ class TriggerManager:
             return
         await self._recover(DueEntry(self.uid, name, None, instance.owner, None, lapsed=False))
 
-    def _wake_at(self, key: str, at: float, *, joined: bool) -> None:
+    def _reconcile_later(self, change: Change) -> None:
+        owner = self.storage.lease.owner
+        held = [i.name for i in change.instances if i.status is Status.SCHEDULED and i.owner == owner]
+        if owner is not None and held:
+            task = asyncio.get_running_loop().create_task(self._reconcile(owner, held))
+            self.storage.track(task)
+
+    async def _reconcile(self, owner: str, names: list[str]) -> None:
+        """After a write whose answer was lost: once storage answers again, dispatch
+        the instances that write placed here if it did land. Gives up when this
+        process's lease lapses: a sweeper then recovers them anyway."""
+        delay = 0.2
+        while self.storage.lease.current() == owner:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                state = await self.storage.load(self.uid, names)
+            except TriggerError:
+                continue
+            landed = [
+                i.snapshot()
+                for name in names
+                if (i := state.instances.get(name)) is not None
+                and i.status is Status.SCHEDULED
+                and i.owner == owner
+                and Meta.NOT_BEFORE not in i.metadata
+            ]
+            if landed:
+                log.warning(
+                    "%s: a write reported as failed had landed; dispatching %s",
+                    self.uid,
+                    ", ".join(i.name for i in landed),
+                    extra={"uid": self.uid},
+                )
+                await self._dispatch(landed)
+            return
+
+    def _wake_at(self, key: str, at: float) -> None:
         """While this process lives, act on due entry `key` at `at` itself (any
-        sweeper does it otherwise): the timer is durable, this is only prompt.
-        A `joined` timer (a retry's cooldown) is waited for by `join`."""
+        sweeper does it otherwise): the timer is durable, this is only prompt."""
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._wake(key, at), name=f"atriggers timer {self.uid} {key}")
-        if joined:
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        self._timers[task] = at
+        task.add_done_callback(self._timers.pop)
         self.storage.track(task, timer=True)
 
     async def _wake(self, key: str, at: float) -> None:
@@ -603,7 +682,7 @@ class TriggerManager:
             if isinstance(not_before, str):
                 # A cooldown: a durable timer in the due index; this process acts
                 # on it on time while it lives, any sweeper does otherwise.
-                self._wake_at(instance.name, from_iso(not_before), joined=True)
+                self._wake_at(instance.name, from_iso(not_before))
                 continue
             using = instance.config.using if instance.config else None
             try:
@@ -655,7 +734,13 @@ class TriggerManager:
                 unheld.append(runner)
             return owner
 
-        placement = Placement(self.default_runner, holder)
+        def start_within(runner: str) -> float | None:
+            try:
+                return self.runners.get(runner).start_within
+            except UnknownRunner:
+                return None
+
+        placement = Placement(self.default_runner, holder, start_within)
 
         def reapply(current: SessionState) -> Change | None:
             redo = Draft(current, at=storage.clock.time(), placement=placement)
@@ -686,8 +771,14 @@ class TriggerManager:
                     fresh = True
                     continue
                 outcome[:] = [result]
+                change = draft.changes()
                 try:
-                    await storage.write(draft.changes(), reapply)
+                    await storage.write(change, reapply)
+                except StorageError:
+                    # The write may have landed without our hearing it: instances it
+                    # placed in this process would then wait for a dispatch forever.
+                    self._reconcile_later(change)
+                    raise
                 except VersionConflict:
                     fresh = False  # the conflict left the current state in the cache
                     if attempt:
@@ -767,6 +858,11 @@ def _lost_metadata(
     held_by = instance.owner
     if entry.lapsed:
         reason = f"the process holding it ({held_by}) stopped renewing its lease"
+    elif isinstance(meta.get(Meta.DEADLINE), str) and instance.status is Status.SCHEDULED:
+        reason = (
+            f"it was handed to runner {instance.runner!r} but did not start by {meta[Meta.DEADLINE]} "
+            f"(a dropped message or event?)"
+        )
     elif isinstance(meta.get(Meta.DEADLINE), str):
         reason = f"its run did not store an outcome by its deadline {meta[Meta.DEADLINE]}"
     else:

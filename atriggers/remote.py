@@ -127,4 +127,6 @@ async def execute_request(
     try:
         return await manager.run_instance(request.instance, deadline=deadline, owned=owned)
     finally:
-        await manager.join()
+        # A retry's cooldown is not waited out here (it would hold the worker's
+        # slot, or bill the function): its timer is durable and acted on on time.
+        await manager.join(timers=False)

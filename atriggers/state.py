@@ -26,6 +26,10 @@ def _nobody(runner: str) -> str | None:
     return None
 
 
+def _nobody_limit(runner: str) -> float | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where the instances an operation schedules go: `default_runner` for tasks
@@ -35,6 +39,9 @@ class Placement:
 
     default_runner: str = "asyncio"
     owner_for: Callable[[str], str | None] = _nobody
+    #: Seconds an instance dispatched to that runner may wait to start (None:
+    #: no limit), so that one handed to a broker that drops it is not stuck.
+    start_within: Callable[[str], float | None] = _nobody_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +245,18 @@ class Draft:
 
     def place(self, instance: TaskInstance) -> None:
         """Hand a scheduled instance to its runner: if that runner holds it in
-        this process, this process's lease owner holds it."""
+        this process, this process's lease owner holds it; else it must start
+        within the runner's ``start_within``, if it has one."""
         meta = instance.metadata
         meta.pop(Meta.NOT_BEFORE, None)
-        owner = self.placement.owner_for(str(meta.get(Meta.RUNNER) or self.placement.default_runner))
+        runner = str(meta.get(Meta.RUNNER) or self.placement.default_runner)
+        owner = self.placement.owner_for(runner)
+        meta.pop(Meta.DEADLINE, None)
         if owner is None:
             meta.pop(Meta.OWNER, None)
+            limit = self.placement.start_within(runner)
+            if limit is not None:
+                meta[Meta.DEADLINE] = iso(self.at + limit)
         else:
             meta[Meta.OWNER] = owner
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ..manager import TriggerManager
 
 __all__ = [
+    "DEFAULT_START_WITHIN",
     "FUNCTION_DIRECTIVE",
     "MAX_EVENT_PAYLOAD",
     "NOT_BEFORE_KEY",
@@ -70,6 +71,9 @@ log = logging.getLogger("atriggers.lambda")
 FUNCTION_DIRECTIVE = "lambdaFunction"
 #: Lambda's limit on the payload of an asynchronous (``Event``) invocation, bytes.
 MAX_EVENT_PAYLOAD = 256 * 1024
+#: Default `LambdaRunner.start_within`: Lambda keeps an asynchronous event for at
+#: most six hours (its maximum event age), then drops it; a quarter hour of margin.
+DEFAULT_START_WITHIN = 6 * 3600 + 900.0
 #: Payload key: epoch seconds before which the handler must not run the instance.
 NOT_BEFORE_KEY = "notBefore"
 
@@ -161,13 +165,21 @@ class LambdaRunner(BaseRunner):
         function_name: str | None = None,
         *,
         asynchronous: bool | None = None,
+        start_within: float | None = DEFAULT_START_WITHIN,
     ) -> None:
         if function_name is not None and (not isinstance(function_name, str) or not function_name.strip()):
             raise ValueError(f"function_name must be a non-empty string, not {function_name!r}")
         if client is not None and not callable(getattr(client, "invoke", None)):
             raise TypeError(f"client must have an invoke() method like a boto3 Lambda client, not {client!r}")
+        if start_within is not None and not start_within > 0:
+            raise ValueError(
+                f"start_within must be a positive number of seconds or None, not {start_within!r}"
+            )
         self.client = client
         self.function_name = function_name
+        #: An instance not started this long after it was sent is lost (Lambda
+        #: dropped the event, or gave up retrying it): a sweeper recovers it.
+        self.start_within = start_within
         # Only a client made by `_default_client` is closed by `aclose`.
         self._owns_client = False
         #: Whether ``client.invoke`` is awaited on the loop (True) or called in a

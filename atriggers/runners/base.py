@@ -47,6 +47,11 @@ class BaseRunner(ABC):
     #: process: that process then holds them (under its lease) until they run,
     #: so that they are recovered if it dies first.
     in_process: ClassVar[bool] = False
+    #: Seconds an instance handed to this runner may wait to start before it
+    #: counts as lost (a message the broker dropped, an event the function
+    #: never ran); None: no limit. Only for runners that hand instances out of
+    #: this process: in-process ones hold them under the process's lease.
+    start_within: float | None = None
 
     @abstractmethod
     async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:

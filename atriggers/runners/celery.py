@@ -135,6 +135,7 @@ class CeleryRunner(BaseRunner):
         socket_timeout: float = 3.0,
         publish_retries: int = 2,
         pool_limit: int = 10,
+        start_within: float | None = None,
         **send_options: Any,
     ) -> None:
         if dispatch_timeout <= 0 or socket_timeout <= 0:
@@ -149,6 +150,10 @@ class CeleryRunner(BaseRunner):
         self.publish_retries = publish_retries
         self.pool_limit = pool_limit
         self.send_options = send_options
+        #: Seconds a sent instance may wait in the queue before it counts as
+        #: lost (a broker that dropped the message); None (default): a durable
+        #: broker keeps it until a worker takes it.
+        self.start_within = start_within
         self._pools: dict[int, tuple[Any, Any]] = {}
         self._pools_lock = threading.Lock()
 

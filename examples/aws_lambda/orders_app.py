@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from atriggers import Status, TriggerManager
+from atriggers import Status, Sweeper, TriggerManager
 from atriggers.runners import register_runner
 from atriggers.runners.aws_lambda import LambdaRunner
 from atriggers.storage import open_storage
@@ -41,7 +41,9 @@ async def main(storage_url: str, uid: str) -> int:
     # AWS_ENDPOINT_URL_LAMBDA); pass LambdaRunner(client) to choose your own,
     # e.g. boto3.client("lambda") or an aiobotocore client.
     register_runner(LambdaRunner(function_name=FUNCTION_NAME))
-    async with open_storage(storage_url) as storage:
+    # The sweeper sends a retry's clone when its cooldown is over (and recovers
+    # runs lost with a function that died); a web app runs one in its lifespan.
+    async with open_storage(storage_url) as storage, Sweeper(storage, interval=0.2):
         manager = TriggerManager(storage, uid)
         await manager.update_configuration(CONFIGURATION)
         await manager.fire(
