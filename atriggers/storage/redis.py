@@ -197,7 +197,9 @@ return {'ok'}
 
 # Claim due entries. KEYS = due zset, due data hash, owners zset. ARGV = now,
 # until, limit, owner-set key prefix, forget lapsed owners expired before this,
-# real time now (for leases), then (optional) the members to claim if due. Returns member, score, owner,
+# real time now (for leases), session key prefix, then (optional) the members to
+# claim if due. Entries of sessions that no longer exist (expired by `ttl`) are
+# dropped instead of claimed. Returns member, score, owner,
 # payload, lapsed ('1'/'0') for each claimed entry.
 _CLAIM = """
 local now, limit, alive = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[6])
@@ -213,14 +215,23 @@ local function consider(member, by_time)
   if not data then return end
   local score = redis.call('ZSCORE', KEYS[1], member)
   local owner, payload = string.match(data, '^([^\\n]*)\\n(.*)$')
+  local size = string.match(member, '^(%d+):')
+  local uid = string.sub(member, #size + 2, #size + 1 + tonumber(size))
+  if redis.call('EXISTS', ARGV[7] .. '{' .. uid .. '}:session') == 0 then
+    seen[member] = true
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('HDEL', KEYS[2], member)
+    if owner ~= '' then redis.call('SREM', ARGV[4] .. owner, member) end
+    return
+  end
   local gone = lapsed(owner)
   local at = tonumber(score or 'x')
   if by_time and not gone and not (at ~= nil and at <= now) then return end
   seen[member] = true
   out[#out + 1] = {member, score or '', owner, payload, gone and '1' or '0'}
 end
-if #ARGV > 6 then
-  for j = 7, #ARGV do consider(ARGV[j], true) end
+if #ARGV > 7 then
+  for j = 8, #ARGV do consider(ARGV[j], true) end
 else
   for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', alive)) do
     local held = redis.call('SRANDMEMBER', ARGV[4] .. owner, limit)
@@ -476,7 +487,7 @@ class RedisStorage(Storage):
     ) -> list[DueEntry]:
         args: list[str | int | float] = [repr(now), repr(until), limit, self._owner_prefix]
         alive = time.time()
-        args += [repr(alive - OWNER_RETENTION), repr(alive)]
+        args += [repr(alive - OWNER_RETENTION), repr(alive), self.prefix]
         if keys is not None:
             if not keys:
                 return []

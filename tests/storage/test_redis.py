@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +24,8 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from atriggers import StorageError, TriggerManager
+from atriggers import StorageError, Sweeper, TriggerManager
+from atriggers.clock import FakeClock
 from atriggers.instance import Status
 from atriggers.storage import open_storage
 from atriggers.storage.redis import DEFAULT_PREFIX, RedisStorage
@@ -188,6 +190,27 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
 
 
 # -- TTL ----------------------------------------------------------------------------------------
+
+
+async def test_due_entries_of_expired_sessions_are_dropped(
+    redis_server: RedisServer, redis_prefix: str, raw: aioredis.Redis
+) -> None:
+    # Sessions expire key by key with their TTL; their due-index entries are
+    # shared keys that do not: a sweep drops them instead of writing an empty
+    # session back.
+    clock = FakeClock(time.time())
+    async with RedisStorage(redis_server.url, prefix=redis_prefix, ttl=0.2, clock=clock) as storage:
+        m = manager(storage)
+        await m.update_configuration(WAITING)
+        await m.fire("tick", {}, delay=10)
+        assert await raw.zcard(f"{redis_prefix}due") == 1
+        await asyncio.sleep(0.4)  # real time: Redis expires the session's keys
+        assert not await raw.exists(*storage.keys("s1"))
+        await clock.advance(10)  # the delayed fire is due (this process's timer too)
+        assert await Sweeper(storage).run_once() == 0
+        assert await raw.zcard(f"{redis_prefix}due") == 0
+        assert await raw.hlen(f"{redis_prefix}due:data") == 0
+        assert not await raw.exists(*storage.keys("s1"))
 
 
 async def test_ttl_is_set_and_refreshed_by_each_write(
