@@ -66,7 +66,9 @@ def object_arg(value: object, what: str) -> dict[str, Any]:
     try:
         text = dumps(value)
         result: dict[str, Any] = loads(text)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels") from None
+    except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} cannot be stored as JSON: {exc}") from exc
     check_text(text, what)
     if text.count("{") + text.count("[") > MAX_DEPTH and _depth(result) > MAX_DEPTH:

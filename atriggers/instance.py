@@ -240,13 +240,24 @@ class TaskInstance:
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], config: TaskConfig | None = None) -> TaskInstance:
+        """The inverse of `to_dict`; `ValueError` (or `KeyError`) for data of
+        the wrong shape."""
+        kwargs, metadata = data.get("kwargs") or {}, data.get("metadata") or {}
+        if not isinstance(data["task"], str):
+            raise ValueError(f"its task is not a name: {data['task']!r}")
+        if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
+            raise ValueError("its kwargs are not an object of trigger -> kwargs")
+        if not isinstance(metadata, dict):
+            raise ValueError("its metadata is not an object")
+        if not isinstance(data.get("abandonState") or [], list):
+            raise ValueError("its abandonState is not a list")
         return cls(
             name=name,
             task_name=data["task"],
             status=Status(data["status"]),
-            kwargs=data.get("kwargs") or {},
+            kwargs=kwargs,
             abandon_state=frozenset(data.get("abandonState") or ()),
-            metadata=data.get("metadata") or {},
+            metadata=metadata,
             config=config,
         )
 

@@ -17,10 +17,19 @@ from typing import Any
 from .._json import dumps, loads
 from ..config import TaskConfig
 from ..due import Due
+from ..errors import StorageError
 from ..instance import TaskInstance
 from ..state import Change, SessionState
 
-__all__ = ["ConfigCache", "EncodedChange", "decode_state", "encode_change", "encode_tasks"]
+__all__ = [
+    "ConfigCache",
+    "EncodedChange",
+    "corrupt",
+    "decode_state",
+    "decode_tasks",
+    "encode_change",
+    "encode_tasks",
+]
 
 
 def encode_tasks(tasks: Mapping[str, TaskConfig]) -> str:
@@ -96,17 +105,47 @@ def decode_state(
     complete: bool,
 ) -> SessionState:
     """Build a snapshot from stored parts (`triggers` and `instances` as
-    ``(name, json)`` pairs)."""
+    ``(name, json)`` pairs). Data that does not decode (bad JSON, a wrong shape,
+    an unknown status) raises `StorageError` naming the session and the part."""
     decoded: dict[str, TaskInstance] = {}
-    for name, text in instances:
-        data: dict[str, Any] = loads(text)
-        decoded[name] = TaskInstance.from_dict(name, data, tasks.get(data["task"]))
+    part = "instance counts"
+    try:
+        instance_counts = loads(counts) if isinstance(counts, str) else dict(counts)
+        if not isinstance(instance_counts, dict) or not all(
+            isinstance(n, int) for n in instance_counts.values()
+        ):
+            raise ValueError("not an object of task name -> count")
+        for name, text in instances:
+            part = f"instance {name!r}"
+            data: dict[str, Any] = loads(text)
+            decoded[name] = TaskInstance.from_dict(name, data, tasks.get(data["task"]))
+        latest: dict[str, Any] = {}
+        for name, text in triggers:
+            part = f"kwargs of trigger {name!r}"
+            latest[name] = loads(text)
+            if not isinstance(latest[name], dict):
+                raise ValueError("not a JSON object")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise corrupt(uid, part, exc) from exc
     return SessionState(
         uid=uid,
         version=version,
         tasks=tasks,
         instances=decoded,
-        latest_kwargs={name: loads(text) for name, text in triggers},
-        instance_counts=loads(counts) if isinstance(counts, str) else dict(counts),
+        latest_kwargs=latest,
+        instance_counts=instance_counts,
         complete=complete,
     )
+
+
+def decode_tasks(configs: ConfigCache, text: str, uid: str) -> Mapping[str, TaskConfig]:
+    """A session's stored configuration, or `StorageError` if it is corrupt."""
+    try:
+        return configs.decode(text)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise corrupt(uid, "configuration", exc) from exc
+
+
+def corrupt(uid: str, part: str, exc: BaseException) -> StorageError:
+    """The error for stored data that cannot be read back."""
+    return StorageError(f"session {uid!r}: the stored {part} is corrupt ({type(exc).__name__}: {exc})")

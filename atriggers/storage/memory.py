@@ -12,7 +12,7 @@ from ..clock import Clock
 from ..due import Due, DueEntry
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
-from .codec import ConfigCache, decode_state, encode_change
+from .codec import ConfigCache, decode_state, decode_tasks, encode_change
 
 __all__ = ["MemoryStorage"]
 
@@ -97,7 +97,7 @@ class MemoryStorage(Storage):
         return decode_state(
             uid,
             session.version,
-            self._configs.decode(session.tasks),
+            decode_tasks(self._configs, session.tasks, uid),
             session.counts,
             session.triggers.items(),
             ((n, session.instances[n]) for n in names),

@@ -49,7 +49,7 @@ from ..due import DueEntry
 from ..errors import StorageError
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict, mask_url
-from .codec import ConfigCache, decode_state, encode_change
+from .codec import ConfigCache, decode_state, decode_tasks, encode_change
 
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
 
@@ -544,7 +544,7 @@ class RedisStorage(Storage):
         return decode_state(
             uid,
             int(version),
-            self._configs.decode(_text(config)),
+            decode_tasks(self._configs, _text(config), uid),
             _text(counts),
             _pairs(triggers),
             _pairs(instances),

@@ -24,7 +24,7 @@ from ..due import DueEntry
 from ..errors import StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
-from .codec import ConfigCache, EncodedChange, decode_state, encode_change
+from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -127,7 +127,13 @@ class _Read:
     writes = False
 
     def __call__(self, db: sqlite3.Connection) -> _Rows:
-        return _select_session(db, self.uid, self.names, self.everything)
+        try:
+            return _select_session(db, self.uid, self.names, self.everything)
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):
+                raise
+            # Text that is not UTF-8 in this session's rows: its fault, named.
+            raise corrupt(self.uid, "data", exc) from exc
 
 
 @dataclass(slots=True)
@@ -320,14 +326,19 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if (
-            version == 0
-            and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'atriggers_sessions'").fetchone()
-        ):
+        ours = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'atriggers_sessions'").fetchone()
+        if version == 0 and not ours:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
             version = SCHEMA_VERSION
+        elif not ours or (version not in _MIGRATIONS and version < SCHEMA_VERSION):
+            # Another application's database, or tables of ours without the
+            # version atriggers stamps on every file it sets up.
+            raise StorageError(
+                f"not an atriggers database (schema version {version}, "
+                f"{'atriggers tables' if ours else 'no atriggers tables'}): refusing to use it"
+            )
         while version < SCHEMA_VERSION:
             for statement in _MIGRATIONS[version].split(";"):
                 if statement.strip():
@@ -484,7 +495,7 @@ class SQLiteStorage(Storage):
         return decode_state(
             uid,
             version,
-            self._configs.decode(config),
+            decode_tasks(self._configs, config, uid),
             counts,
             triggers,
             instances,
@@ -516,10 +527,22 @@ class SQLiteStorage(Storage):
                 batch, self._pending = self._pending, []
                 try:
                     results = await self._call(self._require(), _run_batch, [op for op, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - every caller gets the error
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                except Exception as exc:  # noqa: BLE001 - handed to the callers
+                    if len(batch) == 1:
+                        if not batch[0][1].done():
+                            batch[0][1].set_exception(exc)
+                        continue
+                    # One operation's failure must not fail the others that shared
+                    # its transaction: each goes again in a transaction of its own.
+                    for op, future in batch:
+                        try:
+                            [result] = await self._call(self._require(), _run_batch, [op])
+                        except Exception as alone:  # noqa: BLE001 - this caller's error
+                            if not future.done():
+                                future.set_exception(alone)
+                        else:
+                            if not future.done():
+                                future.set_result(result)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
