@@ -51,12 +51,9 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
     """Fire `trigger`; returns the instances it moved to ``scheduled``."""
     ready: list[TaskInstance] = []
     for task in draft.tasks_using(trigger):
-        # In creation order, whatever order a backend read them in: instances made
-        # ready by one fire are dispatched oldest first, the same in every process.
-        unstarted = sorted(
-            (i for i in draft.instances() if i.task_name == task.name and i.status is Status.UNSTARTED),
-            key=instance_number,
-        )
+        unstarted = [
+            i for i in draft.instances() if i.task_name == task.name and i.status is Status.UNSTARTED
+        ]
         if task.within is not None:
             # A window that closed is closed, whether or not a sweeper saw it yet.
             for instance in [i for i in unstarted if _expired(i, draft.at)]:
@@ -81,6 +78,10 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
             )
             _apply(instance, task, trigger, kwargs)
             unstarted.append(instance)
+        if len(unstarted) > 1:
+            # In creation order, whatever order a backend read them in: instances
+            # made ready by one fire are dispatched oldest first, in every process.
+            unstarted.sort(key=instance_number)
         for instance in unstarted:
             current = draft.get(instance.name)
             if current.can_abandon:

@@ -20,6 +20,7 @@ index never disagrees with the sessions; `atriggers.Sweeper` claims what is due.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .clock import from_iso
 from .instance import Meta, Status, TaskInstance
@@ -30,10 +31,10 @@ __all__ = ["DELAY_PREFIX", "Due", "DueEntry", "due_of", "is_delay_key"]
 DELAY_PREFIX = "fire@"
 
 
-@dataclass(frozen=True, slots=True)
-class Due:
+class Due(NamedTuple):
     """One entry as written: when it is due (`at`, epoch seconds; None: only
-    when `owner` lapses), who holds it, and a payload (delayed fires' JSON)."""
+    when `owner` lapses), who holds it, and a payload (delayed fires' JSON).
+    (A named tuple: built and compared on every change of an instance in flight.)"""
 
     at: float | None
     owner: str | None = None
@@ -64,10 +65,11 @@ def due_of(instance: TaskInstance) -> Due | None:
     meta = instance.metadata
     if status is Status.UNSTARTED:
         within = instance.config.within if instance.config is not None else None
-        created = instance.timestamps.get(Meta.CREATED)
-        if within is None or not created:
+        if within is None:
             return None
-        return Due(from_iso(created) + within)
+        timestamps = meta.get(Meta.TIMESTAMPS)
+        created = timestamps.get(Meta.CREATED) if isinstance(timestamps, dict) else None
+        return Due(from_iso(created) + within) if isinstance(created, str) else None
     if status is Status.SCHEDULED:
         not_before = meta.get(Meta.NOT_BEFORE)
         if isinstance(not_before, str):

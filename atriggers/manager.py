@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping
@@ -123,6 +124,8 @@ class TriggerManager:
         self._inflight: set[asyncio.Task[Any]] = set()
         #: This manager's timers (cooldowns, delayed fires) -> when they are due.
         self._timers: dict[asyncio.Task[Any], float] = {}
+        self._placement = Placement(self.default_runner, self._holder, self._start_within)
+        self._unheld = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uid!r} on {self.storage!r}>"
@@ -299,10 +302,15 @@ class TriggerManager:
         """
         # Not the task calling join (a hook awaiting it would wait for itself).
         current = asyncio.current_task()
+        if not (timers and self._timers):
+            while waiting := {t for t in self._inflight if not t.done()} - {current}:
+                await asyncio.wait(waiting)
+            if not (timers and self._timers):
+                return
         clock = self.storage.clock
         while True:
             horizon = clock.time() + (self.join_timers_within if getattr(clock, "flows", True) else 0.0)
-            waiting = self._inflight - {current}
+            waiting = {t for t in self._inflight if not t.done()} - {current}
             if timers:
                 waiting |= {task for task, at in self._timers.items() if at <= horizon}
             if not waiting:
@@ -344,8 +352,8 @@ class TriggerManager:
         run can store its outcome, and only while it is not lost.
         """
         name = _name_of(instance)
-        token = uuid.uuid4().hex
-        owner = await self.storage.lease.acquire() if owned else None
+        token = os.urandom(16).hex()
+        owner = (self.storage.lease.current() or await self.storage.lease.acquire()) if owned else None
         running = await self._apply(
             lambda d: rules.start(d, name, token, owner, deadline, self._max_retries_of(d, name)), [name]
         )
@@ -500,6 +508,28 @@ class TriggerManager:
         await self._dispatch([clone])
         await self.post_replay(clone)
         return clone
+
+    # -- where scheduled instances go (`Placement`; called under the session lock) -----
+
+    def _holder(self, runner: str) -> str | None:
+        # Instances an in-process runner will run are held by this process's
+        # lease owner, so that they are recovered if the process dies.
+        try:
+            in_process = self.runners.get(runner).in_process
+        except UnknownRunner:
+            return None
+        if not in_process:
+            return None
+        owner = self.storage.lease.current()
+        if owner is None:
+            self._unheld = True  # `_apply` registers the lease and decides again
+        return owner
+
+    def _start_within(self, runner: str) -> float | None:
+        try:
+            return self.runners.get(runner).start_within
+        except UnknownRunner:
+            return None
 
     def _max_retries_of(self, draft: Draft, name: str) -> int:
         """The ``max_retries`` of the task instance `name` runs (0 if not known here)."""
@@ -707,40 +737,33 @@ class TriggerManager:
         caller is cancelled: a stored ``scheduled`` must always be dispatched."""
         task = asyncio.get_running_loop().create_task(operation)
         self.storage.track(task, cancellable=False)
-        # `join` waits for it too: a fire whose caller was cancelled goes on, and
-        # what it starts is this manager's work all the same.
+        # `join` waits for it too (a fire whose caller was cancelled goes on: what
+        # it starts is this manager's work all the same). Dropped from the set
+        # here rather than by a done callback, which would cost a loop turn.
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return await asyncio.shield(task)
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                self._inflight.discard(task)
+            else:
+                task.add_done_callback(self._inflight.discard)
+            raise
+        except BaseException:
+            self._inflight.discard(task)
+            raise
+        self._inflight.discard(task)
+        return result
 
     async def _apply(self, rule: Callable[[Draft], T], names: Collection[str] = ()) -> T:
         """Lock, read, apply `rule` to a draft, compare-and-swap write; retry."""
         storage = self.storage
         fresh = False
         outcome: list[T] = []
-        unheld: list[str] = []
-
-        def holder(runner: str) -> str | None:
-            # Instances an in-process runner will run are held by this process's
-            # lease owner, so that they are recovered if the process dies.
-            try:
-                in_process = self.runners.get(runner).in_process
-            except UnknownRunner:
-                return None
-            if not in_process:
-                return None
-            owner = storage.lease.current()
-            if owner is None:
-                unheld.append(runner)
-            return owner
-
-        def start_within(runner: str) -> float | None:
-            try:
-                return self.runners.get(runner).start_within
-            except UnknownRunner:
-                return None
-
-        placement = Placement(self.default_runner, holder, start_within)
+        placement = self._placement
+        if placement.default_runner != self.default_runner:
+            placement = self._placement = Placement(self.default_runner, self._holder, self._start_within)
+        self._unheld = False
 
         def reapply(current: SessionState) -> Change | None:
             redo = Draft(current, at=storage.clock.time(), placement=placement)
@@ -759,10 +782,10 @@ class TriggerManager:
                     # The cached snapshot may be stale: refuse only what storage says.
                     fresh = True
                     continue
-                if unheld:
+                if self._unheld:
                     # First in-process dispatch of this process: register its lease
                     # (one write, once), then decide again.
-                    unheld.clear()
+                    self._unheld = False
                     await storage.lease.acquire()
                     continue
                 if not draft.changed:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import InvalidInput, TriggerError
 from .instance import TaskInstance
 from .manager import TriggerManager, get_manager_class
 from .storage.base import Storage
@@ -100,9 +100,18 @@ class StoragePool:
         self._storages: dict[str, Storage] = {}
 
     async def get(self, url: str) -> Storage:
+        """The open storage at `url`. A worker never creates a store: a URL
+        naming one that does not exist (a new SQLite path) is refused."""
         storage = self._storages.get(url)
         if storage is None:
-            storage = open_storage(url)
+            try:
+                storage = open_storage(url)
+            except TriggerError:
+                raise
+            except ValueError as exc:
+                raise InvalidInput(f"run request field 'storage': {exc}") from exc
+            if not await storage.exists():
+                raise InvalidInput(f"no storage at {storage.safe_url}: a worker does not create one")
             await storage.open()
             self._storages[url] = storage
         return storage

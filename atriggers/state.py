@@ -22,6 +22,21 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+_IN_FLIGHT = frozenset({Status.SCHEDULED, Status.RUNNING})
+
+
+def _may_be_due(instance: TaskInstance) -> bool:
+    """Whether `instance` can have a due entry at all (the common answer, no,
+    without working it out)."""
+    if instance.status in _IN_FLIGHT:
+        return True
+    return (
+        instance.status is Status.UNSTARTED
+        and instance.config is not None
+        and instance.config.within is not None
+    )
+
+
 def _nobody(runner: str) -> str | None:
     return None
 
@@ -342,10 +357,10 @@ class Draft:
         counts_changed = self._counts is not self.base.instance_counts
         due = dict(self._due)
         for name, instance in self._changed.items():
-            if name in due:
+            before = self.base.instances.get(name)
+            if name in due or not (_may_be_due(instance) or (before is not None and _may_be_due(before))):
                 continue
             entry = due_of(instance)
-            before = self.base.instances.get(name)
             if entry != (due_of(before) if before is not None else None):
                 due[name] = entry
         return Change(

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import anyio.to_thread
@@ -256,6 +256,11 @@ class LambdaRunner(BaseRunner):
             # Clients that are not botocore underneath may let these through.
             raise LambdaInvokeError(function, instance.name, type(exc).__name__, str(exc)) from exc
         status = response.get("StatusCode") if isinstance(response, Mapping) else None
+        if isinstance(response, Mapping) and response.get("FunctionError"):
+            # Emulators and proxies may run an Event invocation at once and answer
+            # X-Amz-Function-Error: keep the function's own error type and message.
+            code, message = await _function_error(response)
+            raise LambdaInvokeError(function, instance.name, code, message, status)
         if status != 202:
             raise LambdaInvokeError(
                 function,
@@ -298,6 +303,26 @@ class LambdaRunner(BaseRunner):
                 self.client, self._owns_client = None, False
         if client is not None:
             client.close()  # type: ignore[attr-defined]
+
+
+async def _function_error(response: Mapping[str, Any]) -> tuple[str, str]:
+    """The error type and message a function reported (``X-Amz-Function-Error``
+    and the ``errorType``/``errorMessage`` of its payload)."""
+    payload = response.get("Payload")
+    raw: object = b""
+    if payload is not None and callable(getattr(payload, "read", None)):
+        raw = payload.read()
+        if inspect.isawaitable(raw):
+            raw = await raw
+    try:
+        body = json.loads(raw) if isinstance(raw, (bytes, str)) and raw else {}
+    except ValueError:
+        body = {}
+    if not isinstance(body, Mapping):
+        body = {}
+    code = str(body.get("errorType") or response.get("FunctionError"))
+    message = str(body.get("errorMessage") or raw or "the function reported an error")
+    return code, message
 
 
 def _is_async_client(client: object) -> bool:
@@ -351,12 +376,16 @@ class LambdaHandler:
         startup: Callable[[], Awaitable[None]] | None = None,
         shutdown: Callable[[], Awaitable[None]] | None = None,
         margin: float = 2.0,
+        storages: Collection[str] | None = None,
     ) -> None:
         if margin < 0:
             raise ValueError(f"margin must be >= 0 seconds, not {margin}")
         self.startup = startup
         self.shutdown = shutdown
         self.margin = margin
+        #: The storage URLs this function serves (None: any that exists): an
+        #: event naming another is refused, whoever forged it.
+        self.storages = frozenset(storages) if storages is not None else None
         self.pool = StoragePool()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -392,6 +421,8 @@ class LambdaHandler:
             self._started = True
         data = _decode_event(event)
         request = RunRequest.from_dict(data)
+        if self.storages is not None and request.storage_url not in self.storages:
+            raise InvalidInput(f"this function does not serve the storage of {request.uid!r}")
         not_before = data.get(NOT_BEFORE_KEY)
         if not_before is not None and (
             not isinstance(not_before, (int, float)) or isinstance(not_before, bool)
@@ -511,10 +542,13 @@ def make_handler(
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
     margin: float = 2.0,
+    storages: Collection[str] | None = None,
 ) -> LambdaHandler:
     """Build a handler; create it at module level of the deployed handler module
-    so it lives (with its loop and storage pool) as long as the container."""
-    return LambdaHandler(startup=startup, shutdown=shutdown, margin=margin)
+    so it lives (with its loop and storage pool) as long as the container.
+    `storages`: the storage URLs the function serves (events naming any other
+    are refused)."""
+    return LambdaHandler(startup=startup, shutdown=shutdown, margin=margin, storages=storages)
 
 
 #: A ready handler (``Handler: atriggers.runners.aws_lambda.handler``) for

@@ -310,7 +310,9 @@ class RedisStorage(Storage):
 
     `prefix` starts every key (give each application its own). `ttl` (seconds, the
     original library's ``timeout``) makes a session expire that long after its last
-    write; None keeps sessions forever.
+    write; None keeps sessions forever. At most `max_connections` connections are
+    opened; more concurrent operations wait for a free one (up to
+    ``socket_timeout + 5`` seconds, then `StorageError`).
 
     A write that cannot reach Redis raises `StorageError` and either landed
     entirely or not at all. Durability across a Redis crash is Redis's: use
@@ -328,6 +330,7 @@ class RedisStorage(Storage):
         ttl: float | None = None,
         socket_timeout: float = 5.0,
         retries: int = 2,
+        max_connections: int = 64,
         client: aioredis.Redis | None = None,
         cache_size: int = 1024,
         close_timeout: float = 30.0,
@@ -348,6 +351,10 @@ class RedisStorage(Storage):
         self.ttl = ttl
         self.socket_timeout = socket_timeout
         self.retries = retries
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, not {max_connections!r}")
+        #: Connections this storage opens at most; more concurrent operations wait.
+        self.max_connections = max_connections
         self._client = client
         self._owns_client = client is None
         self._configs = ConfigCache()
@@ -405,8 +412,13 @@ class RedisStorage(Storage):
 
     async def connect(self) -> None:
         if self._client is None:
-            self._client = aioredis.Redis.from_url(
+            # A bounded pool that makes callers wait for a free connection (the
+            # default pool of recent redis-py raises past its limit instead), so
+            # any number of concurrent operations works.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self.redis_url,
+                max_connections=self.max_connections,
+                timeout=self.socket_timeout + 5.0,
                 decode_responses=True,
                 socket_timeout=self.socket_timeout,
                 socket_connect_timeout=self.socket_timeout,
@@ -417,6 +429,7 @@ class RedisStorage(Storage):
                     (RedisConnectionError, RedisTimeoutError),
                 ),
             )
+            self._client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         client = self._client
         try:
             await self._call(cast(Awaitable[Any], client.ping()), "connect")

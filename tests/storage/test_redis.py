@@ -189,6 +189,23 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     assert (await storage.load("s1")).version == 3
 
 
+async def test_many_concurrent_sessions_share_a_bounded_pool(
+    redis_server: RedisServer, redis_prefix: str, raw: aioredis.Redis
+) -> None:
+    # More concurrent operations than connections: they wait their turn instead
+    # of failing (recent redis-py's default pool raises past its limit).
+    async with RedisStorage(redis_server.url, prefix=redis_prefix, max_connections=4) as storage:
+
+        async def session(n: int) -> int:
+            m = TriggerManager(storage, f"many-{n}")
+            await m.update_configuration(WAITING)
+            return len(await m.fire("tick", {"n": n}))
+
+        assert await asyncio.gather(*(session(n) for n in range(300))) == [0] * 300
+        clients = await raw.client_list()
+        assert len(clients) <= 4 + 1  # the pool's, and this test's own connection
+
+
 # -- TTL ----------------------------------------------------------------------------------------
 
 

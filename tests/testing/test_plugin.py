@@ -114,13 +114,16 @@ def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
     from pathlib import Path
 
     docs = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
-    [example] = re.findall(r"```python\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+    examples = re.findall(r"```python\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+    tests = [e for e in examples if "def test_" in e]
+    assert tests
     pytester.makeini(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
         "filterwarnings = error\naddopts = --strict-markers\n"
     )
-    pytester.makepyfile(test_documented=example)
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    pytester.makepyfile(**{f"test_documented_{n}": example for n, example in enumerate(tests)})
+    expected = sum(example.count("\nasync def test_") + example.count("\ndef test_") for example in tests)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=expected)
 
 
 def test_the_plugin_fixture_scopes_every_registry(pytester: pytest.Pytester) -> None:
