@@ -378,7 +378,12 @@ class SQLiteStorage(Storage):
         if self._flusher is None:
             # The flush runs in its own task so that a cancelled caller can never
             # strand the other operations of its batch.
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            flusher = asyncio.get_running_loop().create_task(self._flush())
+            # Under an eager task factory the flush may have run to its end inside
+            # create_task (a batch that failed at once): only one still going may
+            # stand for "a flush is in flight", or later operations wait forever.
+            if not flusher.done():
+                self._flusher = flusher
         return await future
 
     async def _flush(self) -> None:
