@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,40 @@ from atriggers.testing.pytest_plugin import Registries
 def _registries(atriggers_registries: Registries) -> Registries:
     """Every test runs with scoped registries: nothing it registers outlives it."""
     return atriggers_registries
+
+#: `ATRIGGERS_TEST_EAGER_TASKS=1` runs every async test on a loop in debug mode
+#: whose tasks start eagerly (Python 3.12+), as `.ci/run` does once: code that
+#: assumes a coroutine passed to `create_task` has not started yet breaks there.
+EAGER_TASKS = os.environ.get("ATRIGGERS_TEST_EAGER_TASKS") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not EAGER_TASKS:
+        return
+    if sys.version_info < (3, 12):
+        raise pytest.UsageError(
+            "ATRIGGERS_TEST_EAGER_TASKS=1 needs Python 3.12+ (asyncio.eager_task_factory)"
+        )
+    # pytest-asyncio's runner sets the loop's debug flag from this option after
+    # our factory made the loop, so it is the option that must say so.
+    config.option.asyncio_debug = True
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return "asyncio: eager task factory, debug mode" if EAGER_TASKS else None
+
+
+if EAGER_TASKS and sys.version_info >= (3, 12):
+
+    def _eager_loop() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)
+        return loop
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        return {"eager": _eager_loop}
 
 
 @pytest.fixture

@@ -168,7 +168,14 @@ async def test_cancelled_fire_still_dispatches_what_it_stored(db_path: Path) -> 
     async with CancelCallerOnWrite(db_path) as storage:
         manager = TriggerManager(storage, "cancelled")
         await manager.update_configuration(EVERY_TICK)
-        fire = asyncio.create_task(manager.fire("tick", {"n": 0}))
+
+        async def caller() -> None:
+            # Under an eager task factory the fire would otherwise reach its
+            # write inside create_task, before `callers` knows this task.
+            await asyncio.sleep(0)
+            await manager.fire("tick", {"n": 0})
+
+        fire = asyncio.create_task(caller())
         callers.append(fire)
         with pytest.raises(asyncio.CancelledError):
             await fire

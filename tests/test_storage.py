@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ async def test_fire_reads_only_unresolved_instances(sqlite_storage: SQLiteStorag
 async def test_schema_is_versioned(db_path: Path) -> None:
     async with SQLiteStorage(db_path):
         pass
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db, db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -52,7 +53,7 @@ async def test_schema_is_versioned(db_path: Path) -> None:
 async def test_newer_schema_is_refused(db_path: Path) -> None:
     async with SQLiteStorage(db_path):
         pass
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db, db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StorageError, match="newer than this atriggers understands"):
         async with SQLiteStorage(db_path):
@@ -66,7 +67,7 @@ async def test_state_is_json_in_the_database(sqlite_storage: SQLiteStorage, db_p
     await manager.update_configuration({"t": {"after": [], "andEvery": "tick", "run": "st.ok"}})
     await manager.fire("tick", {"n": 1, "text": "héllo"})
     await manager.join()
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db, db:
         body = db.execute("SELECT body FROM atriggers_instances WHERE name = 't#0'").fetchone()[0]
         kwargs = db.execute("SELECT kwargs FROM atriggers_triggers WHERE name = 'tick'").fetchone()[0]
     assert json.loads(body)["status"] == "finished"

@@ -88,6 +88,10 @@ OWNER_RETENTION = 86400.0
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
+#: aiosqlite's ValueError messages once its connection is closed (from `_conn`
+#: and from `_execute`).
+_AIOSQLITE_CLOSED = frozenset({"no active connection", "Connection closed"})
+
 # -- work done in aiosqlite's thread -----------------------------------------------
 
 _Rows = tuple[tuple[int, str, str] | None, list[tuple[str, str]], list[tuple[str, str]]]
@@ -518,7 +522,12 @@ class SQLiteStorage(Storage):
         if self._flusher is None:
             # The flush runs in its own task so that a cancelled caller can never
             # strand the other operations of its batch.
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            flusher = asyncio.get_running_loop().create_task(self._flush())
+            # Under an eager task factory the flush may have run to its end inside
+            # create_task (a batch that failed at once): only one still going may
+            # stand for "a flush is in flight", or later operations wait forever.
+            if not flusher.done():
+                self._flusher = flusher
         return await future
 
     async def _flush(self) -> None:
@@ -555,10 +564,19 @@ class SQLiteStorage(Storage):
         """Run `fn(sqlite3_connection, *args)` in aiosqlite's thread: one hand-off.
 
         aiosqlite's public methods cost one hand-off per statement; a transaction
-        of several statements needs its private `_execute` (stable since 0.17).
+        of several statements needs its private `Connection._conn` and
+        `Connection._execute`. This is the only place that touches them, and the
+        only place driver errors become `StorageError`; pyproject.toml pins
+        aiosqlite to the releases tests/storage/test_sqlite_driver.py checked.
         """
-        db = conn._conn
         try:
+            db = conn._conn
             return await conn._execute(fn, db, *args)  # type: ignore[no-untyped-call]
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite error: {exc}") from exc
+        except ValueError as exc:
+            # How aiosqlite says its connection was closed under us; a ValueError
+            # from `fn` itself is a bug of ours and keeps its type.
+            if str(exc) not in _AIOSQLITE_CLOSED:
+                raise
+            raise StorageError("the SQLite connection was closed") from exc

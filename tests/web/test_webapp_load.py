@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,7 @@ async def check_file(db: Path, all_questionnaires: list[Questionnaire]) -> list[
             statuses = {name: i.status.value for name, i in state.instances.items()}
             results = {name: i.result for name, i in state.instances.items()}
             check_session(q, statuses, results)
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         left = conn.execute(
             "SELECT uid, name, status FROM atriggers_instances WHERE status IN (?, ?, ?, ?)",
             UNRESOLVED,
@@ -289,7 +290,7 @@ async def test_sigterm_cancels_stragglers_and_records_them_failed(
             assert subject.status.value == "failed"
             assert subject.metadata["exceptionType"] == "asyncio.exceptions.CancelledError"
             assert subject.can_replay
-    with sqlite3.connect(server.db) as conn:
+    with closing(sqlite3.connect(server.db)) as conn, conn:
         stuck = conn.execute(
             "SELECT count(*) FROM atriggers_instances WHERE status IN ('scheduled', 'running')"
         ).fetchone()[0]
