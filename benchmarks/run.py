@@ -61,6 +61,12 @@ class Target:
 def _target(row: dict[str, Any]) -> Target:
     """The issue's target for a SQLite row, judged on numbers from the same run."""
     name, rate, extra = row["scenario"], row["rate"], row.get("extra", {})
+    if name == "sweep":
+        big = extra["sessions"]["big"]
+        return Target(
+            f"sweep({big:,})<=1.3x sweep({extra['sessions']['small']}) ({extra['due_ratio']:.2f}x)",
+            extra["due_ratio"] <= 1.3,
+        )
     if row["storage"] != "sqlite":
         return Target("-", None)
     if name == "fire_idle":
@@ -265,6 +271,15 @@ def details(rows: list[dict[str, Any]]) -> str:
                 "compare-and-swap conflicts (re-applied inside the write transaction), "
                 f"{extra['lost']} fires lost"
             )
+        elif row["scenario"] == "sweep":
+            small, big = (extra["sessions"][k] for k in ("small", "big"))
+            due, idle = extra["due_p50_ms"], extra["idle_p50_ms"]
+            out.append(
+                f"sweep/{row['storage']}: {extra['due']} due entries among {big:,} sessions: sweep p50 "
+                f"{due['big']:.3f} ms against {due['small']:.3f} ms among {small} "
+                f"({extra['due_ratio']:.2f}x); nothing due: {idle['big']:.3f} ms against "
+                f"{idle['small']:.3f} ms ({extra['idle_ratio']:.2f}x)"
+            )
         elif row["scenario"] == "every_idle":
             out.append(
                 f"every_idle/{row['storage']}: fire p50 {extra['first_10pct_p50_ms']:.3f} ms over the "
@@ -282,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for CI (< 60 s)")
     parser.add_argument("--only", help="comma-separated scenarios (default: all): " + ", ".join(SCENARIOS))
-    parser.add_argument("--storage", choices=["sqlite", "memory"], help="only this storage")
+    parser.add_argument("--storage", choices=["sqlite", "memory", "redis"], help="only this storage")
     parser.add_argument("--json", type=Path, help="also write every row, with details, here")
     parser.add_argument(
         "--repeat",

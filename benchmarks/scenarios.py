@@ -2,23 +2,30 @@
 checks the final state and returns raw measurements.
 
 A scenario is ``async def (kind, directory, quick) -> Outcome`` where `kind` is
-``"sqlite"`` (a WAL file in `directory`) or ``"memory"``.
+``"sqlite"`` (a WAL file in `directory`), ``"memory"`` or ``"redis"`` (a
+redis-server started in `directory` for the scenario; only scenarios that list
+it, and only where redis-server and the redis extra are installed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import importlib.util
 import json
+import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atriggers import Status, TriggerManager
+from atriggers import Status, Sweeper, TriggerManager
+from atriggers.clock import FakeClock
 from atriggers.storage import MemoryStorage, SQLiteStorage
 from atriggers.storage.base import Storage
 
@@ -46,11 +53,53 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Where the "redis" kind's server listens (set by `redis_server`).
+_REDIS_URL: str | None = None
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None and importlib.util.find_spec("redis") is not None
+
+
+@contextlib.asynccontextmanager
+async def redis_server(directory: Path) -> AsyncIterator[str]:
+    """A throw-away redis-server (no persistence) on a free local port."""
+    global _REDIS_URL
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = await asyncio.create_subprocess_exec(
+        *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)),
+        *("--save", "", "--appendonly", "no"),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+            else:
+                writer.close()
+                await writer.wait_closed()
+                break
+        _REDIS_URL = f"redis://127.0.0.1:{port}/0"
+        yield _REDIS_URL
+    finally:
+        _REDIS_URL = None
+        server.terminate()
+        await server.wait()
+
+
 def open_store(kind: str, directory: Path, name: str, **options: Any) -> Storage:
     if kind == "sqlite":
         return SQLiteStorage(directory / f"{name}.db", **options)
     if kind == "memory":
         return MemoryStorage(**options)
+    if kind == "redis" and _REDIS_URL is not None:
+        from atriggers.storage.redis import RedisStorage
+
+        return RedisStorage(_REDIS_URL, prefix=f"{name}:", **options)
     raise ValueError(f"unknown storage kind {kind!r}")
 
 
@@ -397,6 +446,102 @@ async def scale(kind: str, directory: Path, quick: bool) -> Outcome:
     )
 
 
+# -- 8. sweep: its cost depends on what is due, not on the sessions stored ------------------------
+
+
+#: Every session's instance waits in the due index for a window that does not close
+#: during the scenario: the index is as large as the store.
+SWEEP_IDLE = {"t": {"after": ["a", "never"], "within": 10**8, "run": "bench.noop"}}
+#: Every "a" makes an instance whose window closes a minute later (then it expires).
+SWEEP_HOT = {"w": {"after": ["never"], "andEvery": "a", "within": 60, "run": "bench.noop"}}
+SWEEP_DUE = 10
+
+
+async def sweep(kind: str, directory: Path, quick: bool) -> Outcome:
+    """Two stores, one of 100 sessions and one of 100,000 (quick: 2,000), each
+    session with an entry in the due index; 10 sessions of each get an instance
+    whose ``within`` window closes. Sweeps alternate between the stores: one
+    with nothing due, then (the clock moved past the windows) one that must
+    expire exactly those 10. The p50s are compared, big store against small."""
+    if kind == "redis":
+        async with redis_server(directory):
+            return await _sweep(kind, directory, quick)
+    return await _sweep(kind, directory, quick)
+
+
+async def _sweep(kind: str, directory: Path, quick: bool) -> Outcome:
+    sizes = {"small": 100, "big": 2000 if quick else 100_000}
+    rounds = 20 if quick else 100
+    # redis-py's pool refuses more than 100 connections at once (so does the storage).
+    wave = 100 if kind == "redis" else 500
+    clock = FakeClock(time.time())
+    timings: dict[str, dict[str, list[float]]] = {size: {"due": [], "idle": []} for size in sizes}
+    handled = 0
+    async with contextlib.AsyncExitStack() as stack:
+        stores: dict[str, Storage] = {}
+        for size, n in sizes.items():
+            store = stores[size] = await stack.enter_async_context(
+                open_store(kind, directory, f"sweep{size}")
+            )
+            store.clock = clock
+
+            async def idle(store: Storage, uid: str) -> None:
+                manager = TriggerManager(store, uid)
+                await manager.update_configuration(SWEEP_IDLE)
+                await manager.fire("a", {})
+
+            async def hot(store: Storage, uid: str) -> None:
+                await TriggerManager(store, uid).update_configuration(SWEEP_HOT)
+
+            for i in range(0, n - SWEEP_DUE, wave):
+                await asyncio.gather(*(idle(store, f"s{j}") for j in range(i, min(n - SWEEP_DUE, i + wave))))
+            await asyncio.gather(*(hot(store, f"hot{j}") for j in range(SWEEP_DUE)))
+            store.cache.clear()
+        sweepers = {size: Sweeper(store, limit=100) for size, store in stores.items()}
+        for r in range(rounds + 2):  # the first two rounds warm up
+            for size in sizes if r % 2 else reversed(sizes):
+                store, sweeper = stores[size], sweepers[size]
+                start = time.perf_counter()
+                nothing = await sweeper.run_once()
+                idle_s = time.perf_counter() - start
+                check(nothing == 0, f"{kind}/{size}: a sweep found {nothing} entries due too early")
+                await asyncio.gather(
+                    *(TriggerManager(store, f"hot{j}").fire("a", {}) for j in range(SWEEP_DUE))
+                )
+                await clock.advance(61, rounds=1)
+                start = time.perf_counter()
+                done = await sweeper.run_once()
+                due_s = time.perf_counter() - start
+                check(done == SWEEP_DUE, f"{kind}/{size}: a sweep handled {done} of {SWEEP_DUE} due entries")
+                if r >= 2:
+                    timings[size]["idle"].append(idle_s)
+                    timings[size]["due"].append(due_s)
+                    handled += done
+                await clock.advance(1, rounds=1)
+        counts = {size: dict(sweepers[size].counts) for size in sizes}
+        sessions = {size: len(await stores[size].list_sessions()) for size in sizes}
+        sample = await TriggerManager(stores["big"], "hot0").get_state()
+    expected = {"expired": SWEEP_DUE * (rounds + 2)}
+    check(counts == {"small": expected, "big": expected}, f"sweepers handled {counts}, expected {expected}")
+    check(sessions == sizes, f"stored sessions {sessions}, expected {sizes}")
+    found = statuses(sample.instances.values())
+    check(found == {"abandoned": rounds + 2}, f"hot0 ended with {found}")
+    p50 = {size: {what: percentile(t, 0.5) for what, t in timings[size].items()} for size in sizes}
+    return Outcome(
+        handled // 2,
+        sum(timings["big"]["due"]),
+        timings["big"]["due"],
+        {
+            "sessions": sizes,
+            "due": SWEEP_DUE,
+            "due_p50_ms": {size: p50[size]["due"] * 1e3 for size in sizes},
+            "idle_p50_ms": {size: p50[size]["idle"] * 1e3 for size in sizes},
+            "due_ratio": p50["big"]["due"] / p50["small"]["due"],
+            "idle_ratio": p50["big"]["idle"] / p50["small"]["idle"],
+        },
+    )
+
+
 Scenario = Callable[[str, Path, bool], Coroutine[Any, Any, Outcome]]
 
 #: name -> (function, storage kinds it runs on)
@@ -409,4 +554,5 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "procs": (procs, ("sqlite",)),
     "procs_run": (procs_run, ("sqlite",)),
     "scale": (scale, ("sqlite", "memory")),
+    "sweep": (sweep, ("sqlite", "redis", "memory") if redis_available() else ("sqlite", "memory")),
 }

@@ -3,7 +3,9 @@ exits 0 (numbers are not asserted: the machine is shared and noisy)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,9 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
     for scenario in ("fire_idle", "every_idle", "every_run", "sessions", "growth", "scale"):
         assert {(scenario, "sqlite"), (scenario, "memory")} <= seen
     assert {("procs", "sqlite"), ("procs_run", "sqlite")} <= seen
+    assert {("sweep", "sqlite"), ("sweep", "memory")} <= seen
+    if shutil.which("redis-server") and importlib.util.find_spec("redis"):  # as benchmarks.scenarios
+        assert ("sweep", "redis") in seen
     assert {r["scenario"] for r in report["rows"] if r["storage"] == "-"} == {
         "baseline: aiosqlite SELECT 1",
         "baseline: aiosqlite insert+commit",
@@ -37,6 +42,8 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         assert row["rate"] > 0 and row["p50_ms"] <= row["p99_ms"]
         if row["scenario"] == "scale":
             assert row["extra"]["locks_left"] == 0
+        if row["scenario"] == "sweep":
+            assert row["extra"]["sessions"] == {"small": 100, "big": 2000}
     assert "| fire_idle" in done.stdout and "target (measured)" in done.stdout
 
 

@@ -21,8 +21,12 @@ store; the trigger semantics driven through a `TriggerManager`; hundreds of
 concurrent fires; several OS processes firing into one session (each process opens
 ``open_storage(storage.url)``, so the backend must be reachable by URL there: set
 `StorageFactory.child_imports` to modules that register it, or rely on the
-``atriggers.storages`` entry-point group); and bad input leaving a session
-untouched.
+``atriggers.storages`` entry-point group); bad input leaving a session
+untouched; and the due index behind recovery (`DueIndexConformance`, in
+``due.py``): entries written and deleted atomically with the state they belong
+to, `claim_due` by time, by key and for owners whose lease lapsed, claims that
+never overlap between storage objects, and several `Sweeper`s handling every
+due entry of hundreds of sessions exactly once.
 
 Backends that cannot share data between objects (like `MemoryStorage`) set
 ``shared=False`` and ``cross_process=False``: those tests are skipped.
@@ -60,6 +64,7 @@ from ...manager import TriggerManager
 from ...state import Change, Draft, SessionState
 from ...storage.base import Storage, VersionConflict
 from ...tasks import TaskRegistry
+from .due import DueIndexConformance
 
 __all__ = ["StorageConformance", "StorageFactory"]
 
@@ -134,9 +139,10 @@ async def _apply(storage: Storage, uid: str, apply: Callable[[Draft], object]) -
 _TICKS = {"count": {"after": ["tick"], "andEvery": "tick", "run": "conformance.echo"}}
 
 
-class StorageConformance:
+class StorageConformance(DueIndexConformance):
     """Subclass it (as ``Test...``) and provide a ``storage_factory`` fixture
-    returning a `StorageFactory`. Every test is a coroutine run by pytest-asyncio."""
+    returning a `StorageFactory`. Every test is a coroutine run by pytest-asyncio.
+    The due index's tests come from `DueIndexConformance`."""
 
     pytestmark = pytest.mark.asyncio
 
@@ -158,11 +164,6 @@ class StorageConformance:
     @pytest.fixture
     def recorder(self) -> _Recorder:
         return _Recorder()
-
-    @staticmethod
-    def _require_shared(factory: StorageFactory) -> None:
-        if not factory.shared:
-            pytest.skip("this storage keeps its data per object: nothing to share")
 
     # -- the snapshot contract ---------------------------------------------------------
 
