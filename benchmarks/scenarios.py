@@ -508,7 +508,7 @@ async def _sweep(kind: str, directory: Path, quick: bool) -> Outcome:
                 await asyncio.gather(
                     *(TriggerManager(store, f"hot{j}").fire("a", {}) for j in range(SWEEP_DUE))
                 )
-                await clock.advance(61, rounds=1)
+                await clock.advance(61, settle=0)
                 start = time.perf_counter()
                 done = await sweeper.run_once()
                 due_s = time.perf_counter() - start
@@ -517,7 +517,7 @@ async def _sweep(kind: str, directory: Path, quick: bool) -> Outcome:
                     timings[size]["idle"].append(idle_s)
                     timings[size]["due"].append(due_s)
                     handled += done
-                await clock.advance(1, rounds=1)
+                await clock.advance(1, settle=0)
         counts = {size: dict(sweepers[size].counts) for size in sizes}
         sessions = {size: len(await stores[size].list_sessions()) for size in sizes}
         sample = await TriggerManager(stores["big"], "hot0").get_state()

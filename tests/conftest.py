@@ -17,6 +17,7 @@ def _registries(atriggers_registries: Registries) -> Registries:
     """Every test runs with scoped registries: nothing it registers outlives it."""
     return atriggers_registries
 
+
 #: `ATRIGGERS_TEST_EAGER_TASKS=1` runs every async test on a loop in debug mode
 #: whose tasks start eagerly (Python 3.12+), as `.ci/run` does once: code that
 #: assumes a coroutine passed to `create_task` has not started yet breaks there.
