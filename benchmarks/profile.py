@@ -37,10 +37,10 @@ def _instrument() -> None:
     run_batch = sqlite_module._run_batch
     call = SQLiteStorage._call
 
-    def timed_batch(db: Any, ops: Any) -> Any:
+    def timed_batch(db: Any, ops: Any, same_file: Callable[[], None]) -> Any:
         _marks["thread_start"] = time.perf_counter()
         try:
-            return run_batch(db, ops)
+            return run_batch(db, ops, same_file)
         finally:
             _marks["thread_end"] = time.perf_counter()
 

@@ -296,3 +296,26 @@ async def test_memory_storage_lists_instances_in_a_stable_order(memory_storage: 
         await manager.fire("a", {"n": n})
     memory_storage.forget("order")
     assert list((await memory_storage.load("order")).instances) == [f"t#{n}" for n in range(12)]
+
+
+# -- the database file under us ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_database_file_deleted_or_replaced_while_open_is_noticed(db_path: Path, how: str) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(CONFIG)
+        _remove_or_replace(db_path, how)
+        with pytest.raises(StorageError, match="deleted or replaced while open"):
+            await manager.fire("go", {"n": 1})
+        storage.close_timeout = 0.5
+
+
+def _remove_or_replace(path: Path, how: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE other (x INTEGER)")
+        db.close()

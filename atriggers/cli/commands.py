@@ -198,6 +198,18 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     kwargs = json_object(args.kwargs, "--kwargs")
 
     async def replay(manager: TriggerManager) -> str:
+        state = await manager.storage.load(manager.uid, [args.instance])
+        failed = state.instances.get(args.instance)
+        task = state.tasks.get(failed.task_name) if failed is not None else None
+        if task is not None and task.unless and task.unless <= state.latest_kwargs.keys() and not args.force:
+            # A replay is an operator's explicit choice and runs even then (as it
+            # always has): say so before, not after.
+            raise CommandError(
+                f"all of {task.name!r}'s unless triggers ({', '.join(sorted(task.unless))}) have "
+                f"fired, so no new instance of it would run; replaying {args.instance} runs it "
+                f"anyway: add --force to do that",
+                ExitCode.WRONG_STATUS,
+            )
         clone = await manager.replay_failed_instance(args.instance, kwargs)
         return f"replayed {args.instance} as {clone.name}"
 

@@ -44,6 +44,8 @@ def _json_text(text: str, what: str) -> Any:
             f"{source} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
             ExitCode.USAGE,
         ) from None
+    except RecursionError:
+        raise CommandError(f"{source} nests too deeply", ExitCode.USAGE) from None
 
 
 def json_object(text: str | None, what: str) -> dict[str, Any] | None:
@@ -64,6 +66,8 @@ def _read_configuration(path: str) -> Any:
         raise CommandError(
             f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}", ExitCode.USAGE
         ) from None
+    except RecursionError:
+        raise CommandError(f"{path}: nests too deeply", ExitCode.USAGE) from None
 
 
 def checked_configuration(path: str, out: TextIO | None, consequence: str = "") -> tuple[Any, list[Problem]]:

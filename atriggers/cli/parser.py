@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kwargs", metavar="JSON", help="replacement kwargs, trigger name -> kwargs: a JSON object or @file"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replay even when all of the task's `unless` triggers have fired (it runs anyway)",
+    )
     p.set_defaults(handler=cmd_replay)
 
     p = sub.add_parser(

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from .._json import check_name
 from ..manager import TriggerManager, get_manager_class
 from ..runners import get_runner
 from ..state import SessionState
@@ -34,6 +35,7 @@ async def opened_storage(url: str, *, create: bool = False) -> AsyncIterator[Sto
 async def existing_session(storage: Storage, uid: str, names: Sequence[str] | None = None) -> SessionState:
     """The whole session, or with `names` its working view (unresolved instances
     plus those named), which costs nothing per resolved instance."""
+    check_name(uid, "uid")
     state = await (storage.load_all(uid) if names is None else storage.load(uid, names))
     if state.version == 0:
         raise CommandError(

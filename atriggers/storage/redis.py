@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from ..clock import Clock
 from ..due import DueEntry
-from ..errors import StorageError
+from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict, mask_url
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
@@ -580,6 +580,8 @@ class RedisStorage(Storage):
     async def _call(self, operation: Awaitable[Any], what: str) -> Any:
         try:
             return await operation
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
         except RedisError as exc:
             raise StorageError(
                 f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"

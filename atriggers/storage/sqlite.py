@@ -10,6 +10,7 @@ while one writer holds the lock, and each write checks the session's version.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection
@@ -21,7 +22,7 @@ import aiosqlite
 
 from ..clock import Clock
 from ..due import DueEntry
-from ..errors import StorageError
+from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
@@ -311,9 +312,13 @@ class _Owner:
 _Op = _Read | _Write | _Claim | _Owner
 
 
-def _run_batch(db: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
-    """One transaction for the whole batch. A database error aborts all of it."""
-    db.execute("BEGIN IMMEDIATE" if any(op.writes for op in ops) else "BEGIN")
+def _run_batch(db: sqlite3.Connection, ops: list[_Op], same_file: Callable[[], None]) -> list[Any]:
+    """One transaction for the whole batch. A database error aborts all of it.
+    A batch that writes first checks that the file is still the one opened."""
+    writes = any(op.writes for op in ops)
+    if writes:
+        same_file()
+    db.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
     try:
         results = [op(db) for op in ops]
         db.execute("COMMIT")
@@ -322,6 +327,15 @@ def _run_batch(db: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
             db.execute("ROLLBACK")
         raise
     return results
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is (device, inode), or None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _setup(db: sqlite3.Connection, synchronous: str) -> None:
@@ -392,6 +406,7 @@ class SQLiteStorage(Storage):
         self._configs = ConfigCache()
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._file: tuple[int, int] | None = None
 
     @property
     def url(self) -> str:
@@ -430,6 +445,7 @@ class SQLiteStorage(Storage):
             await conn.close()
             raise
         self._conn = conn
+        self._file = _identity(self.path)
 
     async def disconnect(self) -> None:
         if self._flusher is not None:
@@ -506,6 +522,15 @@ class SQLiteStorage(Storage):
             complete=complete,
         )
 
+    def _same_file(self) -> None:
+        """Refuse to write when the database file was deleted or replaced since it
+        was opened: the writes would land in a file nobody will read again."""
+        if _identity(self.path) != self._file:
+            raise StorageError(
+                f"the SQLite database {str(self.path)!r} was deleted or replaced while open: "
+                f"nothing was written; reopen the storage"
+            )
+
     # -- group commit -------------------------------------------------------------------
 
     def _require(self) -> aiosqlite.Connection:
@@ -535,7 +560,9 @@ class SQLiteStorage(Storage):
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    results = await self._call(self._require(), _run_batch, [op for op, _ in batch])
+                    results = await self._call(
+                        self._require(), _run_batch, [op for op, _ in batch], self._same_file
+                    )
                 except Exception as exc:  # noqa: BLE001 - handed to the callers
                     if len(batch) == 1:
                         if not batch[0][1].done():
@@ -545,7 +572,7 @@ class SQLiteStorage(Storage):
                     # its transaction: each goes again in a transaction of its own.
                     for op, future in batch:
                         try:
-                            [result] = await self._call(self._require(), _run_batch, [op])
+                            [result] = await self._call(self._require(), _run_batch, [op], self._same_file)
                         except Exception as alone:  # noqa: BLE001 - this caller's error
                             if not future.done():
                                 future.set_exception(alone)
@@ -574,6 +601,10 @@ class SQLiteStorage(Storage):
             return await conn._execute(fn, db, *args)  # type: ignore[no-untyped-call]
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite error: {exc}") from exc
+        except UnicodeEncodeError as exc:
+            # A name or text that is not valid Unicode reached a query (callers of
+            # the storage API itself; managers refuse it earlier).
+            raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
         except ValueError as exc:
             # How aiosqlite says its connection was closed under us; a ValueError
             # from `fn` itself is a bug of ours and keeps its type.

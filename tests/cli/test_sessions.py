@@ -148,6 +148,20 @@ def test_replay_with_replacement_kwargs(cli: Cli, url: str, session: str, workdi
     }
 
 
+def test_replay_after_unless_asks_for_force(cli: Cli, url: str, workdir: Path) -> None:
+    (workdir / "order.json").write_text(
+        '{"t_ship": {"after": ["paid"], "unless": ["cancelled"], "run": "app.boom"}}'
+    )
+    assert cli("configure", url, "o1", "order.json").code == 0
+    assert cli("fire", url, "o1", "paid", "--import", "apptasks").code == 6  # t_ship#0 failed
+    assert cli("fire", url, "o1", "cancelled").code == 0
+    refused = cli("replay", url, "o1", "t_ship#0", "--import", "apptasks")
+    assert refused.code == 4 and "add --force" in refused.err
+    assert states(workdir, "o1") == {"t_ship#0": "failed"}
+    forced = cli("replay", url, "o1", "t_ship#0", "--force", "--import", "apptasks")
+    assert forced.code == 6 and states(workdir, "o1")["t_ship#0"] == "replayed"
+
+
 def test_replay_that_fails_again(cli: Cli, url: str, session: str) -> None:
     result = cli("replay", url, session, "t_boom#0", "--import", "apptasks")
     assert result.code == 6
@@ -277,6 +291,23 @@ def test_error_exit_codes(cli: Cli, url: str, session: str, workdir: Path) -> No
     assert (broken.code, "file is not a database" in broken.err) == (5, True), broken
     # None of it changed the session.
     assert "t_boom#0  failed" in cli("show", url, session).out
+
+
+def test_hostile_arguments_get_an_error_line_not_a_traceback(
+    cli: Cli, url: str, session: str, workdir: Path
+) -> None:
+    deep = "[" * 10_000 + "]" * 10_000
+    checks = [
+        (("fire", url, session, "go", "--kwargs", '{"x": "\udc80"}'), 2, "not valid Unicode"),
+        (("fire", url, session, "go\udc80"), 2, "not valid Unicode"),
+        (("fire", url, session, "go", "--kwargs", '{"x": ' + deep + "}"), 2, "nests too deeply"),
+        (("show", url, "s\udc80"), 2, "not valid Unicode"),
+    ]
+    for args, code, message in checks:
+        result = cli(*args)
+        assert (result.code, result.out) == (code, ""), (args, result)
+        assert result.err.startswith("atriggers: error: ") and message in result.err, (args, result.err)
+        assert "Traceback" not in result.err
 
 
 def test_kwargs_from_a_file(cli: Cli, url: str, session: str, workdir: Path) -> None:
