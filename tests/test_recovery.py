@@ -6,6 +6,7 @@ within lease + sweep interval, and performs its durable timers on time."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 import uuid
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
 import recovery_tasks
 from fault_helpers import HERE, Child, RedisProcess
 
-from atriggers import SessionState, Status, Sweeper
+from atriggers import SessionState, Status, Sweeper, TriggerManager
 from atriggers.clock import from_iso
 from atriggers.storage import SQLiteStorage
 from atriggers.storage.base import Storage
@@ -174,3 +175,98 @@ async def test_killed_app_is_recovered_by_policy(
         + f"; cooldown clone {cool_late:.2f}s after notBefore; delayed fire {delay_late:.2f}s after due;"
         f" sweeper counts {counts}"
     )
+
+
+# -- timeout: a run that hangs is lost after its timeout; a zombie's outcome is refused ----
+
+
+async def test_hanging_run_is_lost_after_its_timeout_and_its_late_end_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync task (in a worker thread, which cannot be cancelled) hangs past
+    its ``timeout: 1``: the instance is lost after about 1 s, by this process
+    itself; when the thread finally returns, nothing is stored, nothing cascades."""
+    runs_db = tmp_path / "runs.sqlite3"
+    recovery_tasks.create_runs_table(runs_db)
+    monkeypatch.setenv(recovery_tasks.RUNS_DB, str(runs_db))
+    recovery_tasks.register()
+    recovery_tasks.released.clear()
+    async with SQLiteStorage(tmp_path / "state.db", lease=LEASE) as storage:
+        manager = TriggerManager(storage, "hang")
+        await manager.update_configuration(
+            {
+                "t_hang": {"after": ["go"], "run": "rec.hang", "timeout": 1},
+                "t_next": {"after": ["t_hang"], "run": "rec.quick"},
+            }
+        )
+        try:
+            await manager.fire("go", {})
+            state = await wait_until(
+                storage,
+                "hang",
+                lambda s: s.instances["t_hang#0"].status is Status.FAILED,
+                5,
+                "losing the hanging run",
+            )
+        finally:
+            recovery_tasks.released.set()  # the thread returns, late
+        lost = state.instances["t_hang#0"]
+        assert lost.metadata["exceptionType"] == "atriggers.errors.InstanceLost"
+        lost_after = stamp(state, "t_hang#0", "failed") - stamp(state, "t_hang#0", "running")
+        assert 1.0 <= lost_after <= 1.0 + SLACK, lost_after
+        # The thread ends (its run is recorded as ended), and nothing follows from it.
+        deadline = time.monotonic() + 5
+        while not recovery_tasks.runs(runs_db, "hang")[0]["ended"]:
+            assert time.monotonic() < deadline, "the hanging thread did not return"
+            await asyncio.sleep(0.02)
+        await manager.join()
+        await asyncio.sleep(0.2)
+        after = await storage.load_all("hang")
+        assert after.instances["t_hang#0"].status is Status.FAILED
+        assert after.instances["t_hang#0"].metadata == lost.metadata
+        assert "t_next#0" not in after.instances and "t_hang" not in after.latest_kwargs
+    assert any("was lost (past its deadline)" in r.getMessage() for r in caplog.records)
+    print(f"\n[hang] lost {lost_after:.2f}s after it started running (timeout 1 s)")
+
+
+async def test_zombie_outcome_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process frozen (SIGSTOP) while it runs an instance with ``timeout: 1``:
+    a sweeper elsewhere finds it lost after its deadline; the process wakes up
+    with its body done and tries to store the outcome: refused, a warning is
+    logged, nothing cascades."""
+    runs_db = tmp_path / "runs.sqlite3"
+    recovery_tasks.create_runs_table(runs_db)
+    path = tmp_path / "state.db"
+    zombie = Child(
+        [str(HERE / "zombie_app.py"), str(path), "z"],
+        {recovery_tasks.RUNS_DB: str(runs_db), "RECOVERY_NAP": "1.5"},
+    )
+    try:
+        zombie.ready()
+        zombie.process.send_signal(signal.SIGSTOP)
+        async with SQLiteStorage(path, lease=LEASE) as storage, Sweeper(storage, interval=INTERVAL):
+            state = await wait_until(
+                storage, "z", lambda s: s.instances["t_nap#0"].status is Status.FAILED, 5, "losing the run"
+            )
+            lost_after = stamp(state, "t_nap#0", "failed") - stamp(state, "t_nap#0", "running")
+            # Past the end of its body's 1.5 s nap: it wakes up with its outcome ready.
+            started = recovery_tasks.runs(runs_db, "z")[0]["started"]
+            await asyncio.sleep(max(0.0, started + 1.7 - time.time()))
+            zombie.process.send_signal(signal.SIGCONT)
+            out = await asyncio.to_thread(zombie.wait)
+            after = await storage.load_all("z")
+    finally:
+        zombie.kill()
+    assert zombie.process.returncode == 0, "".join(zombie.stderr)
+    assert 1.0 <= lost_after <= 1.0 + INTERVAL + SLACK, lost_after
+    lost = after.instances["t_nap#0"]
+    assert lost.status is Status.FAILED
+    assert lost.metadata["exceptionType"] == "atriggers.errors.InstanceLost"
+    assert "deadline" in lost.metadata["exceptionInfo"]
+    assert "result" not in lost.metadata
+    assert "t_next#0" not in after.instances and "t_nap" not in after.latest_kwargs
+    assert recovery_tasks.runs(runs_db, "z")[0]["ended"], "the zombie's body did not finish"
+    log = "".join(zombie.stderr)
+    assert '"t_nap#0": "failed"' in out, out
+    assert "the outcome of run" in log and "was refused" in log, log
+    print(f"\n[zombie] lost {lost_after:.2f}s after it started running (timeout 1 s); late outcome refused")

@@ -94,7 +94,8 @@ class Child:
             env=environment,
         )
         self.stderr: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
     def _drain(self) -> None:
         assert self.process.stderr is not None
@@ -112,6 +113,14 @@ class Child:
             raise RuntimeError(f"the child did not get ready: {lines!r}\n{''.join(self.stderr)}")
         info: dict[str, Any] = json.loads(lines[0][len("READY ") :])
         return info
+
+    def wait(self, timeout: float = 15.0) -> str:
+        """Wait for it to exit; returns the rest of its stdout (stderr is in `stderr`)."""
+        assert self.process.stdout is not None
+        out = self.process.stdout.read()
+        self.process.wait(timeout)
+        self._drainer.join(5)
+        return out
 
     def kill(self) -> float:
         """SIGKILL it; returns when (epoch seconds)."""

@@ -89,6 +89,14 @@ def hang(context: TaskContext) -> dict[str, Any]:
     return {"late": True}
 
 
+async def nap(context: TaskContext) -> dict[str, Any]:
+    """Sleeps `NAP` seconds (longer than its task's timeout), then returns."""
+    row = _record(context)
+    await asyncio.sleep(float(os.environ.get("RECOVERY_NAP", "1.5")))
+    _ended(row)
+    return {"late": True}
+
+
 def register(concurrency: int = 2) -> None:
     """The tasks, a "fast" runner (its own slots), and an "asyncio" runner with
     `concurrency` slots: more runs than that wait their turn, held by the lease."""
@@ -96,6 +104,7 @@ def register(concurrency: int = 2) -> None:
     registry.register(once, "rec.once", max_retries=1)
     registry.register(quick, "rec.quick")
     registry.register(hang, "rec.hang")
+    registry.register(nap, "rec.nap")
     register_runner(AsyncioRunner(max_concurrency=concurrency))
     register_runner(AsyncioRunner(), "fast")
 
