@@ -130,3 +130,42 @@ async def test_missing_directory_is_a_clear_storage_error(tmp_path: Path) -> Non
     with pytest.raises(StorageError, match="does not exist"):
         async with SQLiteStorage(tmp_path / "no" / "such" / "dir" / "state.db"):
             pass
+
+
+def test_storage_urls_carry_the_owner_lease(tmp_path: Path) -> None:
+    """``?lease=SECONDS`` sets the owner lease of a storage opened from its URL,
+    and a storage's URL carries a lease that is not the default, so remote
+    workers hold runs with the lease the app configured."""
+    path = tmp_path / "state.db"
+    default = open_storage(f"sqlite:///{path}")
+    assert default.lease.duration == 30.0 and "?" not in default.url
+    short = open_storage(f"sqlite:///{path}?lease=1.5")
+    assert isinstance(short, SQLiteStorage) and short.path == path
+    assert short.lease.duration == 1.5
+    assert short.url == f"sqlite:///{path.resolve()}?lease=1.5"
+    assert open_storage(short.url).lease.duration == 1.5
+    assert SQLiteStorage(path, lease=2).url.endswith("?lease=2")
+    pytest.importorskip("redis")
+    from atriggers.storage.redis import RedisStorage
+
+    redis = RedisStorage.from_url("redis://127.0.0.1:6379/3?prefix=p:&lease=2&socket_keepalive=true")
+    assert redis.lease.duration == 2 and redis.prefix == "p:"
+    assert "lease" not in redis.redis_url and "socket_keepalive=true" in redis.redis_url
+    assert RedisStorage.from_url(redis.url).lease.duration == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///x.db?lease=0",
+        "sqlite:///x.db?lease=soon",
+        "sqlite:///x.db?lease=inf",
+        "sqlite:///x.db?timeout=3",
+        "redis://127.0.0.1?lease=-1",
+    ],
+)
+def test_bad_lease_in_storage_url(url: str) -> None:
+    if url.startswith("redis"):
+        pytest.importorskip("redis")
+    with pytest.raises(ValueError, match=r"lease|unknown parameter"):
+        open_storage(url)
