@@ -29,6 +29,7 @@ from .errors import (
     InvalidInput,
     InvalidStatus,
     MaxRetriesExceeded,
+    StorageError,
     TriggerError,
     UnknownManager,
     UnknownRunner,
@@ -340,7 +341,33 @@ class TriggerManager:
             return None
         # Storing the outcome and dispatching its cascade is one shielded step: a
         # cancellation (shutdown, time limit) cannot leave a stored cascade undispatched.
-        return await self._shielded(self._conclude(name, outcome, context.log_level, definition.name, token))
+        delay = 0.05
+        while True:
+            try:
+                return await self._shielded(
+                    self._conclude(name, outcome, context.log_level, definition.name, token)
+                )
+            except StorageError as exc:
+                # Storage is down. While the run is still ours (our lease holds it
+                # and has not lapsed, or its deadline is ahead), nobody else will
+                # recover it: keep trying to store the outcome (the token refuses
+                # it if the run is lost meanwhile). Otherwise a sweeper recovers it.
+                held = owner is not None and self.storage.lease.owner == owner
+                if not (
+                    held or (context.deadline is not None and self.storage.clock.time() < context.deadline)
+                ):
+                    raise
+                log.warning(
+                    "%s/%s: storing the outcome of run %s failed (%s); retrying in %.2gs",
+                    self.uid,
+                    name,
+                    token,
+                    exc,
+                    delay,
+                    extra={"uid": self.uid, "instance": name},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _run_body(self, definition: TaskDefinition, context: TaskContext) -> object:
         """Run the task body; past its deadline (heartbeats move it) cancel it and
