@@ -270,3 +270,90 @@ async def test_zombie_outcome_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     assert '"t_nap#0": "failed"' in out, out
     assert "the outcome of run" in log and "was refused" in log, log
     print(f"\n[zombie] lost {lost_after:.2f}s after it started running (timeout 1 s); late outcome refused")
+
+
+# -- a Redis outage while a run stores its outcome -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "lease", "outage", "directives"),
+    [
+        # Longer than the lease: the owner lapsed meanwhile, recovered by the lease.
+        ("lease", LEASE, 2.0, {}),
+        # Shorter than the lease, with a timeout: recovered by the deadline at the latest.
+        ("deadline", 4.0, 1.5, {"timeout": 2}),
+        # Shorter than the lease, no timeout: the process is alive and renews its lease.
+        ("short", 4.0, 1.5, {}),
+    ],
+)
+async def test_redis_outage_during_the_outcome_write(
+    case: str,
+    lease: float,
+    outage: float,
+    directives: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis stops while a run stores its outcome (longer than the client's
+    retries ride over) and comes back with its data: the run's instance does
+    not stay ``running``. The process retries storing the outcome while it
+    holds the run; if its lease lapsed or the deadline passed meanwhile, a
+    sweeper recovers the instance as lost instead (and the retry is refused)."""
+    pytest.importorskip("redis")
+    from atriggers.storage.redis import RedisStorage
+
+    runs_db = tmp_path / "runs.sqlite3"
+    recovery_tasks.create_runs_table(runs_db)
+    monkeypatch.setenv(recovery_tasks.RUNS_DB, str(runs_db))
+    recovery_tasks.register()
+    recovery_tasks.released.clear()
+    server = RedisProcess(tmp_path, persistent=True)
+    server.start()
+    try:
+        async with RedisStorage(server.url, lease=lease, socket_timeout=0.5) as storage:
+            manager = TriggerManager(storage, "outage")
+            await manager.update_configuration(
+                {
+                    "t_gate": {"after": ["go"], "run": "rec.gate", **directives},
+                    "t_next": {"after": ["t_gate"], "run": "rec.quick"},
+                }
+            )
+            await manager.fire("go", {})
+            await wait_until(
+                storage, "outage", lambda s: s.instances["t_gate#0"].status is Status.RUNNING, 5, "running"
+            )
+            server.stop()  # SIGTERM: the append-only file keeps what was written
+            recovery_tasks.released.set()  # the body returns: its outcome write fails
+            await asyncio.sleep(outage)
+            server.start()
+            back = time.time()
+            async with Sweeper(storage, interval=INTERVAL):
+                state = await wait_until(
+                    storage,
+                    "outage",
+                    lambda s: s.instances["t_gate#0"].status not in (Status.RUNNING, Status.SCHEDULED),
+                    lease + 2 + INTERVAL + SLACK,
+                    "recovering the run",
+                )
+                await manager.join()
+                await asyncio.sleep(0.3)
+                state = await storage.load_all("outage")
+    finally:
+        server.stop()
+    # The outcome write did fail (the outage outlasted the client's retries).
+    assert any("storing the outcome of run" in r.getMessage() for r in caplog.records), caplog.text
+    run = state.instances["t_gate#0"]
+    resolved = stamp(state, "t_gate#0", run.status.value) - back
+    print(f"\n[redis outage, {case}] t_gate#0 {run.status.value} {resolved:.2f}s after Redis returned")
+    if case == "short":
+        # Before the fix it stayed running for good: the live process kept its lease.
+        assert run.status is Status.FINISHED
+    if run.status is Status.FINISHED:
+        # The outcome was stored once Redis returned: its cascade ran.
+        assert state.instances["t_next#0"].status is Status.FINISHED
+    else:
+        assert run.status is Status.FAILED
+        assert run.metadata["exceptionType"] == "atriggers.errors.InstanceLost"
+        assert "t_next#0" not in state.instances
+    assert resolved <= min(lease, 2) + INTERVAL + SLACK

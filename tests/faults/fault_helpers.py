@@ -33,12 +33,14 @@ class RedisProcess:
     """A redis-server child on 127.0.0.1 (no persistence), stoppable and
     startable again on the same port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         if not os.path.exists(REDIS_SERVER):
             if os.environ.get("CI"):
                 pytest.fail("redis-server is not installed")
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.directory = directory
+        #: With an append-only file synced on every write: data survives a restart.
+        self.persistent = persistent
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -48,11 +50,15 @@ class RedisProcess:
 
     def start(self, timeout: float = 10.0) -> None:
         assert self.process is None
+        persistence = (
+            ("--appendonly", "yes", "--appendfsync", "always") if self.persistent else ("--appendonly", "no")
+        )
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
                 *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
-                *("--save", "", "--appendonly", "no", "--loglevel", "warning"),
+                *("--save", "", "--loglevel", "warning"),
+                *persistence,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

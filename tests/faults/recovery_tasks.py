@@ -97,6 +97,17 @@ async def nap(context: TaskContext) -> dict[str, Any]:
     return {"late": True}
 
 
+async def gate(context: TaskContext) -> dict[str, Any]:
+    """Waits for `released`, then returns (its outcome is then stored)."""
+    row = _record(context)
+    while True:  # a threading.Event: the test sets it from wherever
+        if released.is_set():
+            break
+        await asyncio.sleep(0.01)
+    _ended(row)
+    return {"gated": True}
+
+
 def register(concurrency: int = 2) -> None:
     """The tasks, a "fast" runner (its own slots), and an "asyncio" runner with
     `concurrency` slots: more runs than that wait their turn, held by the lease."""
@@ -105,6 +116,7 @@ def register(concurrency: int = 2) -> None:
     registry.register(quick, "rec.quick")
     registry.register(hang, "rec.hang")
     registry.register(nap, "rec.nap")
+    registry.register(gate, "rec.gate")
     register_runner(AsyncioRunner(max_concurrency=concurrency))
     register_runner(AsyncioRunner(), "fast")
 
