@@ -8,6 +8,7 @@ the in-process runner.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -98,13 +99,18 @@ class StoragePool:
 
     def __init__(self) -> None:
         self._storages: dict[str, Storage] = {}
+        # Concurrent first requests for one URL (a threads pool) open it once.
+        self._opening = asyncio.Lock()
 
     async def get(self, url: str) -> Storage:
         storage = self._storages.get(url)
         if storage is None:
-            storage = open_storage(url)
-            await storage.open()
-            self._storages[url] = storage
+            async with self._opening:
+                storage = self._storages.get(url)
+                if storage is None:
+                    storage = open_storage(url)
+                    await storage.open()
+                    self._storages[url] = storage
         return storage
 
     async def aclose(self) -> None:

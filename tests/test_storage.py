@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,19 @@ def test_bad_lease_in_storage_url(url: str) -> None:
         pytest.importorskip("redis")
     with pytest.raises(ValueError, match=r"lease|unknown parameter"):
         open_storage(url)
+
+
+async def test_storage_pool_opens_a_url_once_under_concurrent_requests(tmp_path: Path) -> None:
+    """A worker's first tasks arriving together (a Celery threads pool) share
+    one storage, hence one owner lease: none is opened twice and leaked."""
+    from atriggers.remote import StoragePool
+
+    pool = StoragePool()
+    url = f"sqlite:///{tmp_path / 'state.db'}?lease=5"
+    try:
+        first, second, third = await asyncio.gather(pool.get(url), pool.get(url), pool.get(url))
+        assert first is second is third
+        assert first.lease.duration == 5
+    finally:
+        await pool.aclose()
+    assert not first.is_open
