@@ -74,6 +74,13 @@ class OwnerLease:
             owner = self.current()
             if owner is not None:
                 return owner
+            expires = time.time() + self.duration
+            if self.owner is not None and await self.storage.renew_owner(self.owner, expires):
+                # Renewals ran late (the process stalled) but the lease has not
+                # lapsed: keep it, or what this owner holds would be lost while
+                # this process still runs it.
+                self._expires = expires
+                return self.owner
             owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
             expires = time.time() + self.duration
             await self.storage.renew_owner(owner, expires, create=True)
