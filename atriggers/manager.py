@@ -377,29 +377,44 @@ class TriggerManager:
             return None
         # Storing the outcome and dispatching its cascade is one shielded step: a
         # cancellation (shutdown, time limit) cannot leave a stored cascade undispatched.
-        return await self._store_outcome(name, token, outcome, context.log_level, definition.name)
+        return await self._store_outcome(
+            name, token, outcome, context.log_level, definition.name, owner, context.deadline
+        )
 
     async def _store_outcome(
-        self, name: str, token: str, outcome: object, log_level: int, task: str
+        self,
+        name: str,
+        token: str,
+        outcome: object,
+        log_level: int,
+        task: str,
+        owner: str | None,
+        deadline: float | None,
     ) -> TaskInstance | None:
-        """Store the run's outcome and dispatch its cascade; while storage is down
-        (or writers keep colliding), keep trying as long as this process lives,
-        so that a run whose body finished is not left ``running``."""
-        delay = 0.1
+        """Store the run's outcome and dispatch its cascade. While storage is down
+        (or writers keep colliding) and the run is still this process's (its
+        lease holds it, or its deadline is ahead), nobody else will recover it:
+        keep trying (the token refuses the write if the run is lost meanwhile).
+        Otherwise give up: a sweeper recovers it."""
+        delay = 0.05
         while True:
             try:
                 return await self._shielded(self._conclude(name, outcome, log_level, task, token))
             except (StorageError, ConcurrencyError) as exc:
+                held = owner is not None and self.storage.lease.owner == owner
+                if not (held or (deadline is not None and self.storage.clock.time() < deadline)):
+                    raise
                 log.warning(
-                    "%s/%s: storing the outcome failed (%s); retrying in %.1fs",
+                    "%s/%s: storing the outcome of run %s failed (%s); retrying in %.2gs",
                     self.uid,
                     name,
+                    token,
                     exc,
                     delay,
                     extra={"uid": self.uid, "instance": name},
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 1.0)
             try:
                 stored = await self.get_instance(name)
             except (StorageError, ConcurrencyError):

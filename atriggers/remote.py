@@ -8,6 +8,7 @@ the in-process runner.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -98,22 +99,27 @@ class StoragePool:
 
     def __init__(self) -> None:
         self._storages: dict[str, Storage] = {}
+        # Concurrent first requests for one URL (a threads pool) open it once.
+        self._opening = asyncio.Lock()
 
     async def get(self, url: str) -> Storage:
         """The open storage at `url`. A worker never creates a store: a URL
         naming one that does not exist (a new SQLite path) is refused."""
         storage = self._storages.get(url)
         if storage is None:
-            try:
-                storage = open_storage(url)
-            except TriggerError:
-                raise
-            except ValueError as exc:
-                raise InvalidInput(f"run request field 'storage': {exc}") from exc
-            if not await storage.exists():
-                raise InvalidInput(f"no storage at {storage.safe_url}: a worker does not create one")
-            await storage.open()
-            self._storages[url] = storage
+            async with self._opening:
+                storage = self._storages.get(url)
+                if storage is None:
+                    try:
+                        storage = open_storage(url)
+                    except TriggerError:
+                        raise
+                    except ValueError as exc:
+                        raise InvalidInput(f"run request field 'storage': {exc}") from exc
+                    if not await storage.exists():
+                        raise InvalidInput(f"no storage at {storage.safe_url}: a worker does not create one")
+                    await storage.open()
+                    self._storages[url] = storage
         return storage
 
     async def aclose(self) -> None:

@@ -21,7 +21,7 @@ from ..due import DueEntry
 from ..errors import TriggerError
 from ..state import Change, SessionState
 from .cache import SnapshotCache
-from .lease import OwnerLease
+from .lease import DEFAULT_LEASE, OwnerLease
 from .locks import SessionLocks
 from .runs import RunTracker
 
@@ -65,7 +65,7 @@ class Storage(ABC):
         *,
         cache_size: int = 1024,
         close_timeout: float = 30.0,
-        lease: float = 30.0,
+        lease: float = DEFAULT_LEASE,
         clock: Clock | None = None,
     ) -> None:
         #: Seconds `aclose` waits for in-process runs before cancelling them.

@@ -25,7 +25,10 @@ from ..errors import TriggerError
 if TYPE_CHECKING:
     from .base import Storage
 
-__all__ = ["OwnerLease"]
+__all__ = ["DEFAULT_LEASE", "OwnerLease", "lease_param"]
+
+#: Seconds of an owner's lease unless configured.
+DEFAULT_LEASE = 30.0
 
 log = logging.getLogger("atriggers.storage")
 
@@ -38,7 +41,7 @@ class OwnerLease:
     the fencing tokens of its runs). Renewals happen every third of it.
     """
 
-    def __init__(self, storage: Storage, duration: float = 30.0) -> None:
+    def __init__(self, storage: Storage, duration: float = DEFAULT_LEASE) -> None:
         if not duration > 0:
             raise ValueError(f"a lease lasts a positive number of seconds, not {duration!r}")
         self.storage = storage
@@ -71,6 +74,13 @@ class OwnerLease:
             owner = self.current()
             if owner is not None:
                 return owner
+            expires = time.time() + self.duration
+            if self.owner is not None and await self.storage.renew_owner(self.owner, expires):
+                # Renewals ran late (the process stalled) but the lease has not
+                # lapsed: keep it, or what this owner holds would be lost while
+                # this process still runs it.
+                self._expires = expires
+                return self.owner
             owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
             expires = time.time() + self.duration
             await self.storage.renew_owner(owner, expires, create=True)
@@ -119,3 +129,14 @@ class OwnerLease:
                 await self.storage.release_owner(owner)
             except TriggerError as exc:
                 log.warning("could not release owner %s (its lease will lapse): %s", owner, exc)
+
+
+def lease_param(url: str, value: str) -> float:
+    """The ``lease`` query parameter of a storage URL, checked."""
+    try:
+        lease = float(value)
+    except ValueError:
+        lease = float("nan")
+    if not lease > 0 or lease == float("inf"):
+        raise ValueError(f"lease in {url!r} must be a positive number of seconds, not {value!r}")
+    return lease

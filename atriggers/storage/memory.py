@@ -13,6 +13,7 @@ from ..due import Due, DueEntry
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
+from .lease import DEFAULT_LEASE
 
 __all__ = ["MemoryStorage"]
 
@@ -60,7 +61,7 @@ class MemoryStorage(Storage):
         *,
         cache_size: int = 1024,
         close_timeout: float = 30.0,
-        lease: float = 30.0,
+        lease: float = DEFAULT_LEASE,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(cache_size=cache_size, close_timeout=close_timeout, lease=lease, clock=clock)

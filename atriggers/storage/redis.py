@@ -50,6 +50,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict, mask_url
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
+from .lease import DEFAULT_LEASE, lease_param
 
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
 
@@ -286,7 +287,7 @@ def _score(at: float | None) -> str:
 
 
 #: Query parameters of a storage URL that are ours, not redis-py's.
-_OWN_PARAMS = ("prefix", "ttl")
+_OWN_PARAMS = ("prefix", "ttl", "lease")
 
 
 def _text(value: Any) -> str:
@@ -334,7 +335,7 @@ class RedisStorage(Storage):
         client: aioredis.Redis | None = None,
         cache_size: int = 1024,
         close_timeout: float = 30.0,
-        lease: float = 30.0,
+        lease: float = DEFAULT_LEASE,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(cache_size=cache_size, close_timeout=close_timeout, lease=lease, clock=clock)
@@ -374,6 +375,8 @@ class RedisStorage(Storage):
             params.append(("prefix", self.prefix))
         if self.ttl is not None:
             params.append(("ttl", format(self.ttl, "g")))
+        if self.lease.duration != DEFAULT_LEASE:
+            params.append(("lease", format(self.lease.duration, "g")))
         if not params:
             return self.redis_url
         parts = urlsplit(self.redis_url)
@@ -382,7 +385,9 @@ class RedisStorage(Storage):
 
     @classmethod
     def from_url(cls, url: str) -> RedisStorage:
-        """``redis://[user:password@]host[:port][/db][?prefix=...&ttl=seconds&...]``."""
+        """``redis://[user:password@]host[:port][/db][?prefix=...&ttl=seconds&lease=seconds&...]``
+        (``lease``: the owner lease of the processes opening it, default 30 s;
+        other parameters go to redis-py)."""
         parts = urlsplit(url)
         own: dict[str, str] = {}
         rest: list[tuple[str, str]] = []
@@ -398,7 +403,8 @@ class RedisStorage(Storage):
                 ttl = float(own["ttl"])
             except ValueError:
                 raise ValueError(f"ttl in {url!r} must be a number of seconds") from None
-        return cls(redis_url, prefix=own.get("prefix", DEFAULT_PREFIX), ttl=ttl)
+        lease = lease_param(url, own["lease"]) if "lease" in own else DEFAULT_LEASE
+        return cls(redis_url, prefix=own.get("prefix", DEFAULT_PREFIX), ttl=ttl, lease=lease)
 
     def __repr__(self) -> str:
         return f"<RedisStorage {mask_url(self.redis_url)} prefix={self.prefix!r}>"

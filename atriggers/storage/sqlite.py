@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import aiosqlite
 
@@ -26,6 +27,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
+from .lease import DEFAULT_LEASE, lease_param
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -393,7 +395,7 @@ class SQLiteStorage(Storage):
         synchronous: Synchronous = "NORMAL",
         cache_size: int = 1024,
         close_timeout: float = 30.0,
-        lease: float = 30.0,
+        lease: float = DEFAULT_LEASE,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(cache_size=cache_size, close_timeout=close_timeout, lease=lease, clock=clock)
@@ -410,16 +412,31 @@ class SQLiteStorage(Storage):
 
     @property
     def url(self) -> str:
-        return f"sqlite:///{self.path.resolve()}"
+        url = f"sqlite:///{self.path.resolve()}"
+        if self.lease.duration != DEFAULT_LEASE:
+            # Workers that reach the session through this URL hold its runs
+            # with the same lease.
+            url += f"?lease={self.lease.duration:g}"
+        return url
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorage:
+        """``sqlite:///relative/path`` or ``sqlite:////absolute/path``, optionally
+        with ``?lease=SECONDS`` (the owner lease of the processes opening it:
+        silent this long, what they run or hold is recovered elsewhere; default
+        30). The path cannot hold a ``?``."""
         prefix = "sqlite:///"
-        if not url.startswith(prefix) or url == prefix:
+        path, _, query = url.partition("?")
+        if not path.startswith(prefix) or path == prefix:
             raise ValueError(
                 f"SQLite URLs look like sqlite:///relative/path or sqlite:////absolute/path, not {url!r}"
             )
-        return cls(url[len(prefix) :])
+        lease = DEFAULT_LEASE
+        for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+            if key != "lease":
+                raise ValueError(f"unknown parameter {key!r} in SQLite URL {url!r} (known: lease)")
+            lease = lease_param(url, value)
+        return cls(path[len(prefix) :], lease=lease)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ app.conf.update(
     task_routes={
         "tests.parked": {"queue": "parked"},  # nobody consumes it: tests read the raw message
         "tests.block": {"queue": "doomed"},  # the worker that gets killed
+        "tests.block_first": {"queue": "doomed"},
     },
     worker_hijack_root_logger=False,
 )
@@ -98,3 +99,12 @@ async def block(context: TaskContext) -> dict[str, Any]:
     """Sleeps as long as told: long enough for a test to kill the worker."""
     await asyncio.sleep(context.trigger_kwargs["go"]["seconds"])
     return {"pid": os.getpid()}
+
+
+@celery_task(app, "tests.block_first", max_retries=2)
+async def block_first(context: TaskContext) -> dict[str, Any]:
+    """A first run sleeps as long as told (a worker is killed meanwhile); a
+    retry (a clone) returns at once."""
+    if context.instance.depth == 0:
+        await asyncio.sleep(context.trigger_kwargs["go"]["seconds"])
+    return {"pid": os.getpid(), "depth": context.instance.depth}

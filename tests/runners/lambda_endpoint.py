@@ -1,7 +1,7 @@
 """A local stand-in for the AWS Lambda Invoke API, run as its own process.
 
     python tests/runners/lambda_endpoint.py --app lambda_functions \\
-        --function atriggers-worker=handler --throttle busy --deny secret
+        --function atriggers-worker=handler --throttle busy --deny secret --drop lost
 
 (``--path DIR`` adds a directory to import the ``--app`` module from.)
 
@@ -12,6 +12,7 @@ signature against the dummy credentials, and answers like Lambda: ``Event`` ->
 result; errors as JSON with ``x-amzn-ErrorType`` (unknown function -> 404
 ResourceNotFoundException, a ``--throttle`` function -> 429
 TooManyRequestsException, a ``--deny`` function -> 403 AccessDeniedException, a
+``--drop`` function accepts ``Event`` invocations (202) and never runs them, a
 bad signature -> 403 InvalidSignatureException), so botocore parses real codes.
 
 Events are handled by ``--containers`` worker processes, each a Lambda
@@ -136,6 +137,7 @@ class Endpoint:
     def __init__(self, args: argparse.Namespace) -> None:
         self.throttled = set(args.throttle)
         self.denied = set(args.deny)
+        self.dropped = set(args.drop)
         self.log: dict[int, Invocation] = {}
         self.log_lock = threading.Lock()
         # NAME=attribute or NAME=attribute@timeout_seconds
@@ -335,6 +337,12 @@ def make_request_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
             if invocation_type not in ("Event", "RequestResponse"):
                 self._error(400, "InvalidParameterValueException", f"bad invocation type {invocation_type}")
                 return
+            if invocation_type == "Event" and function in endpoint.dropped:
+                with endpoint.log_lock:
+                    dropped = Invocation(len(endpoint.log), function, invocation_type, payload, "dropped")
+                    endpoint.log[dropped.id] = dropped
+                self._send(202)
+                return
             invocation = endpoint.submit(function, invocation_type, payload)
             if invocation_type == "Event":
                 self._send(202)
@@ -354,6 +362,9 @@ def main() -> None:
     parser.add_argument("--function", action="append", default=[], help="NAME=handler_attribute[@timeout]")
     parser.add_argument("--throttle", action="append", default=[], help="function answering 429")
     parser.add_argument("--deny", action="append", default=[], help="function answering 403")
+    parser.add_argument(
+        "--drop", action="append", default=[], help="function accepting events, never running them"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="function timeout, seconds")
     parser.add_argument("--path", action="append", default=[], help="directory to import from")
     parser.add_argument("--containers", type=int, default=2, help="execution environments (processes)")

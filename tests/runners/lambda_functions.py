@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from typing import Any
 
@@ -89,6 +90,15 @@ async def flaky(context: TaskContext) -> dict[str, Any]:
     if context.instance.depth == 0:
         raise context.retry(RuntimeError("first try fails"), cooldown=cooldown)
     return {"ranAt": time.time()}
+
+
+@task("lambda.die", max_retries=2)
+async def die(context: TaskContext) -> dict[str, Any]:
+    """A first run kills its execution environment (the function process dies
+    mid-invocation, as on an out-of-memory kill); a retry returns."""
+    if context.instance.depth == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"pid": os.getpid(), "depth": context.instance.depth}
 
 
 @task("lambda.sleepy")
