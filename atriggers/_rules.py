@@ -383,8 +383,8 @@ def classify(instance: TaskInstance | None, owner: str | None, lapsed: bool, at:
         if lapsed and held_by is not None and held_by == owner:
             return "lost"
         deadline = instance.metadata.get(Meta.DEADLINE)
-        if status is Status.RUNNING and isinstance(deadline, str) and from_iso(deadline) <= at:
-            return "lost"
+        if isinstance(deadline, str) and from_iso(deadline) <= at:
+            return "lost"  # overran its timeout, or handed out and never started
         return "not-due" if held_by is not None or isinstance(deadline, str) else "stale"
     return "stale"
 
