@@ -41,7 +41,8 @@ class Sweeper:
     due entries and acts on them, at most `concurrency` sessions at once; when a
     pass was full it goes on at once. Managers are built as `manager_class`
     with `tasks`, `runners` and `default_runner` (for clones and released
-    cooldowns that run in this process). Any number of sweepers on one storage
+    cooldowns that run in this process). With `close_runners`, leaving closes
+    the runners too (a process whose only job is sweeping). Any number of sweepers on one storage
     is safe: each due entry is handled once.
     """
 
@@ -56,6 +57,7 @@ class Sweeper:
         tasks: TaskRegistry | None = None,
         runners: RunnerRegistry | None = None,
         default_runner: str | None = None,
+        close_runners: bool = False,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
@@ -69,6 +71,9 @@ class Sweeper:
         self.tasks = tasks
         self.runners = runners if runners is not None else default_runners
         self.default_runner = default_runner
+        #: Whether `aclose` also closes the runners (`BaseRunner.aclose`): for a
+        #: process whose only job is sweeping; an app closes its runners itself.
+        self.close_runners = close_runners
         #: Entries handled since this sweeper was made, by what they were.
         self.counts: dict[str, int] = {}
         self._loop: asyncio.Task[None] | None = None
@@ -130,11 +135,17 @@ class Sweeper:
             self._loop = asyncio.get_running_loop().create_task(self._run(), name=f"atriggers {self!r}")
 
     async def aclose(self) -> None:
-        """Stop sweeping (idempotent)."""
+        """Stop sweeping (idempotent); with `close_runners`, close the runners."""
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)
+        if self.close_runners:
+            for name in self.runners.names():
+                try:
+                    await self.runners.get(name).aclose()
+                except Exception:  # one runner's failure must not stop the others
+                    log.exception("closing runner %r failed", name)
 
     async def __aenter__(self) -> Self:
         self.start()

@@ -20,11 +20,15 @@ Litestar, ...); `Triggers.wrap` adds the same to any raw ASGI app through the
 ASGI lifespan protocol. `Triggers.manager(uid)` works in any handler;
 `Triggers.depends()` is the FastAPI dependency (FastAPI is imported only then).
 
-On shutdown the storage drains the runs the in-process (``asyncio``) runner
-started: it waits up to ``close_timeout`` seconds for them and their cascades,
-then cancels the rest, which are stored as ``failed`` (replayable) before the
-storage closes. Instances dispatched to other runners (Celery, Lambda) are not
-affected: they already left the process.
+While the app runs, a `Sweeper` (by default) acts on what is due: runs lost
+with a crashed process, cooldowns that ended, delayed fires, expired windows.
+
+On shutdown the sweeper stops, then the storage drains the runs the in-process
+(``asyncio``) runner started: it waits up to ``close_timeout`` seconds for them
+and their cascades, then cancels the rest, which are stored as ``failed``
+(replayable) before the storage closes; then the runners are closed. Instances
+dispatched to other runners (Celery, Lambda) are not affected: they already left
+the process.
 
 This module needs no web framework; FastAPI helpers need the ``web`` extra.
 """

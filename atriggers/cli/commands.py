@@ -276,10 +276,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         raise CommandError("--interval and --lease must be positive numbers of seconds", ExitCode.USAGE)
     async with opened_storage(args.url) as storage:
         storage.lease = OwnerLease(storage, args.lease)
-        sweeper = Sweeper(storage, interval=args.interval, default_runner=args.runner)
+        sweeper = Sweeper(storage, interval=args.interval, default_runner=args.runner, close_runners=True)
         if args.once:
             handled = await sweeper.run_once()
             await _join(storage)
+            await sweeper.aclose()
             print(f"handled {handled} due entr{'y' if handled == 1 else 'ies'}: {_counts(sweeper)}")
             return ExitCode.OK
         stop = asyncio.Event()

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="atriggers",
-        description="Check atriggers configurations, inspect and repair sessions.",
+        description="Check atriggers configurations, inspect and repair sessions, run a worker.",
         epilog="exit codes: " + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode),
     )
     parser.add_argument("--version", action="version", version=f"atriggers {__version__}")

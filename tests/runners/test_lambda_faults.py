@@ -4,13 +4,11 @@ mid-run, or the endpoint accepts the event and never runs it.
 A running Lambda instance is bounded by the invocation's end (the function's
 timeout), its deadline in storage: after it, a sweeper in any process finds it
 lost and applies its task's ``onLost`` policy. An accepted event that is never
-run leaves the instance ``scheduled`` with neither owner nor deadline: nothing
-recovers it automatically, once the runner's start_within has passed."""
+run leaves the instance ``scheduled``, with the runner's ``start_within`` as its
+deadline: past it, it is lost too."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
