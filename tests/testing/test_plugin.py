@@ -52,7 +52,7 @@ def run(pytester: pytest.Pytester, mode: str) -> pytest.RunResult:
         "filterwarnings = error\naddopts = --strict-markers\n"
     )
     pytester.makepyfile(test_user=USER_TESTS.replace("{mark}", mark))
-    return pytester.runpytest("-p", "no:cacheprovider")
+    return pytester.runpytest("-p", "no:randomly", "-p", "no:cacheprovider")
 
 
 @pytest.mark.parametrize("mode", ["auto", "strict"])
@@ -77,7 +77,7 @@ def test_fixtures_marker_and_helpers(pytester: pytest.Pytester, mode: str) -> No
 
 def test_marker_is_registered(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    result = pytester.runpytest("--markers")
+    result = pytester.runpytest("-p", "no:randomly", "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.atriggers_configuration(configuration):*"])
 
 
@@ -98,7 +98,7 @@ def test_marker_misuse_is_reported(pytester: pytest.Pytester) -> None:
             """
         )
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:randomly", "-p", "no:cacheprovider")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [
@@ -123,7 +123,7 @@ def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
     )
     pytester.makepyfile(**{f"test_documented_{n}": example for n, example in enumerate(tests)})
     expected = sum(example.count("\nasync def test_") + example.count("\ndef test_") for example in tests)
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=expected)
+    pytester.runpytest("-p", "no:randomly", "-p", "no:cacheprovider").assert_outcomes(passed=expected)
 
 
 def test_the_plugin_fixture_scopes_every_registry(pytester: pytest.Pytester) -> None:
@@ -150,7 +150,7 @@ def test_the_plugin_fixture_scopes_every_registry(pytester: pytest.Pytester) -> 
             assert "leaky" not in managers and "leaky.task" not in registry
         """
     )
-    pytester.runpytest().assert_outcomes(passed=2)
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
 
 
 def test_the_clock_and_sweeper_fixtures(pytester: pytest.Pytester) -> None:
@@ -180,4 +180,4 @@ def test_the_clock_and_sweeper_fixtures(pytester: pytest.Pytester) -> None:
             assert abs(atriggers_storage.clock.time() - time.time()) < 5
         """
     )
-    pytester.runpytest().assert_outcomes(passed=2)
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
