@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from atriggers import StorageError, Sweeper, TriggerManager
+from atriggers import InvalidInput, StorageError, Sweeper, TriggerManager
 from atriggers.clock import FakeClock
 from atriggers.instance import Status
 from atriggers.storage import open_storage
@@ -187,6 +187,19 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     assert await storage._store_script(keys=keys, args=later) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
     assert (await storage.load("s1")).version == 3
+
+
+async def test_text_that_is_not_unicode_is_refused_and_harms_no_other_call(storage: RedisStorage) -> None:
+    m = manager(storage)
+    await m.update_configuration(WAITING)
+    bad_kwargs = m.fire("tick", {"text": "\udc80"})
+    bad_uid = storage.load_all("s\udc80")  # the storage API itself, bypassing managers
+    good = [manager(storage).fire("tick", {"n": n}) for n in range(5)]
+    results = await asyncio.gather(bad_kwargs, bad_uid, *good, return_exceptions=True)
+    assert isinstance(results[0], InvalidInput) and "not valid Unicode" in str(results[0])
+    assert isinstance(results[1], InvalidInput) and "not valid Unicode" in str(results[1])
+    assert results[2:] == [[]] * 5
+    assert len((await storage.load("s1")).instances) == 5
 
 
 async def test_many_concurrent_sessions_share_a_bounded_pool(
