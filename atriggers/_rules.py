@@ -78,10 +78,7 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
             )
             _apply(instance, task, trigger, kwargs)
             unstarted.append(instance)
-        if len(unstarted) > 1:
-            # In creation order, whatever order a backend read them in: instances
-            # made ready by one fire are dispatched oldest first, in every process.
-            unstarted.sort(key=instance_number)
+        made_ready: list[TaskInstance] = []
         for instance in unstarted:
             current = draft.get(instance.name)
             if current.can_abandon:
@@ -89,7 +86,12 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
             elif current.can_run:
                 scheduled = draft.edit(current.name)
                 draft.schedule(scheduled)
-                ready.append(scheduled)
+                made_ready.append(scheduled)
+        if len(made_ready) > 1:
+            # In creation order, whatever order a backend read them in: instances
+            # made ready by one fire are dispatched oldest first, in every process.
+            made_ready.sort(key=instance_number)
+        ready += made_ready
     draft.record_fire(trigger, kwargs)
     return ready
 

@@ -243,13 +243,12 @@ class TaskInstance:
         """The inverse of `to_dict`; `ValueError` (or `KeyError`) for data of
         the wrong shape."""
         kwargs, metadata = data.get("kwargs") or {}, data.get("metadata") or {}
-        if not isinstance(data["task"], str):
-            raise ValueError(f"its task is not a name: {data['task']!r}")
-        if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
-            raise ValueError("its kwargs are not an object of trigger -> kwargs")
-        if not isinstance(metadata, dict):
-            raise ValueError("its metadata is not an object")
-        if not isinstance(data.get("abandonState") or [], list):
+        if type(data["task"]) is not str or type(kwargs) is not dict or type(metadata) is not dict:
+            raise ValueError("its task, kwargs or metadata have the wrong type")
+        for inner in kwargs.values():
+            if type(inner) is not dict:
+                raise ValueError("its kwargs are not an object of trigger -> kwargs")
+        if type(data.get("abandonState") or []) is not list:
             raise ValueError("its abandonState is not a list")
         return cls(
             name=name,

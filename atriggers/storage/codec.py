@@ -111,10 +111,11 @@ def decode_state(
     part = "instance counts"
     try:
         instance_counts = loads(counts) if isinstance(counts, str) else dict(counts)
-        if not isinstance(instance_counts, dict) or not all(
-            isinstance(n, int) for n in instance_counts.values()
-        ):
+        if type(instance_counts) is not dict:
             raise ValueError("not an object of task name -> count")
+        for count in instance_counts.values():
+            if type(count) is not int:
+                raise ValueError("not an object of task name -> count")
         for name, text in instances:
             part = f"instance {name!r}"
             data: dict[str, Any] = loads(text)

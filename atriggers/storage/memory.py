@@ -88,7 +88,8 @@ class MemoryStorage(Storage):
         wanted = session.unresolved.union(n for n in names if n in session.instances)
         # In a stable order (by task, then creation), not a set's, which would
         # change from one process to the next.
-        return self._decode(uid, session, sorted(wanted, key=_creation_order), complete=False)
+        names = sorted(wanted, key=_creation_order) if len(wanted) > 1 else wanted
+        return self._decode(uid, session, names, complete=False)
 
     async def load_all(self, uid: str) -> SessionState:
         session = self._sessions.get(uid) or _Session()

@@ -409,6 +409,7 @@ class SQLiteStorage(Storage):
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._file: tuple[int, int] | None = None
+        self._file_path = self.path
 
     @property
     def url(self) -> str:
@@ -462,7 +463,9 @@ class SQLiteStorage(Storage):
             await conn.close()
             raise
         self._conn = conn
-        self._file = _identity(self.path)
+        # The file SQLite opened (resolved now: a later chdir must not change it).
+        self._file_path = self.path.resolve()
+        self._file = _identity(self._file_path)
 
     async def disconnect(self) -> None:
         if self._flusher is not None:
@@ -542,7 +545,7 @@ class SQLiteStorage(Storage):
     def _same_file(self) -> None:
         """Refuse to write when the database file was deleted or replaced since it
         was opened: the writes would land in a file nobody will read again."""
-        if _identity(self.path) != self._file:
+        if _identity(self._file_path) != self._file:
             raise StorageError(
                 f"the SQLite database {str(self.path)!r} was deleted or replaced while open: "
                 f"nothing was written; reopen the storage"
