@@ -141,11 +141,7 @@ class Sweeper:
             loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)
         if self.close_runners:
-            for name in self.runners.names():
-                try:
-                    await self.runners.get(name).aclose()
-                except Exception:  # one runner's failure must not stop the others
-                    log.exception("closing runner %r failed", name)
+            await self.runners.aclose_all()
 
     async def __aenter__(self) -> Self:
         self.start()

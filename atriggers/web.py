@@ -219,12 +219,7 @@ class Triggers:
             await self._close_runners()
 
     async def _close_runners(self) -> None:
-        registry = self.runners if self.runners is not None else default_runners
-        for name in registry.names():
-            try:
-                await registry.get(name).aclose()
-            except Exception:  # one runner's failure must not stop the others
-                log.exception("closing runner %r failed", name)
+        await (self.runners if self.runners is not None else default_runners).aclose_all()
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -25,6 +26,8 @@ __all__ = [
 #: Entry-point group for runners: ``name = "pkg.module:RunnerClass"`` (built with
 #: no arguments) or ``"pkg.module:runner_instance"``.
 ENTRY_POINT_GROUP = "atriggers.runners"
+
+log = logging.getLogger("atriggers.runners")
 
 
 class BaseRunner(ABC):
@@ -94,6 +97,15 @@ class RunnerRegistry(Registry[BaseRunner]):
         if not isinstance(value, BaseRunner):
             raise TypeError(f"register a BaseRunner instance, not {value!r}")
         return super().register(value, name)
+
+    async def aclose_all(self) -> None:
+        """Close every runner registered here (`BaseRunner.aclose`); one that
+        fails to close is logged and does not keep the others open."""
+        for name in self.names():
+            try:
+                await self.get(name).aclose()
+            except Exception:
+                log.exception("closing runner %r failed", name)
 
 
 #: The runners every manager uses unless given its own (``runners=``).
