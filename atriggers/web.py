@@ -36,7 +36,6 @@ This module needs no web framework; FastAPI helpers need the ``web`` extra.
 from __future__ import annotations
 
 import inspect
-import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -61,8 +60,6 @@ from .sweeper import Sweeper
 from .tasks import TaskRegistry
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "Triggers", "status_code_for"]
-
-log = logging.getLogger("atriggers.web")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
