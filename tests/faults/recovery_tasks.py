@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ COOLDOWN = float(os.environ.get("RECOVERY_COOLDOWN", "3"))
 released = threading.Event()
 
 
+def _connect(path: Path | str) -> closing[sqlite3.Connection]:
+    # `with sqlite3.connect(...)` commits but never closes: Python 3.13 warns.
+    return closing(sqlite3.connect(path, timeout=10))
+
+
 def create_runs_table(path: Path) -> None:
-    with sqlite3.connect(path) as db:
+    with _connect(path) as db, db:
         db.execute(
             "CREATE TABLE IF NOT EXISTS runs (uid TEXT, instance TEXT, pid INTEGER, started REAL, ended REAL)"
         )
@@ -38,14 +44,14 @@ def create_runs_table(path: Path) -> None:
 
 def runs(path: Path, uid: str | None = None) -> list[dict[str, Any]]:
     """Every run recorded (of session `uid`), in start order."""
-    with sqlite3.connect(path, timeout=10) as db:
+    with _connect(path) as db:
         db.row_factory = sqlite3.Row
         rows = db.execute("SELECT * FROM runs ORDER BY started").fetchall()
     return [dict(row) for row in rows if uid is None or row["uid"] == uid]
 
 
 def _record(context: TaskContext) -> int:
-    with sqlite3.connect(os.environ[RUNS_DB], timeout=10) as db:
+    with _connect(os.environ[RUNS_DB]) as db, db:
         cursor = db.execute(
             "INSERT INTO runs (uid, instance, pid, started) VALUES (?, ?, ?, ?)",
             (context.uid, context.instance_name, os.getpid(), time.time()),
@@ -54,7 +60,7 @@ def _record(context: TaskContext) -> int:
 
 
 def _ended(row: int) -> None:
-    with sqlite3.connect(os.environ[RUNS_DB], timeout=10) as db:
+    with _connect(os.environ[RUNS_DB]) as db, db:
         db.execute("UPDATE runs SET ended = ? WHERE rowid = ?", (time.time(), row))
 
 
