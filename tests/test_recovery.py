@@ -168,7 +168,11 @@ async def test_killed_app_is_recovered_by_policy(
     delay_late = started["t_late#0"] - info["lateAt"]
     assert 0 <= cool_late <= INTERVAL + SLACK, cool_late
     assert 0 <= delay_late <= INTERVAL + SLACK, delay_late
-    assert counts.get("lost") == 4 and counts.get("released") == 1 and counts.get("delay") == 1, counts
+    # The cooldown clone is released by the sweeper (its app is dead); the two
+    # retry clones' backoffs end too, released by the sweeper or by this
+    # process's own timers, whichever comes first.
+    assert counts.get("lost") == 4 and counts.get("delay") == 1, counts
+    assert 1 <= counts.get("released", 0) <= 3, counts
     print(
         f"\n[{kind}] lost after kill: "
         + ", ".join(f"{n} {s:.2f}s" for n, s in lost_after.items())
