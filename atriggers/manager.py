@@ -446,7 +446,7 @@ class TriggerManager:
             body.cancel()
             raise
         body.cancel()
-        await self._shielded(self._lose(context.instance_name, context.token, "timeout"))
+        await self._shielded(self._lose(context.instance_name, context.token))
         # A body that cannot be cancelled (a sync task in its thread) may still
         # end: what it hands back is refused, and said so.
         body.add_done_callback(lambda done: self._refused_late(context, done))
@@ -630,7 +630,7 @@ class TriggerManager:
             )
         return str(outcome["verdict"])
 
-    async def _lose(self, name: str, token: str | None, cause: str) -> None:
+    async def _lose(self, name: str, token: str | None) -> None:
         """This process saw its own run `token` of `name` overrun its deadline."""
         instance = await self.get_instance(name)
         if instance.status is not Status.RUNNING or instance.metadata.get(Meta.TOKEN) != token:

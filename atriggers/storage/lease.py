@@ -25,10 +25,13 @@ from ..errors import TriggerError
 if TYPE_CHECKING:
     from .base import Storage
 
-__all__ = ["DEFAULT_LEASE", "OwnerLease", "lease_param"]
+__all__ = ["DEFAULT_LEASE", "OWNER_RETENTION", "OwnerLease", "lease_param"]
 
 #: Seconds of an owner's lease unless configured.
 DEFAULT_LEASE = 30.0
+#: How long a backend remembers a lapsed owner once it holds nothing (so that a
+#: zombie's late writes under its id are still recognised as lapsed).
+OWNER_RETENTION = 86400.0
 
 log = logging.getLogger("atriggers.storage")
 

@@ -13,7 +13,7 @@ from ..due import Due, DueEntry
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
-from .lease import DEFAULT_LEASE
+from .lease import DEFAULT_LEASE, OWNER_RETENTION
 
 __all__ = ["MemoryStorage"]
 
@@ -26,11 +26,6 @@ class _Session:
     triggers: dict[str, str] = field(default_factory=dict)
     instances: dict[str, str] = field(default_factory=dict)
     unresolved: set[str] = field(default_factory=set)
-
-
-#: How long a lapsed owner is remembered (so that a zombie's late writes under
-#: its id are still recognised as lapsed), once it holds nothing any more.
-OWNER_RETENTION = 86400.0
 
 
 def _creation_order(name: str) -> tuple[str, int]:

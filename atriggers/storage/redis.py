@@ -50,7 +50,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict, mask_url
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
-from .lease import DEFAULT_LEASE, lease_param
+from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
 
@@ -266,9 +266,6 @@ end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
-
-#: How long a lapsed owner is remembered once it holds nothing.
-OWNER_RETENTION = 86400.0
 
 
 def _member(uid: str, key: str) -> str:

@@ -27,7 +27,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
-from .lease import DEFAULT_LEASE, lease_param
+from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -85,9 +85,6 @@ CREATE TABLE atriggers_owners (
 #: schema version -> statements that bring a file from that version to the next.
 _MIGRATIONS: dict[int, str] = {1: _DUE_SCHEMA}
 
-#: How long a lapsed owner is remembered once it holds nothing (so that a
-#: zombie's late writes under its id are still recognised as lapsed).
-OWNER_RETENTION = 86400.0
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
