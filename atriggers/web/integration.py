@@ -42,7 +42,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import ModuleType, TracebackType
 from typing import Any, Self
 
-from .errors import (
+from ..errors import (
     ConcurrencyError,
     DispatchError,
     InstanceNotFound,
@@ -51,13 +51,13 @@ from .errors import (
     StorageError,
     TriggerError,
 )
-from .manager import TriggerManager
-from .runners import RunnerRegistry
-from .runners import runners as default_runners
-from .storage.base import Storage
-from .storage.registry import open_storage
-from .sweeper import Sweeper
-from .tasks import TaskRegistry
+from ..manager import TriggerManager
+from ..runners import RunnerRegistry
+from ..runners import runners as default_runners
+from ..storage.base import Storage
+from ..storage.registry import open_storage
+from ..sweeper import Sweeper
+from ..tasks import TaskRegistry
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "Triggers", "status_code_for"]
 
