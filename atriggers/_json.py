@@ -14,6 +14,7 @@ __all__ = [
     "MAX_DEPTH",
     "check_name",
     "check_text",
+    "copy_json",
     "dumps",
     "jsonable",
     "kwargs_by_trigger",
@@ -51,6 +52,20 @@ def dumps(value: Any) -> str:
     if _c_encode is None:  # pragma: no cover - CPython has the C encoder
         return _encoder.encode(value)
     return "".join(_c_encode(value, 0))
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars), a few times quicker than
+    a JSON round trip; tuples become lists as they would in storage."""
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _SCALARS else copy_json(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [v if type(v) in _SCALARS else copy_json(v) for v in value]
+    return value
 
 
 def object_arg(value: object, what: str) -> dict[str, Any]:

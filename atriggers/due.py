@@ -25,7 +25,7 @@ from typing import NamedTuple
 from .clock import from_iso
 from .instance import Meta, Status, TaskInstance
 
-__all__ = ["DELAY_PREFIX", "Due", "DueEntry", "due_of", "is_delay_key"]
+__all__ = ["DELAY_PREFIX", "Due", "DueEntry", "due_of", "due_of_cached", "is_delay_key"]
 
 #: Keys of delayed fires start with this; instance names always hold a ``#``.
 DELAY_PREFIX = "fire@"
@@ -81,3 +81,14 @@ def due_of(instance: TaskInstance) -> Due | None:
         owner = owner if isinstance(owner, str) else None
         return Due(at, owner) if at is not None or owner is not None else None
     return None
+
+
+def due_of_cached(instance: TaskInstance) -> Due | None:
+    """`due_of`, remembered on the instance (keyed by its status, as a guard)."""
+    memo = instance.due_memo
+    if memo is not None and memo[0] is instance.status:
+        due: Due | None = memo[1]
+        return due
+    due = due_of(instance)
+    instance.due_memo = (instance.status, due)
+    return due

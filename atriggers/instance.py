@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from ._json import dumps, loads
+from ._json import copy_json
 from .config import TaskConfig
 from .errors import InvalidInput
 
@@ -141,6 +141,11 @@ class TaskInstance:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: The task's configuration (not stored with the instance).
     config: TaskConfig | None = field(default=None, compare=False, repr=False)
+    #: (status, due-index entry) as last worked out by `atriggers.due.due_of_cached`:
+    #: a cache, not data (never copied, compared or stored). Instances are replaced,
+    #: not changed, once written, so the entry of the instance a change replaces is
+    #: usually known already.
+    due_memo: tuple[Status, Any] | None = field(default=None, init=False, compare=False, repr=False)
 
     # -- what may happen next ----------------------------------------------------
 
@@ -267,9 +272,9 @@ class TaskInstance:
             self.name,
             self.task_name,
             self.status,
-            loads(dumps(self.kwargs)),
+            copy_json(self.kwargs),
             self.abandon_state,
-            loads(dumps(self.metadata)),
+            copy_json(self.metadata),
             self.config,
         )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .clock import iso
 from .config import TaskConfig
-from .due import Due, due_of
+from .due import Due, due_of, due_of_cached
 from .errors import InstanceNotFound
 from .instance import Meta, Status, TaskInstance
 
@@ -360,8 +360,8 @@ class Draft:
             before = self.base.instances.get(name)
             if name in due or not (_may_be_due(instance) or (before is not None and _may_be_due(before))):
                 continue
-            entry = due_of(instance)
-            if entry != (due_of(before) if before is not None else None):
+            entry = due_of_cached(instance)
+            if entry != (due_of_cached(before) if before is not None else None):
                 due[name] = entry
         return Change(
             tasks=self.tasks if self._tasks_changed else None,
