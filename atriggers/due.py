@@ -85,10 +85,10 @@ def due_of(instance: TaskInstance) -> Due | None:
 
 def due_of_cached(instance: TaskInstance) -> Due | None:
     """`due_of`, remembered on the instance (keyed by its status, as a guard)."""
-    memo = instance.due_memo
+    memo = instance._due_memo
     if memo is not None and memo[0] is instance.status:
         due: Due | None = memo[1]
         return due
     due = due_of(instance)
-    instance.due_memo = (instance.status, due)
+    instance._due_memo = (instance.status, due)
     return due

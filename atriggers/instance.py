@@ -145,7 +145,7 @@ class TaskInstance:
     #: a cache, not data (never copied, compared or stored). Instances are replaced,
     #: not changed, once written, so the entry of the instance a change replaces is
     #: usually known already.
-    due_memo: tuple[Status, Any] | None = field(default=None, init=False, compare=False, repr=False)
+    _due_memo: tuple[Status, Any] | None = field(default=None, init=False, compare=False, repr=False)
 
     # -- what may happen next ----------------------------------------------------
 
