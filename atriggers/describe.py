@@ -36,6 +36,10 @@ def describe_instance(instance: TaskInstance) -> str:
         lines.append(f"  exception: {meta[Meta.EXCEPTION_TYPE]}")
         if meta.get(Meta.EXCEPTION_CONTEXT):
             lines.append(f"  context: {compact_json(meta[Meta.EXCEPTION_CONTEXT])}")
+        logs = meta.get(Meta.ERROR_LOGS)
+        if isinstance(logs, list) and logs:
+            lines.append("  logged:")
+            lines += [f"    {line}" for record in logs for line in str(record).splitlines()]
         info = str(meta.get(Meta.EXCEPTION_INFO) or "").rstrip()
         if info:
             lines.append("  traceback:")
