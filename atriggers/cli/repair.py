@@ -21,8 +21,8 @@ from . import style
 from .exits import CommandError, ExitCode
 from .inputs import read_text
 from .operator import operator_name
-from .runnable import check_runnable
 from .render import emit_json, table
+from .runnable import check_runnable
 from .session import manager_for, opened_storage
 
 __all__ = ["cmd_repair", "parse_time"]

@@ -23,7 +23,7 @@ def why_text(explanations: list[Explanation]) -> str:
     """One row per explanation (task, instance, code, missing), then each sentence."""
     rows = [[e.task, e.instance or "-", e.code, ", ".join(e.missing)] for e in explanations]
     out = [table(rows, ["task", "instance", "code", "missing"]), ""]
-    out += [f"{e.instance or e.task}: {e.text}" for e in explanations]
+    out += [e.text for e in explanations]
     return "\n".join(out)
 
 
