@@ -56,11 +56,11 @@ def held_by(instance: TaskInstance) -> str:
         return ""
     parts = [instance.runner or "?"]
     if isinstance(meta.get(Meta.NOT_BEFORE), str):
-        parts.append(f"cooldown until {meta[Meta.NOT_BEFORE][:19].replace('T', ' ')}")
+        parts.append(f"cooldown until {meta[Meta.NOT_BEFORE][:19].replace('T', ' ')}Z")
     if instance.owner:
         parts.append(f"owner {instance.owner}")
     if instance.status is Status.RUNNING and isinstance(meta.get(Meta.DEADLINE), str):
-        parts.append(f"deadline {meta[Meta.DEADLINE][:19].replace('T', ' ')}")
+        parts.append(f"deadline {meta[Meta.DEADLINE][:19].replace('T', ' ')}Z")
     return ", ".join(parts)
 
 
