@@ -262,7 +262,11 @@ def explain_instance(
 
     if status is Status.SKIPPED:
         cascade = " and its task's name was fired as if it had finished" if meta.get("cascade") else ""
-        text = f"{name}{origin} was skipped at {_when(since)}{_ago(since, now)}{cascade}."
+        # Only failed instances can be skipped from outside; a running task skips itself.
+        who = (
+            " by an operator" if Status.FAILED.value in instance.timestamps else " (the task skipped itself)"
+        )
+        text = f"{name}{origin} was skipped{who} at {_when(since)}{_ago(since, now)}{cascade}."
         return Explanation(code="skipped", missing=(), text=text, **base, error=error, message=message)
 
     # Abandoned: its `within` ran out, or all of its `unless` triggers arrived.

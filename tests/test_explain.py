@@ -161,6 +161,13 @@ def test_skipped() -> None:
     s.apply(rules.skip, "t_import#0", True, {"n": 0})
     skipped = s.one("t_import#0")
     assert skipped.code == "skipped" and "as if it had finished" in skipped.text
+    assert "skipped by an operator at" in skipped.text
+    s.fire("questionnaireComplete")  # nothing new: t_import is one-shot
+    s.apply(rules.configure, parse_configuration({"t_self": {"after": ["again"], "run": "z"}}))
+    s.fire("again")
+    s.apply(rules.start, "t_self#0", "tok")
+    s.apply(rules.skip_running, "t_self#0", {"why": "nothing to do"}, "tok")
+    assert "was skipped (the task skipped itself) at" in s.one("t_self#0").text
 
 
 def test_abandoned_after_unless_names_the_triggers() -> None:
