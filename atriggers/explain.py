@@ -293,12 +293,15 @@ def explain_instance(
 def explain_task(
     state: SessionState, task: str, now: float, clones: Mapping[str, str] | None = None
 ) -> Explanation:
-    """Why task `task` is where it is: its latest instance explained, or why it
-    has none yet (``never-triggered``)."""
-    instances = state.instances_of_task(task)
+    """Why task `task` is where it is: its most pressing instance explained (the
+    latest failed one, else the latest unresolved one, else the latest), or why
+    it has none yet (``never-triggered``)."""
+    instances = state.instances_of_task(task)  # oldest first
     if instances:
-        latest = max(instances, key=instance_number)
-        return explain_instance(state, latest, now, clones)
+        failed = [i for i in instances if i.status is Status.FAILED]
+        unresolved = [i for i in instances if not i.is_resolved]
+        chosen = (failed or unresolved or instances)[-1]
+        return explain_instance(state, chosen, now, clones)
     config = state.tasks.get(task)
     if config is None:
         raise InstanceNotFound(task, state.uid)
@@ -329,8 +332,8 @@ def explain_task(
 
 
 def explain(state: SessionState, name: str | None = None, *, now: float) -> list[Explanation]:
-    """Explanations for a session: one per configured task (its latest instance,
-    or why it has none) when `name` is None; every instance of task `name`,
+    """Explanations for a session: one per configured task (its most pressing
+    instance, or why it has none) when `name` is None; every instance of task `name`,
     oldest first; or the one instance `name`. `InstanceNotFound` for a name
     that is neither."""
     clones = _clones(state)

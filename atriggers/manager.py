@@ -337,7 +337,7 @@ class TriggerManager:
 
     async def explain(self, name: str | None = None) -> list[Explanation]:
         """Why the session's tasks ran or did not: one `Explanation` per task
-        (its latest instance, or why it has none), or for every instance of task
+        (its most pressing instance, or why it has none), or for every instance of task
         `name`, or for instance `name` (`InstanceNotFound` if neither)."""
         if name is not None:
             check_text(name, "name")

@@ -336,3 +336,17 @@ async def test_error_logs_are_kept_on_the_instance(
         "ERROR: t#0 failed: gave up",
     ]
     assert failed.log_level_name == "ERROR"
+
+
+def test_a_task_is_explained_by_its_most_pressing_instance() -> None:
+    s = Session({"t": {"after": ["page"], "andEvery": "page", "run": "x"}})
+    for _ in range(3):
+        s.fire("page")
+    s.apply(rules.fail, "t#0", {"exceptionType": "builtins.KeyError"})
+    s.apply(rules.start, "t#2", "tok")
+    s.apply(rules.finish, "t#2", {}, 0, "tok")
+    (task_level,) = s.why()
+    assert (task_level.instance, task_level.code) == ("t#0", "failed")
+    s.apply(rules.skip, "t#0")
+    assert [(e.instance, e.code) for e in s.why()] == [("t#1", "scheduled")]
+    assert [e.instance for e in s.why("t")] == ["t#0", "t#1", "t#2"]
