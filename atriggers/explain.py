@@ -18,7 +18,7 @@ from .clock import from_iso
 from .describe import trouble
 from .errors import InstanceNotFound
 from .instance import Meta, Status, TaskInstance
-from .state import SessionState, instance_number
+from .state import SessionState
 
 __all__ = ["CODES", "Explanation", "duration", "explain", "explain_instance", "explain_task"]
 
