@@ -16,6 +16,7 @@ from .errors import (
     InvalidStatus,
     MaxRetriesExceeded,
     Problem,
+    SessionChanged,
     StorageError,
     TriggerError,
     UnknownManager,
@@ -24,8 +25,10 @@ from .errors import (
     UnknownTask,
     with_context,
 )
+from .explain import Explanation
 from .instance import Status, TaskInstance
 from .manager import TriggerManager, get_manager_class, register_manager
+from .preview import FirePreview
 from .registry import Registry
 from .state import SessionState
 from .sweeper import Sweeper
@@ -37,6 +40,8 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "DispatchError",
+    "Explanation",
+    "FirePreview",
     "InstanceLost",
     "InstanceNotFound",
     "InvalidInput",
@@ -45,6 +50,7 @@ __all__ = [
     "Problem",
     "Registry",
     "Retry",
+    "SessionChanged",
     "SessionState",
     "Skip",
     "Status",

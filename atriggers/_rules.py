@@ -34,6 +34,7 @@ __all__ = [
     "skip",
     "skip_running",
     "start",
+    "annotate",
     "update_metadata",
 ]
 
@@ -186,6 +187,20 @@ def update_metadata(draft: Draft, name: str, metadata: Mapping[str, Any]) -> Tas
     return instance
 
 
+#: Notes kept per instance (the oldest are dropped past this).
+MAX_NOTES = 50
+
+
+def annotate(draft: Draft, name: str, note: Mapping[str, Any]) -> TaskInstance:
+    """Append an operator's `note` to the instance's ``notes`` (status unchanged)."""
+    instance = draft.edit(name)
+    notes = instance.metadata.get(Meta.NOTES)
+    kept = list(notes) if isinstance(notes, list) else []
+    instance.metadata[Meta.NOTES] = [*kept, {"at": draft.now, **note}][-MAX_NOTES:]
+    draft.touch(instance)
+    return instance
+
+
 def merge_params(with_params: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """`withParams` merged recursively under the fired kwargs (fired values win)."""
     merged = dict(with_params)
@@ -265,7 +280,12 @@ def heartbeat(draft: Draft, name: str, token: str | None) -> TaskInstance | None
 
 
 def finish(
-    draft: Draft, name: str, result: Mapping[str, Any], log_level: int, token: str | None = None
+    draft: Draft,
+    name: str,
+    result: Mapping[str, Any],
+    log_level: int,
+    token: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> tuple[TaskInstance | None, list[TaskInstance]]:
     """Record a successful run and cascade: the task's name fires with `result`.
 
@@ -277,6 +297,7 @@ def finish(
     instance = draft.edit(name)
     instance.metadata[Meta.RESULT] = dict(result)
     instance.metadata[Meta.LOG_LEVEL] = log_level
+    instance.metadata.update(metadata or {})
     draft.set_status(instance, Status.FINISHED)
     return instance, fire(draft, instance.task_name, result)
 

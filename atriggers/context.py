@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 __all__ = ["Retry", "Skip", "TaskContext", "TaskSignal", "exception_metadata"]
 
 
+#: ERROR-level records kept per run in ``errorLogs``, and characters per record.
+MAX_ERROR_LOGS = 5
+MAX_ERROR_LOG_CHARS = 1000
+
+
 class TaskSignal(Exception):
     """Raised by a task to end its run with a status other than finished/failed."""
 
@@ -68,6 +73,8 @@ class _TrackingAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if level > self._owner.log_level:
             self._owner.log_level = level
+        if level >= logging.ERROR:
+            self._owner.keep_error_log(level, msg, args)
         super().log(level, msg, *args, **kwargs)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
@@ -93,10 +100,27 @@ class TaskContext:
         self.token = token
         #: Highest log level emitted through `get_logger_context` loggers.
         self.log_level = logging.NOTSET
+        #: The text of the ERROR-level (and above) records logged through them,
+        #: stored on the instance as ``errorLogs`` (at most `MAX_ERROR_LOGS`).
+        self.error_logs: list[str] = []
         deadline = instance.metadata.get(Meta.DEADLINE)
         #: When this run is lost unless it stores its outcome or heartbeats
         #: (epoch seconds; None: no deadline).
         self.deadline: float | None = from_iso(deadline) if isinstance(deadline, str) else None
+
+    def keep_error_log(self, level: int, msg: object, args: tuple[Any, ...]) -> None:
+        """Keep the text of an ERROR-level record for the instance's metadata:
+        the first `MAX_ERROR_LOGS`, each cut to `MAX_ERROR_LOG_CHARS`."""
+        if len(self.error_logs) >= MAX_ERROR_LOGS:
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except Exception:  # noqa: BLE001 - a bad format string is logging's problem, not ours
+            text = f"{msg!s} {args!r}"
+        line = f"{logging.getLevelName(level)}: {text}"
+        if len(line) > MAX_ERROR_LOG_CHARS:
+            line = line[: MAX_ERROR_LOG_CHARS - 1] + "…"
+        self.error_logs.append(line)
 
     @property
     def instance_name(self) -> str:

@@ -36,6 +36,10 @@ def describe_instance(instance: TaskInstance) -> str:
         lines.append(f"  exception: {meta[Meta.EXCEPTION_TYPE]}")
         if meta.get(Meta.EXCEPTION_CONTEXT):
             lines.append(f"  context: {compact_json(meta[Meta.EXCEPTION_CONTEXT])}")
+        logs = meta.get(Meta.ERROR_LOGS)
+        if isinstance(logs, list) and logs:
+            lines.append("  logged:")
+            lines += [f"    {line}" for record in logs for line in str(record).splitlines()]
         info = str(meta.get(Meta.EXCEPTION_INFO) or "").rstrip()
         if info:
             lines.append("  traceback:")
@@ -52,11 +56,11 @@ def held_by(instance: TaskInstance) -> str:
         return ""
     parts = [instance.runner or "?"]
     if isinstance(meta.get(Meta.NOT_BEFORE), str):
-        parts.append(f"cooldown until {meta[Meta.NOT_BEFORE][:19].replace('T', ' ')}")
+        parts.append(f"cooldown until {meta[Meta.NOT_BEFORE][:19].replace('T', ' ')}Z")
     if instance.owner:
         parts.append(f"owner {instance.owner}")
     if instance.status is Status.RUNNING and isinstance(meta.get(Meta.DEADLINE), str):
-        parts.append(f"deadline {meta[Meta.DEADLINE][:19].replace('T', ' ')}")
+        parts.append(f"deadline {meta[Meta.DEADLINE][:19].replace('T', ' ')}Z")
     return ", ".join(parts)
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "InvalidStatus",
     "MaxRetriesExceeded",
     "Problem",
+    "SessionChanged",
     "StorageError",
     "TriggerError",
     "UnknownManager",
@@ -75,6 +76,20 @@ class ConfigurationError(TriggerError, ValueError):
 class InvalidInput(TriggerError, ValueError):
     """An argument cannot be accepted (a non-string trigger name, kwargs that are
     not a JSON object...). Raised before anything is written."""
+
+
+class SessionChanged(InvalidInput):
+    """The session is no longer at the version an operation was planned against
+    (a repair plan made before a fire, say). Nothing was written."""
+
+    def __init__(self, uid: str, expected: int, current: int) -> None:
+        self.uid = uid
+        self.expected = expected
+        self.current = current
+        super().__init__(
+            f"session {uid!r} changed since it was planned for (version {expected}, now {current}); "
+            f"nothing was written"
+        )
 
 
 class InstanceNotFound(TriggerError, KeyError):

@@ -69,6 +69,10 @@ class Meta:
     REASON = "reason"
     #: The task's ``max_retries`` where the instance last ran (for lost retries).
     MAX_RETRIES = "maxRetries"
+    #: The text of the ERROR-level (and above) records its task logged (bounded).
+    ERROR_LOGS = "errorLogs"
+    #: Operators' notes: a list of ``{"at", "by", "text"}``.
+    NOTES = "notes"
 
 
 def _is_int(value: object) -> bool:
@@ -111,6 +115,11 @@ _RESERVED: dict[str, tuple[Callable[[object], bool], str]] = {
     Meta.NOT_BEFORE: (_is_time, "an ISO 8601 time"),
     Meta.REASON: (lambda v: isinstance(v, str), "a string"),
     Meta.MAX_RETRIES: (_is_int, "an integer >= 0"),
+    Meta.ERROR_LOGS: (
+        lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+        "a list of strings",
+    ),
+    Meta.NOTES: (lambda v: isinstance(v, list) and all(isinstance(n, dict) for n in v), "a list of objects"),
 }
 
 

@@ -37,8 +37,12 @@ from .errors import (
     UnknownTask,
     with_context,
 )
+from .explain import Explanation, explain
 from .instance import Meta, Status, TaskInstance, check_metadata
+from .preview import FirePreview, preview_fire
 from .registry import Registry
+from .repair import check_actions
+from .repair import repair as repair_rule
 from .runners import RunnerRegistry
 from .runners import runners as default_runners
 from .state import Change, Draft, Placement, SessionState
@@ -126,6 +130,8 @@ class TriggerManager:
         self._timers: dict[asyncio.Task[Any], float] = {}
         self._placement = Placement(self.default_runner, self._holder, self._start_within)
         self._unheld = False
+        #: Run token -> the ERROR-level log lines its task emitted so far.
+        self._error_logs: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uid!r} on {self.storage!r}>"
@@ -278,7 +284,77 @@ class TriggerManager:
         )
         return instance.snapshot()
 
+    async def apply_repairs(
+        self,
+        actions: Mapping[str, str],
+        *,
+        expected_version: int | None = None,
+        record: Mapping[str, Any] | None = None,
+        runner: str | None = None,
+    ) -> tuple[list[TaskInstance], list[TaskInstance]]:
+        """Replay or skip several failed instances (instance -> ``"replay"`` or
+        ``"skip"``) in one atomic write, recording `record` (who, why) under
+        ``repair`` in each one's metadata; returns (the clones, the skipped).
+
+        With `expected_version`, refuses with `SessionChanged` if the session is
+        no longer at that version; `InvalidStatus` if one is not failed. Either
+        way nothing is written. Replays go to `runner` if given (a task's
+        ``using`` still wins), else where the failed instance went.
+        """
+        checked = check_actions(object_arg(actions, "actions"))
+        meta = object_arg(record, "record")
+        if runner is not None:
+            self.runners.get(runner)  # UnknownRunner before anything is written
+        return await self._shielded(self._repair(checked, expected_version, meta, runner))
+
+    async def _repair(
+        self, actions: Mapping[str, Any], version: int | None, record: dict[str, Any], runner: str | None
+    ) -> tuple[list[TaskInstance], list[TaskInstance]]:
+        clones, skipped = await self._apply(
+            lambda d: repair_rule(d, actions, version, record, runner), list(actions)
+        )
+        clones, skipped = [i.snapshot() for i in clones], [i.snapshot() for i in skipped]
+        await self._dispatch(clones)
+        for clone in clones:
+            await self.post_replay(clone)
+        for instance in skipped:
+            await self.post_skip(instance, False)
+        return clones, skipped
+
+    async def annotate_instance(
+        self, instance: InstanceRef, text: str, *, by: str | None = None
+    ) -> TaskInstance:
+        """Add an operator's note (`text`, and who wrote it) to the instance's
+        ``notes`` metadata, with the time; its status is unchanged."""
+        name = _name_of(instance)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput(f"a note must be a non-empty string, not {text!r}")
+        check_text(text, "note")
+        note = {"by": by, "text": text} if by else {"text": text}
+        return (await self._apply(lambda d: rules.annotate(d, name, note), [name])).snapshot()
+
     # -- reading ------------------------------------------------------------------------
+
+    async def explain(self, name: str | None = None) -> list[Explanation]:
+        """Why the session's tasks ran or did not: one `Explanation` per task
+        (its most pressing instance, or why it has none), or for every instance of task
+        `name`, or for instance `name` (`InstanceNotFound` if neither)."""
+        if name is not None:
+            check_text(name, "name")
+        state = await self.get_state()
+        return explain(state, name, now=self.storage.clock.time())
+
+    async def preview_fire(
+        self, trigger_name: str, trigger_kwargs: Mapping[str, Any] | None = None
+    ) -> FirePreview:
+        """What `fire` would create, schedule and abandon now; writes nothing
+        and dispatches nothing (the cascades of what it would run are not told)."""
+        trigger = _trigger_name(trigger_name)
+        kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
+        state = await self.storage.load(self.uid)
+        return preview_fire(
+            state, trigger, kwargs, at=self.storage.clock.time(), default_runner=self.default_runner
+        )
 
     async def get_state(self) -> SessionState:
         """A snapshot of the whole session, every instance included."""
@@ -365,21 +441,31 @@ class TriggerManager:
         except UnknownTask as exc:
             return await self._shielded(self._fail(name, exc, token=token))
         context = TaskContext(self, running.snapshot(), definition, token=token)
+        # The text of what the task logs at ERROR and above goes with its outcome.
+        self._error_logs[token] = context.error_logs
         outcome: object
         try:
-            outcome = await self._run_body(definition, context)
-        except asyncio.CancelledError as exc:
-            await self._shielded(self._fail(name, exc, context.log_level, token=token))
-            raise
-        except Exception as exc:  # noqa: BLE001 - a task's failure is data
-            outcome = exc
-        if outcome is _LOST:
-            return None
-        # Storing the outcome and dispatching its cascade is one shielded step: a
-        # cancellation (shutdown, time limit) cannot leave a stored cascade undispatched.
-        return await self._store_outcome(
-            name, token, outcome, context.log_level, definition.name, owner, context.deadline
-        )
+            try:
+                outcome = await self._run_body(definition, context)
+            except asyncio.CancelledError as exc:
+                await self._shielded(self._fail(name, exc, context.log_level, token=token))
+                raise
+            except Exception as exc:  # noqa: BLE001 - a task's failure is data
+                outcome = exc
+            if outcome is _LOST:
+                return None
+            # Storing the outcome and dispatching its cascade is one shielded step: a
+            # cancellation (shutdown, time limit) cannot leave a stored cascade undispatched.
+            return await self._store_outcome(
+                name, token, outcome, context.log_level, definition.name, owner, context.deadline
+            )
+        finally:
+            self._error_logs.pop(token, None)
+
+    def _logs_of(self, token: str | None) -> dict[str, Any]:
+        """The ``errorLogs`` metadata of run `token` (empty if it logged none)."""
+        logs = self._error_logs.get(token) if token is not None else None
+        return {Meta.ERROR_LOGS: list(logs)} if logs else {}
 
     async def _store_outcome(
         self,
@@ -477,11 +563,19 @@ class TriggerManager:
         # be stored fails the instance with the reason.
         try:
             if isinstance(outcome, Retry):
-                meta = {**object_arg(outcome.metadata, "retry metadata"), Meta.LOG_LEVEL: log_level}
+                meta = {
+                    **object_arg(outcome.metadata, "retry metadata"),
+                    Meta.LOG_LEVEL: log_level,
+                    **self._logs_of(token),
+                }
                 check_metadata(meta, "retry metadata")
                 replacement = kwargs_by_trigger(outcome.replacement_kwargs, "replacement_kwargs")
             elif isinstance(outcome, Skip):
-                meta = {**object_arg(outcome.metadata, "skip metadata"), Meta.LOG_LEVEL: log_level}
+                meta = {
+                    **object_arg(outcome.metadata, "skip metadata"),
+                    Meta.LOG_LEVEL: log_level,
+                    **self._logs_of(token),
+                }
                 check_metadata(meta, "skip metadata")
             else:
                 result = _check_result(outcome, task)
@@ -492,7 +586,10 @@ class TriggerManager:
         if isinstance(outcome, Skip):
             skipped = await self._apply(lambda d: rules.skip_running(d, name, meta, token), [name])
             return self._refused(name, skipped.snapshot() if skipped else None, token)
-        finished, ready = await self._apply(lambda d: rules.finish(d, name, result, log_level, token), [name])
+        logs = self._logs_of(token)
+        finished, ready = await self._apply(
+            lambda d: rules.finish(d, name, result, log_level, token, logs), [name]
+        )
         if finished is None:
             return self._refused(name, None, token)
         ready = [i.snapshot() for i in ready]
@@ -714,6 +811,7 @@ class TriggerManager:
         meta = exception_metadata(exc)
         if log_level is not None:
             meta[Meta.LOG_LEVEL] = log_level
+        meta.update(self._logs_of(token))
         # A dispatch error only fails an instance still waiting: a runner may raise
         # after handing the instance over (a lost reply), and a worker that already
         # started it owns its outcome.

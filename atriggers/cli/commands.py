@@ -32,6 +32,7 @@ from .render import (
     session_text,
     sessions_table,
 )
+from .runnable import check_runnable
 from .session import existing_session, load_session, manager_for, opened_storage
 
 __all__ = [
@@ -94,6 +95,10 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_sessions(args: argparse.Namespace) -> int:
+    if getattr(args, "waiting_for", None) is not None or getattr(args, "by_code", False):
+        from .why import cmd_survey
+
+        return await cmd_survey(args)
     async with opened_storage(args.url) as storage:
         uids = await storage.list_sessions()
         rows: list[dict[str, Any]] = []
@@ -184,6 +189,10 @@ async def _operate(args: argparse.Namespace, operation: Operation) -> int:
 
 
 async def cmd_fire(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        from .why import cmd_dry_run
+
+        return await cmd_dry_run(args)
     kwargs = json_object(args.kwargs, "--kwargs")
 
     async def fire(manager: TriggerManager) -> str:
@@ -210,8 +219,17 @@ async def cmd_replay(args: argparse.Namespace) -> int:
                 f"anyway: add --force to do that",
                 ExitCode.WRONG_STATUS,
             )
-        clone = await manager.replay_failed_instance(args.instance, kwargs)
-        return f"replayed {args.instance} as {clone.name}"
+        # Refused here, before the failed instance is used up, if the replay
+        # would fail at once in this process (task not imported, unknown runner).
+        check_runnable(manager, state, [args.instance], args.runner)
+        if args.runner is not None:
+            if kwargs is not None:
+                raise CommandError("--runner and --kwargs cannot be combined in a replay", ExitCode.USAGE)
+            # Told otherwise: the clone goes to --runner, not where the failed one went.
+            (clone,), _ = await manager.apply_repairs({args.instance: "replay"}, runner=args.runner)
+        else:
+            clone = await manager.replay_failed_instance(args.instance, kwargs)
+        return f"replayed {args.instance} as {clone.name} (runner {clone.runner})"
 
     return await _operate(args, replay)
 

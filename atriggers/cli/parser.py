@@ -20,6 +20,7 @@ from .commands import (
     cmd_worker,
 )
 from .exits import ExitCode
+from .operator import add_operator_commands
 
 __all__ = ["build_parser"]
 
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fire", parents=[common, session, runs, as_json], help="fire a trigger into a session")
     p.add_argument("trigger", metavar="TRIGGER")
     p.add_argument("--kwargs", metavar="JSON", help="trigger kwargs: a JSON object or @file")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the fire would create, schedule and abandon; write and run nothing",
+    )
     p.set_defaults(handler=cmd_fire)
 
     p = sub.add_parser("replay", parents=[common, session, runs, as_json], help="replay a failed instance")
@@ -136,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only sessions with lost instances, or in-flight ones past their deadline (no sweeper "
         "running?) or that nothing will recover by itself",
+    )
+    which.add_argument(
+        "--waiting-for",
+        metavar="TRIGGER",
+        help="count the sessions with tasks still waiting for TRIGGER (and list them)",
+    )
+    which.add_argument("--by-code", action="store_true", help="count tasks by explanation code (see `why`)")
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="with --waiting-for or --by-code: look at N sessions at most"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print session ids only")
     p.set_defaults(handler=cmd_sessions)
@@ -182,4 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", metavar="FILE", help="write it to FILE")
     out.add_argument("--check", metavar="FILE", help="exit 1 if FILE is not up to date")
     p.set_defaults(handler=cmd_schema)
+
+    add_operator_commands(sub, common=common, session=session, runs=runs, as_json=as_json)
     return parser

@@ -9,10 +9,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
+from ..clock import from_iso
 from ..describe import describe_instance, held_by, trouble
 from ..errors import Problem
+from ..explain import duration
 from ..instance import Meta, Status, TaskInstance
 from ..state import SessionState
+from . import style
 
 __all__ = [
     "Changed",
@@ -21,6 +24,8 @@ __all__ = [
     "emit_json",
     "failures",
     "instance_json",
+    "lineage",
+    "notes",
     "problems_table",
     "session_json",
     "session_text",
@@ -33,7 +38,10 @@ Changed = tuple[TaskInstance | None, TaskInstance]
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    """Left-aligned columns two spaces apart, under a dashed header."""
+    """Left-aligned columns two spaces apart, under a dashed header (drawn by
+    rich, statuses coloured, when the output is a terminal)."""
+    if style.active():
+        return style.rich_table(rows, header)
     widths = [len(h) for h in header]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -55,7 +63,59 @@ def _short(value: object, limit: int = 60) -> str:
 
 
 def _timestamp(instance: TaskInstance, key: str) -> str:
-    return instance.timestamps.get(key, "")[:19].replace("T", " ")
+    """A timestamp to the second, in UTC (``Z``), as stored."""
+    stamp = instance.timestamps.get(key, "")
+    return stamp[:19].replace("T", " ") + "Z" if stamp else ""
+
+
+def _status(instance: TaskInstance, now: float) -> str:
+    """The status, with how long it has lasted while in flight and what is wrong."""
+    text = instance.status.value
+    since = instance.timestamps.get(text)
+    if instance.status in (Status.SCHEDULED, Status.RUNNING) and since:
+        text += f" for {duration(now - from_iso(since))}"
+    problem = trouble(instance, now)
+    return text + (f" ({problem.upper()})" if problem else "")
+
+
+def lineage(instances: Sequence[TaskInstance]) -> list[str]:
+    """Replay chains, oldest first: ``t#0 -> t#1 -> t#2`` (each clone's
+    ``parent`` names the one it replays), with who repaired them and why."""
+    by_name = {i.name: i for i in instances}
+    children = {i.parent: i.name for i in instances if i.parent}
+    lines = []
+    for instance in instances:
+        if instance.parent in by_name or instance.name not in children:
+            continue  # not the start of a chain
+        chain, name = [instance.name], instance.name
+        while name in children:
+            name = children[name]
+            chain.append(name)
+        notes = []
+        for link in chain:
+            repair = by_name[link].metadata.get("repair") if link in by_name else None
+            if isinstance(repair, dict) and (repair.get("by") or repair.get("note")):
+                who = repair.get("by") or "?"
+                notes.append(f"{link} by {who}" + (f": {repair['note']}" if repair.get("note") else ""))
+        tail = f" (repaired: {'; '.join(notes)})" if notes else ""
+        first = by_name[instance.name]
+        if first.parent:
+            chain.insert(0, first.parent)
+        lines.append(
+            " -> ".join(f"{n} ({by_name[n].status.value})" if n in by_name else n for n in chain) + tail
+        )
+    return lines
+
+
+def notes(instances: Sequence[TaskInstance]) -> list[str]:
+    """Operators' notes, one line each: ``instance  when  who: text``."""
+    lines = []
+    for instance in instances:
+        for note in instance.metadata.get(Meta.NOTES) or ():
+            if isinstance(note, dict):
+                when = str(note.get("at") or "")[:19].replace("T", " ") + "Z"
+                lines.append(f"{instance.name}  {when}  {note.get('by') or '?'}: {note.get('text')}")
+    return lines
 
 
 def _outcome(instance: TaskInstance) -> str:
@@ -128,7 +188,7 @@ def session_text(state: SessionState, url: str, now: float) -> str:
     instance_rows = [
         [
             i.name,
-            i.status.value + (f" ({problem.upper()})" if (problem := trouble(i, now)) else ""),
+            _status(i, now),
             ", ".join(sorted(i.kwargs)),
             _timestamp(i, Meta.CREATED),
             _timestamp(i, Meta.LAST_MODIFIED),
@@ -163,8 +223,14 @@ def session_text(state: SessionState, url: str, now: float) -> str:
         "Unresolved instances: " + (", ".join(i.name for i in state.get_unresolved_instances()) or "none"),
         "Instances with unresolved logs: "
         + (", ".join(f"{i.name} ({i.log_level_name})" for i in logs) or "none"),
-        *failures(ordered),
     ]
+    chains = lineage(ordered)
+    if chains:
+        out += ["", "Replays", *chains]
+    written = notes(ordered)
+    if written:
+        out += ["", "Notes", *written]
+    out += failures(ordered)
     return "\n".join(out)
 
 
