@@ -690,7 +690,13 @@ class TriggerManager:
             fired = loads(entry.payload or "")
             trigger, kwargs = str(fired["trigger"]), dict(fired["kwargs"])
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("%s: dropping delayed fire %s with a malformed payload: %r", self.uid, entry.key, exc)
+            log.error(
+                "%s: dropping delayed fire %s with a malformed payload: %r",
+                self.uid,
+                entry.key,
+                exc,
+                extra={"uid": self.uid, "instance": None},
+            )
             await self._apply(lambda d: d.set_due(entry.key, None))
             return "stale"
 
@@ -750,7 +756,8 @@ class TriggerManager:
         instance = await self.get_instance(name)
         if instance.status is not Status.RUNNING or instance.metadata.get(Meta.TOKEN) != token:
             return
-        await self._recover(DueEntry(self.uid, name, None, instance.owner, None, lapsed=False))
+        entry = DueEntry(self.uid, name, None, instance.owner, None, lapsed=False)
+        await telemetry.recovery(self.uid, name, self._recover(entry))
 
     def _reconcile_later(self, change: Change) -> None:
         owner = self.storage.lease.owner
@@ -784,7 +791,7 @@ class TriggerManager:
                     "%s: a write reported as failed had landed; dispatching %s",
                     self.uid,
                     ", ".join(i.name for i in landed),
-                    extra={"uid": self.uid},
+                    extra={"uid": self.uid, "instance": None},
                 )
                 await self._dispatch(landed)
             return
@@ -806,7 +813,13 @@ class TriggerManager:
             for entry in await self.storage.claim_due(now, now + self.claim_for, 1, [(self.uid, key)]):
                 await self.handle_due(entry)
         except TriggerError as exc:
-            log.warning("%s: timer %s failed (a sweeper will act on it): %s", self.uid, key, exc)
+            log.warning(
+                "%s: timer %s failed (a sweeper will act on it): %s",
+                self.uid,
+                key,
+                exc,
+                extra={"uid": self.uid, "instance": None if is_delay_key(key) else key},
+            )
 
     async def record_failure(
         self, instance: InstanceRef, exc: BaseException, log_level: int | None = None
@@ -866,6 +879,7 @@ class TriggerManager:
                         "stored: it stays scheduled until an operator fails and replays it",
                         self.uid,
                         instance.name,
+                        extra={"uid": self.uid, "instance": instance.name},
                     )
 
     # -- the operation loop -------------------------------------------------------------
