@@ -178,7 +178,10 @@ class TriggerManager:
     async def _fire_later(self, trigger: str, kwargs: dict[str, Any], delay: float) -> list[TaskInstance]:
         key = f"{DELAY_PREFIX}{uuid.uuid4().hex}"
         at = self.storage.clock.time() + delay
-        payload = dumps({"trigger": trigger, "kwargs": kwargs})
+        fired: dict[str, Any] = {"trigger": trigger, "kwargs": kwargs}
+        if (traceparent := telemetry.current_traceparent()) is not None:
+            fired["traceparent"] = traceparent  # the fire's span, for the runs it feeds
+        payload = dumps(fired)
         await self._apply(lambda d: d.set_due(key, Due(at, None, payload)))
         self._wake_at(key, at)
         return []
@@ -704,8 +707,9 @@ class TriggerManager:
             draft.set_due(entry.key, None)
             return rules.fire(draft, trigger, kwargs)
 
-        ready = [i.snapshot() for i in await self._apply(rule)]
-        await self._dispatch(ready)
+        with telemetry.remote_parent(fired.get("traceparent")):
+            ready = [i.snapshot() for i in await self._apply(rule)]
+            await self._dispatch(ready)
         await self.post_fire(trigger, ready)
         return "delay"
 

@@ -443,3 +443,20 @@ async def test_log_records_carry_the_session_and_instance(
     assert (task_record.uid, task_record.instance) == ("logged", "t#0")  # type: ignore[attr-defined]
     dispatch = next(r for r in records if r.getMessage().startswith("dispatching logged/t_bad#0 failed"))
     assert (dispatch.uid, dispatch.instance) == ("logged", "t_bad#0")  # type: ignore[attr-defined]
+
+
+async def test_a_delayed_fire_feeds_its_runs_with_its_own_context(otel: Recorded) -> None:
+    clock = FakeClock()
+    async with MemoryStorage(clock=clock, close_timeout=1) as store:
+        manager = TriggerManager(store, "later")
+        await manager.update_configuration({"t": {"after": ["a", "b"], "run": "otel.echo"}})
+        await manager.fire("a")
+        assert await manager.fire("b", {"n": 1}, delay=30) == []
+        await clock.advance(31)
+        await manager.join()
+        assert (await manager.get_instance("t#0")).status is Status.FINISHED
+    fire_b = otel.one("fire b")
+    run = otel.one("run t")
+    assert linked(run) == {"a": span_id(otel.one("fire a")), "b": span_id(fire_b)}
+    assert run.context is not None and fire_b.context is not None
+    assert run.context.trace_id == fire_b.context.trace_id  # its dispatch is in the fire's trace
