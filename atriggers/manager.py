@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from . import _rules as rules
-from . import telemetry
+from . import _telemetry as telemetry
 from ._json import check_name, check_text, dumps, kwargs_by_trigger, loads, object_arg
 from .clock import from_iso, sleep_until
 from .config import parse_configuration

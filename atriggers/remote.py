@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import telemetry
+from . import _telemetry as telemetry
 from ._tracecontext import is_traceparent
 from .errors import InvalidInput, TriggerError
 from .instance import TaskInstance

@@ -107,3 +107,56 @@ async def test_fan_in_across_processes_on_a_celery_worker(
     run = check_fan_in(spans, pids)
     assert run["pid"] == worker.pid
     assert run["attributes"]["atriggers.runner"] == "celery"
+
+
+async def test_the_dispatch_context_travels_in_the_lambda_event(tmp_path: Path) -> None:
+    from lambda_fixtures import WORKER, LambdaEndpoint, botocore_client, wait_for
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from atriggers import telemetry
+    from atriggers.runners import RunnerRegistry
+    from atriggers.runners.aws_lambda import LambdaRunner
+    from atriggers.testing.conformance.tasks import ECHO
+
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    endpoint = LambdaEndpoint(*LambdaEndpoint.TEST_ARGS, env={"ATRIGGERS_TEST_SPANS": str(spans)})
+    endpoint.start()
+    here = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(here))
+    telemetry.configure(tracer_provider=provider)
+    client = botocore_client(endpoint.url)
+    try:
+        runners = RunnerRegistry()
+        runners.register(LambdaRunner(client, WORKER))
+        async with SQLiteStorage(tmp_path / "state.db") as storage:
+            manager = TriggerManager(storage, "via-lambda", runners=runners)
+            await manager.update_configuration(
+                {"t_join": {"after": ["a", "b", "c"], "run": ECHO, "using": "lambda"}}
+            )
+            for trigger in ("a", "b", "c"):
+                await manager.fire(trigger)
+            done = await wait_for(storage, "via-lambda", "t_join#0")
+            assert done.status is Status.FINISHED, done.metadata
+        [invocation] = endpoint.invocations("via-lambda")
+    finally:
+        telemetry.configure()
+        client.close()
+        endpoint.stop()
+    fires = {
+        s.name.split()[1]: f"{s.context.span_id:016x}"
+        for s in here.get_finished_spans()
+        if s.name.startswith("fire ")
+    }
+    (dispatch,) = [s for s in here.get_finished_spans() if s.name == "dispatch t_join"]
+    assert dispatch.context is not None
+    assert invocation["payload"]["traceparent"].split("-")[2] == f"{dispatch.context.span_id:016x}"
+    (run,) = [s for s in read(spans) if s["name"] == "run t_join"]
+    assert run["parent"] == f"{dispatch.context.span_id:016x}"
+    assert run["attributes"]["atriggers.runner"] == "lambda"
+    assert {link["atriggers.trigger"]: link["span_id"] for link in run["links"]} == {
+        t: fires[t] for t in "abc"
+    }
