@@ -219,11 +219,12 @@ def _active() -> _Active | None:
     if api.fast:
         tracer_provider = api.trace._TRACER_PROVIDER
         meter_provider = api.metrics_internal._METER_PROVIDER
-        seen = _seen
-        if seen is not None and seen[0] is tracer_provider and seen[1] is meter_provider:
-            return _current
-        return _resolve(api, tracer_provider, meter_provider)
-    return _resolve(api, *api.providers())
+    else:  # pragma: no cover - an API without the module attributes
+        tracer_provider, meter_provider = api.providers()
+    seen = _seen
+    if seen is not None and seen[0] is tracer_provider and seen[1] is meter_provider:
+        return _current
+    return _resolve(api, tracer_provider, meter_provider)
 
 
 def _resolve(api: _Api, tracer_provider: Any, meter_provider: Any) -> _Active | None:
