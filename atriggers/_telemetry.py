@@ -193,45 +193,59 @@ class _Api:
 _api: _Api | None = None
 _missing = False
 _current: _Active | None = None
-_seen: tuple[Any, Any] | None = None
+#: The global providers `_current` was resolved for (the module attributes of
+#: the API, read on every call), and whether it still holds (`configure`).
+_seen_tracer: Any = None
+_seen_meter: Any = None
+_resolved = False
+#: The API modules holding the global providers, once imported (fast path).
+_trace_globals: Any = None
+_meter_globals: Any = None
 _explicit: tuple[Any, Any] = (None, None)
 
 
 def _load() -> _Api | None:
-    global _api, _missing
+    global _api, _missing, _trace_globals, _meter_globals
     try:
         _api = _Api()
     except ImportError:
         _missing = True
+        return None
+    if _api.fast:
+        _trace_globals, _meter_globals = _api.trace, _api.metrics_internal
     return _api
 
 
 def _active() -> _Active | None:
-    """What is on now (None: nothing), cheaply: recomputed only when a global
-    provider was set since the last call, or `configure` was called."""
-    api = _api
+    """What is on now (None: nothing), cheaply: two attribute reads, and the
+    providers resolved again only when a global one was set since the last
+    call, or `configure` was called."""
+    trace_globals = _trace_globals
+    if trace_globals is not None:
+        tracer_provider = trace_globals._TRACER_PROVIDER
+        meter_provider = _meter_globals._METER_PROVIDER
+        if _resolved and tracer_provider is _seen_tracer and meter_provider is _seen_meter:
+            return _current
+        assert _api is not None
+        return _resolve(_api, tracer_provider, meter_provider)
+    if _missing:
+        return None
+    api = _api or _load()
     if api is None:
-        if _missing:
-            return None
-        api = _load()
-        if api is None:
-            return None
+        return None
     if api.fast:
-        tracer_provider = api.trace._TRACER_PROVIDER
-        meter_provider = api.metrics_internal._METER_PROVIDER
-    else:  # pragma: no cover - an API without the module attributes
-        tracer_provider, meter_provider = api.providers()
-    seen = _seen
-    if seen is not None and seen[0] is tracer_provider and seen[1] is meter_provider:
+        return _active()
+    tracer_provider, meter_provider = api.providers()  # pragma: no cover - an API without them
+    if _resolved and tracer_provider is _seen_tracer and meter_provider is _seen_meter:  # pragma: no cover
         return _current
-    return _resolve(api, tracer_provider, meter_provider)
+    return _resolve(api, tracer_provider, meter_provider)  # pragma: no cover
 
 
 def _resolve(api: _Api, tracer_provider: Any, meter_provider: Any) -> _Active | None:
-    global _current, _seen
+    global _current, _seen_tracer, _seen_meter, _resolved
     from . import __version__
 
-    _seen = (tracer_provider, meter_provider)
+    _seen_tracer, _seen_meter, _resolved = tracer_provider, meter_provider, True
     tracer_provider = _explicit[0] or api.trace.get_tracer_provider()
     meter_provider = _explicit[1] or api.metrics.get_meter_provider()
     tracer = None
@@ -252,9 +266,9 @@ def configure(*, tracer_provider: Any = None, meter_provider: Any = None) -> Non
     ``opentelemetry.metrics.set_meter_provider``. ``configure()`` with no
     arguments goes back to the globals.
     """
-    global _explicit, _seen
+    global _explicit, _resolved
     _explicit = (tracer_provider, meter_provider)
-    _seen = None  # resolve again on the next call
+    _resolved = False  # resolve again on the next call
 
 
 def enabled() -> bool:
