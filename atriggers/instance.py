@@ -73,6 +73,9 @@ class Meta:
     ERROR_LOGS = "errorLogs"
     #: Operators' notes: a list of ``{"at", "by", "text"}``.
     NOTES = "notes"
+    #: Trigger -> W3C ``traceparent`` of the fire whose kwargs the instance
+    #: received (written when OpenTelemetry tracing is on; see atriggers.telemetry).
+    TRACE = "trace"
 
 
 def _is_int(value: object) -> bool:
@@ -120,6 +123,10 @@ _RESERVED: dict[str, tuple[Callable[[object], bool], str]] = {
         "a list of strings",
     ),
     Meta.NOTES: (lambda v: isinstance(v, list) and all(isinstance(n, dict) for n in v), "a list of objects"),
+    Meta.TRACE: (
+        lambda v: isinstance(v, dict) and all(isinstance(t, str) for t in v.values()),
+        "a JSON object of trigger -> traceparent",
+    ),
 }
 
 

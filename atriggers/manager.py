@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from . import _rules as rules
+from . import _telemetry as telemetry
 from ._json import check_name, check_text, dumps, kwargs_by_trigger, loads, object_arg
 from .clock import from_iso, sleep_until
 from .config import parse_configuration
@@ -169,13 +170,18 @@ class TriggerManager:
             if delay < 0:
                 raise InvalidInput(f"delay must be >= 0 seconds, not {delay!r}")
             if delay > 0:
-                return await self._shielded(self._fire_later(trigger, kwargs, float(delay)))
-        return await self._shielded(self._fire(trigger, kwargs))
+                return await self._shielded(
+                    telemetry.fire(self.uid, trigger, self._fire_later(trigger, kwargs, float(delay)))
+                )
+        return await self._shielded(telemetry.fire(self.uid, trigger, self._fire(trigger, kwargs)))
 
     async def _fire_later(self, trigger: str, kwargs: dict[str, Any], delay: float) -> list[TaskInstance]:
         key = f"{DELAY_PREFIX}{uuid.uuid4().hex}"
         at = self.storage.clock.time() + delay
-        payload = dumps({"trigger": trigger, "kwargs": kwargs})
+        fired: dict[str, Any] = {"trigger": trigger, "kwargs": kwargs}
+        if (traceparent := telemetry.current_traceparent()) is not None:
+            fired["traceparent"] = traceparent  # the fire's span, for the runs it feeds
+        payload = dumps(fired)
         await self._apply(lambda d: d.set_due(key, Due(at, None, payload)))
         self._wake_at(key, at)
         return []
@@ -198,7 +204,9 @@ class TriggerManager:
         kwargs, replacing all of them) if given. Returns the clone."""
         name = _name_of(instance)
         replacement = kwargs_by_trigger(replacement_kwargs, "replacement_kwargs")
-        return await self._shielded(self._replay(name, replacement))
+        return await self._shielded(
+            telemetry.operation("replay", self.uid, name, self._replay(name, replacement))
+        )
 
     async def _replay(self, name: str, replacement: dict[str, Any] | None) -> TaskInstance:
         clone = (await self._apply(lambda d: rules.replay(d, name, replacement), [name])).snapshot()
@@ -217,7 +225,9 @@ class TriggerManager:
         name = _name_of(instance)
         cascade = _flag(cascade, "cascade")
         result_kwargs = object_arg(result, "result")
-        return await self._shielded(self._skip(name, cascade, result_kwargs))
+        return await self._shielded(
+            telemetry.operation("skip", self.uid, name, self._skip(name, cascade, result_kwargs))
+        )
 
     async def _skip(self, name: str, cascade: bool, result: dict[str, Any]) -> TaskInstance:
         skipped, ready = await self._apply(lambda d: rules.skip(d, name, cascade, result), [name])
@@ -434,8 +444,17 @@ class TriggerManager:
             lambda d: rules.start(d, name, token, owner, deadline, self._max_retries_of(d, name)), [name]
         )
         if running is None:
-            log.info("%s/%s is not scheduled any more; not running it", self.uid, name)
+            log.info(
+                "%s/%s is not scheduled any more; not running it",
+                self.uid,
+                name,
+                extra={"uid": self.uid, "instance": name},
+            )
             return None
+        return await telemetry.run(self.uid, running, self._run_started(running, token, owner))
+
+    async def _run_started(self, running: TaskInstance, token: str, owner: str | None) -> TaskInstance | None:
+        name = running.name
         try:
             definition = self.tasks.get(running.config.run if running.config else running.task_name)
         except UnknownTask as exc:
@@ -587,8 +606,10 @@ class TriggerManager:
             skipped = await self._apply(lambda d: rules.skip_running(d, name, meta, token), [name])
             return self._refused(name, skipped.snapshot() if skipped else None, token)
         logs = self._logs_of(token)
-        finished, ready = await self._apply(
-            lambda d: rules.finish(d, name, result, log_level, token, logs), [name]
+        finished, ready = await telemetry.fire(
+            self.uid,
+            name.rpartition("#")[0],
+            self._apply(lambda d: rules.finish(d, name, result, log_level, token, logs), [name]),
         )
         if finished is None:
             return self._refused(name, None, token)
@@ -665,14 +686,20 @@ class TriggerManager:
         ``"stale"``)."""
         if is_delay_key(entry.key):
             return await self._shielded(self._fire_due(entry))
-        return await self._shielded(self._recover(entry))
+        return await self._shielded(telemetry.recovery(self.uid, entry.key, self._recover(entry)))
 
     async def _fire_due(self, entry: DueEntry) -> str:
         try:
             fired = loads(entry.payload or "")
             trigger, kwargs = str(fired["trigger"]), dict(fired["kwargs"])
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("%s: dropping delayed fire %s with a malformed payload: %r", self.uid, entry.key, exc)
+            log.error(
+                "%s: dropping delayed fire %s with a malformed payload: %r",
+                self.uid,
+                entry.key,
+                exc,
+                extra={"uid": self.uid, "instance": None},
+            )
             await self._apply(lambda d: d.set_due(entry.key, None))
             return "stale"
 
@@ -680,8 +707,9 @@ class TriggerManager:
             draft.set_due(entry.key, None)
             return rules.fire(draft, trigger, kwargs)
 
-        ready = [i.snapshot() for i in await self._apply(rule)]
-        await self._dispatch(ready)
+        with telemetry.remote_parent(fired.get("traceparent")):
+            ready = [i.snapshot() for i in await self._apply(rule)]
+            await self._dispatch(ready)
         await self.post_fire(trigger, ready)
         return "delay"
 
@@ -732,7 +760,8 @@ class TriggerManager:
         instance = await self.get_instance(name)
         if instance.status is not Status.RUNNING or instance.metadata.get(Meta.TOKEN) != token:
             return
-        await self._recover(DueEntry(self.uid, name, None, instance.owner, None, lapsed=False))
+        entry = DueEntry(self.uid, name, None, instance.owner, None, lapsed=False)
+        await telemetry.recovery(self.uid, name, self._recover(entry))
 
     def _reconcile_later(self, change: Change) -> None:
         owner = self.storage.lease.owner
@@ -766,7 +795,7 @@ class TriggerManager:
                     "%s: a write reported as failed had landed; dispatching %s",
                     self.uid,
                     ", ".join(i.name for i in landed),
-                    extra={"uid": self.uid},
+                    extra={"uid": self.uid, "instance": None},
                 )
                 await self._dispatch(landed)
             return
@@ -788,7 +817,13 @@ class TriggerManager:
             for entry in await self.storage.claim_due(now, now + self.claim_for, 1, [(self.uid, key)]):
                 await self.handle_due(entry)
         except TriggerError as exc:
-            log.warning("%s: timer %s failed (a sweeper will act on it): %s", self.uid, key, exc)
+            log.warning(
+                "%s: timer %s failed (a sweeper will act on it): %s",
+                self.uid,
+                key,
+                exc,
+                extra={"uid": self.uid, "instance": None if is_delay_key(key) else key},
+            )
 
     async def record_failure(
         self, instance: InstanceRef, exc: BaseException, log_level: int | None = None
@@ -828,11 +863,18 @@ class TriggerManager:
                 self._wake_at(instance.name, from_iso(not_before))
                 continue
             using = instance.config.using if instance.config else None
+            runner_name = instance.runner or using or self.default_runner
             try:
-                runner = self.runners.get(instance.runner or using or self.default_runner)
-                await runner.run(self, instance)
+                runner = self.runners.get(runner_name)
+                await telemetry.dispatch(runner_name, instance, runner.run(self, instance))
             except Exception as exc:  # noqa: BLE001 - stored on the instance
-                log.warning("dispatching %s/%s failed: %r", self.uid, instance.name, exc)
+                log.warning(
+                    "dispatching %s/%s failed: %r",
+                    self.uid,
+                    instance.name,
+                    exc,
+                    extra={"uid": self.uid, "instance": instance.name},
+                )
                 try:
                     await self._fail(instance.name, exc, dispatching=True)
                 except TriggerError:
@@ -841,6 +883,7 @@ class TriggerManager:
                         "stored: it stays scheduled until an operator fails and replays it",
                         self.uid,
                         instance.name,
+                        extra={"uid": self.uid, "instance": instance.name},
                     )
 
     # -- the operation loop -------------------------------------------------------------
@@ -878,10 +921,18 @@ class TriggerManager:
             placement = self._placement = Placement(self.default_runner, self._holder, self._start_within)
         self._unheld = False
 
+        note: telemetry.Note | None = None
+
         def reapply(current: SessionState) -> Change | None:
+            nonlocal note
             redo = Draft(current, at=storage.clock.time(), placement=placement)
             outcome[:] = [rule(redo)]
-            return redo.changes() if redo.changed else None
+            if not redo.changed:
+                note = None
+                return None
+            if note is not None:  # (maybe in storage's thread: the first note has the context)
+                note = telemetry.prepare_again(redo, note)
+            return redo.changes()
 
         async with storage.lock(self.uid):
             for attempt in range(self.max_attempts):
@@ -907,6 +958,7 @@ class TriggerManager:
                     fresh = True
                     continue
                 outcome[:] = [result]
+                note = telemetry.prepare(draft)
                 change = draft.changes()
                 try:
                     await storage.write(change, reapply)
@@ -916,12 +968,15 @@ class TriggerManager:
                     self._reconcile_later(change)
                     raise
                 except VersionConflict:
+                    telemetry.conflict(retried=attempt + 1 < self.max_attempts)
                     fresh = False  # the conflict left the current state in the cache
                     if attempt:
                         # The first retry goes at once, on the state the conflict
                         # brought back; later ones spread out so writers stop colliding.
                         await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                     continue
+                if note is not None:
+                    telemetry.committed(note)
                 return outcome[0]
         raise ConcurrencyError(
             f"session {self.uid!r} kept changing under concurrent writers; "

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import _telemetry as telemetry
+from ._tracecontext import is_traceparent
 from .errors import InvalidInput, TriggerError
 from .instance import TaskInstance
 from .manager import TriggerManager, get_manager_class
@@ -33,6 +35,9 @@ class RunRequest:
     #: The dispatching manager's default runner, so cascades the worker starts
     #: go where the application's would (None: the class's default).
     runner: str | None = None
+    #: The W3C ``traceparent`` of the dispatch span (OpenTelemetry tracing on):
+    #: the run's span in the worker is its child.
+    traceparent: str | None = None
 
     @classmethod
     def for_instance(cls, manager: TriggerManager, instance: TaskInstance) -> RunRequest:
@@ -61,7 +66,14 @@ class RunRequest:
                 f"{registered.__qualname__ if registered else 'no registered class'})"
             )
         runner = manager.default_runner if manager.default_runner != type(manager).default_runner else None
-        return cls(manager.storage.url, manager.uid, instance.name, manager.manager_name, runner)
+        return cls(
+            manager.storage.url,
+            manager.uid,
+            instance.name,
+            manager.manager_name,
+            runner,
+            telemetry.current_traceparent(),
+        )
 
     def to_dict(self) -> dict[str, str]:
         data = {
@@ -72,6 +84,8 @@ class RunRequest:
         }
         if self.runner is not None:
             data["runner"] = self.runner
+        if self.traceparent is not None:
+            data["traceparent"] = self.traceparent
         return data
 
     @classmethod
@@ -90,7 +104,11 @@ class RunRequest:
         runner = data.get("runner")
         if runner is not None and (not isinstance(runner, str) or not runner):
             raise InvalidInput(f"run request field 'runner' must be a non-empty string, got {runner!r}")
-        return cls(fields["storage"], fields["uid"], fields["instance"], manager, runner)
+        # Trace context never fails a run: one that does not parse is left out.
+        traceparent = data.get("traceparent")
+        if not is_traceparent(traceparent):
+            traceparent = None
+        return cls(fields["storage"], fields["uid"], fields["instance"], manager, runner, traceparent)
 
 
 class StoragePool:
@@ -140,7 +158,8 @@ async def execute_request(
     storage = await pool.get(request.storage_url)
     manager = get_manager_class(request.manager)(storage, request.uid, default_runner=request.runner)
     try:
-        return await manager.run_instance(request.instance, deadline=deadline, owned=owned)
+        with telemetry.remote_parent(request.traceparent):
+            return await manager.run_instance(request.instance, deadline=deadline, owned=owned)
     finally:
         # A retry's cooldown is not waited out here (it would hold the worker's
         # slot, or bill the function): its timer is durable and acted on on time.

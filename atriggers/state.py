@@ -336,6 +336,15 @@ class Draft:
                 copy.config = config
                 self._instances[name] = copy
 
+    @property
+    def fired(self) -> Mapping[str, Mapping[str, Any]]:
+        """Trigger -> kwargs of the triggers this operation fired."""
+        return self._fired
+
+    def edited(self) -> Iterator[TaskInstance]:
+        """The instances this operation created or changed (private to the draft)."""
+        return iter(self._changed.values())
+
     # -- result --------------------------------------------------------------------
 
     @property

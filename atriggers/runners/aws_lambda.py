@@ -269,7 +269,13 @@ class LambdaRunner(BaseRunner):
                 f"an asynchronous invocation answers HTTP 202, this one {status!r}",
                 status,
             )
-        log.debug("%s/%s sent to Lambda function %r", manager.uid, instance.name, function)
+        log.debug(
+            "%s/%s sent to Lambda function %r",
+            manager.uid,
+            instance.name,
+            function,
+            extra={"uid": manager.uid, "instance": instance.name},
+        )
 
     async def _invoke(self, **kwargs: Any) -> Any:
         client = self.client
@@ -439,7 +445,13 @@ class LambdaHandler:
                         f"to run it: raise the function's timeout or shorten the cooldown"
                     ),
                 )
-            log.info("%s/%s: waiting %.1fs of cooldown", request.uid, request.instance, wait)
+            log.info(
+                "%s/%s: waiting %.1fs of cooldown",
+                request.uid,
+                request.instance,
+                wait,
+                extra={"uid": request.uid, "instance": request.instance},
+            )
             await asyncio.sleep(wait)
         # A Lambda invocation cannot renew a lease: its run is bounded by the
         # function's own timeout instead, after which a sweeper finds it lost.
@@ -463,7 +475,11 @@ class LambdaHandler:
         await asyncio.wait({run}, timeout=max(self.margin / 2, 0.5))
         if run.done() and not run.cancelled() and run.exception() is not None:
             log.warning(
-                "%s/%s: run ended with %r after its deadline", request.uid, request.instance, run.exception()
+                "%s/%s: run ended with %r after its deadline",
+                request.uid,
+                request.instance,
+                run.exception(),
+                extra={"uid": request.uid, "instance": request.instance},
             )
         return await self._fail(
             request,

@@ -62,6 +62,7 @@ class AsyncioRunner(BaseRunner):
                 "until a sweeper recovers it (its owner or deadline lapses)",
                 manager.uid,
                 name,
+                extra={"uid": manager.uid, "instance": name},
             )
             return None
         except asyncio.CancelledError as exc:

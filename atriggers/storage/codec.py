@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._json import dumps, loads
+from .._tracecontext import TRACE_KEY, traced, untraced
 from ..config import TaskConfig
 from ..due import Due
 from ..errors import StorageError
@@ -59,7 +60,7 @@ def encode_change(change: Change) -> EncodedChange:
         version=change.version,
         tasks=encode_tasks(change.tasks) if change.tasks is not None else None,
         counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
-        triggers=[(name, dumps(kwargs)) for name, kwargs in change.triggers.items()],
+        triggers=[(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()],
         instances=[
             (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
@@ -123,9 +124,11 @@ def decode_state(
         latest: dict[str, Any] = {}
         for name, text in triggers:
             part = f"kwargs of trigger {name!r}"
-            latest[name] = loads(text)
-            if not isinstance(latest[name], dict):
+            kwargs = loads(text)
+            if not isinstance(kwargs, dict):
                 raise ValueError("not a JSON object")
+            # The fire's trace context, stored with the kwargs when tracing was on.
+            latest[name] = untraced(kwargs) if TRACE_KEY in kwargs else kwargs
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise corrupt(uid, part, exc) from exc
     return SessionState(

@@ -30,6 +30,11 @@ SECRET_KEY = "atriggers-test-secret"
 REGION = "us-east-1"
 WORKER_FUNCTION = "atriggers-worker"
 
+if os.environ.get("ATRIGGERS_TEST_SPANS"):  # the telemetry tests read this function's spans
+    from otel_spans import record_spans
+
+    record_spans(os.environ["ATRIGGERS_TEST_SPANS"])
+
 CLIENT_CONFIG = Config(
     retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=20
 )

@@ -50,6 +50,7 @@ import pytest
 import pytest_asyncio
 
 from ... import _rules as rules
+from ..._tracecontext import TracedKwargs
 from ...config import parse_configuration
 from ...context import TaskContext
 from ...errors import (
@@ -192,6 +193,19 @@ class StorageConformance(DueIndexConformance):
         assert state.instances["count#0"].status is Status.SCHEDULED
         assert state.instances["count#0"].kwargs == {"tick": {"n": 1, "text": "héllo"}}
         assert _snapshot(await storage.load_all(uid)) == _snapshot(second.state)
+
+    async def test_trace_context_travels_with_trigger_kwargs(self, storage: Storage) -> None:
+        """The latest kwargs of a trigger keep the trace context of the fire that
+        set them (OpenTelemetry links; stored inside their JSON object by the
+        shared codec, taken out again when read)."""
+        uid = _uid()
+        traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+        await _apply(storage, uid, lambda d: d.record_fire("tick", TracedKwargs({"n": 1}, traceparent)))
+        await _apply(storage, uid, lambda d: d.record_fire("tock", {"n": 2}))
+        state = await storage.load_all(uid)
+        assert state.latest_kwargs == {"tick": {"n": 1}, "tock": {"n": 2}}
+        assert getattr(state.latest_kwargs["tick"], "trace", None) == traceparent
+        assert getattr(state.latest_kwargs["tock"], "trace", None) is None
 
     async def test_load_skips_resolved_instances_unless_named(
         self, storage: Storage, recorder: _Recorder
