@@ -164,6 +164,9 @@ class Change:
     #: Due-index entries to write (key -> entry) or delete (key -> None), in
     #: the same atomic write (see `atriggers.due`).
     due: Mapping[str, Due | None] = field(default_factory=dict)
+    #: When the operation happened (epoch seconds, the storage's clock): the
+    #: session's last activity in the session index. None: not known.
+    at: float | None = None
 
     @property
     def version(self) -> int:
@@ -370,4 +373,5 @@ class Draft:
             instances=tuple(self._changed.values()),
             state=state,
             due=due,
+            at=self.at,
         )

@@ -20,6 +20,7 @@ from ..due import Due
 from ..errors import StorageError
 from ..instance import TaskInstance
 from ..state import Change, SessionState
+from .index import SessionSummary, summarize
 
 __all__ = [
     "ConfigCache",
@@ -51,6 +52,9 @@ class EncodedChange:
     instances: list[tuple[str, str, str, bool, str]]
     #: ``(key, entry)`` for each due-index entry written (None: deleted).
     due: list[tuple[str, Due | None]] = field(default_factory=list)
+    #: The session's entry in the session index after the change (see
+    #: `atriggers.storage.index`), written in the same atomic step.
+    summary: SessionSummary | None = None
 
 
 def encode_change(change: Change) -> EncodedChange:
@@ -64,6 +68,7 @@ def encode_change(change: Change) -> EncodedChange:
             (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
         due=list(change.due.items()),
+        summary=summarize(change),
     )
 
 

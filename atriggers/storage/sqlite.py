@@ -10,6 +10,7 @@ while one writer holds the lock, and each write checks the session's version.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import time
@@ -27,14 +28,16 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, build_summary, check_page
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
 #: Stored in ``PRAGMA user_version``; later releases migrate older files.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE atriggers_sessions (
     uid         TEXT PRIMARY KEY,
     version     INTEGER NOT NULL,
@@ -61,8 +64,9 @@ CREATE TABLE atriggers_instances (
 CREATE INDEX atriggers_instances_unresolved
     ON atriggers_instances (uid) WHERE resolved = 0;
 CREATE INDEX atriggers_instances_status ON atriggers_instances (status, uid);
-""" + (
-    _DUE_SCHEMA := """
+"""
+    + (
+        _DUE_SCHEMA := """
 -- The due index (see atriggers.due): what must happen later, and who holds it.
 CREATE TABLE atriggers_due (
     uid      TEXT NOT NULL,
@@ -80,10 +84,73 @@ CREATE TABLE atriggers_owners (
     expires_at  REAL NOT NULL
 );
 """
+    )
+    + (
+        _INDEX_SCHEMA := """
+-- The session index (see atriggers.storage.index): one summary per session,
+-- written with each change, and one partial index per flag, so that listing the
+-- few failed sessions among many reads only those.
+CREATE TABLE atriggers_index (
+    uid      TEXT PRIMARY KEY,
+    summary  TEXT NOT NULL,
+    failed   INTEGER NOT NULL,
+    stuck    INTEGER NOT NULL,
+    waiting  INTEGER NOT NULL,
+    tasks    TEXT NOT NULL
+);
+CREATE INDEX atriggers_index_failed ON atriggers_index (uid) WHERE failed = 1;
+CREATE INDEX atriggers_index_stuck ON atriggers_index (uid) WHERE stuck = 1;
+CREATE INDEX atriggers_index_waiting ON atriggers_index (uid) WHERE waiting = 1;
+"""
+    )
 )
 
-#: schema version -> statements that bring a file from that version to the next.
-_MIGRATIONS: dict[int, str] = {1: _DUE_SCHEMA}
+
+def _index_existing(db: sqlite3.Connection) -> None:
+    """Version 2 -> 3: create the session index and fill it from the sessions
+    already stored (their last activity: their last write)."""
+    for statement in _INDEX_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    unresolved: dict[str, dict[str, int]] = {}
+    for uid, status, n in db.execute(
+        "SELECT uid, status, count(*) FROM atriggers_instances WHERE resolved = 0 GROUP BY uid, status"
+    ):
+        unresolved.setdefault(uid, {})[status] = n
+    rows = db.execute("SELECT uid, version, config, counts, updated_at FROM atriggers_sessions").fetchall()
+    for uid, version, config, counts, updated_at in rows:
+        try:
+            tasks = list(json.loads(config))
+            total = sum(int(n) for n in json.loads(counts).values())
+        except (ValueError, TypeError, AttributeError):
+            # Corrupt rows stay unreadable as before; the index just lists them.
+            tasks, total = [], 0
+        summary = build_summary(uid, version, unresolved.get(uid, {}), total, tasks, updated_at)
+        db.execute(*_index_row(uid, summary))
+
+
+#: schema version -> statements (or a function) that bring a file from that
+#: version to the next.
+_MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {1: _DUE_SCHEMA, 2: _index_existing}
+
+#: What separates task names in ``atriggers_index.tasks`` (a pre-filter: the
+#: summary itself is checked too, names may hold any character).
+_SEP = "\x1f"
+
+
+def _index_row(uid: str, summary: SessionSummary) -> tuple[str, tuple[Any, ...]]:
+    return (
+        "INSERT OR REPLACE INTO atriggers_index (uid, summary, failed, stuck, waiting, tasks) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            uid,
+            summary.to_json(),
+            int(summary.failed),
+            int(summary.stuck),
+            int(summary.waiting),
+            _SEP + _SEP.join(summary.tasks) + _SEP,
+        ),
+    )
 
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -190,6 +257,8 @@ def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedCha
                 "INSERT OR REPLACE INTO atriggers_due (uid, key, at, owner, payload) VALUES (?, ?, ?, ?, ?)",
                 (uid, key, due.at, due.owner, due.payload),
             )
+    if c.summary is not None:
+        db.execute(*_index_row(uid, c.summary))
     return True
 
 
@@ -308,7 +377,53 @@ class _Owner:
         return cursor.rowcount == 1
 
 
-_Op = _Read | _Write | _Claim | _Owner
+@dataclass(slots=True)
+class _ListIndex:
+    filter: SessionFilter
+    after: str | None
+    limit: int
+
+    writes = False
+
+    def __call__(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
+        wanted = self.filter
+        where = ["uid >= ?"]
+        params: list[Any] = [wanted.prefix]
+        if self.after is not None:
+            where.append("uid > ?")
+            params.append(self.after)
+        if wanted.prefix:
+            where.append("uid < ?")
+            params.append(wanted.prefix + "\U0010ffff")
+        for flag in ("failed", "stuck", "waiting"):
+            if getattr(wanted, flag):
+                # Literal, so that the planner picks the flag's partial index.
+                where.append(f"{flag} = 1")
+        if wanted.task is not None:
+            where.append("instr(tasks, ?) > 0")
+            params.append(_SEP + wanted.task + _SEP)
+        params.append(self.limit + 1)
+        rows: list[tuple[str, str]] = db.execute(
+            f"SELECT uid, summary FROM atriggers_index WHERE {' AND '.join(where)} ORDER BY uid LIMIT ?",
+            params,
+        ).fetchall()
+        return rows
+
+
+@dataclass(slots=True)
+class _CountIndex:
+    writes = False
+
+    def __call__(self, db: sqlite3.Connection) -> SessionCounts:
+        (total,) = db.execute("SELECT count(*) FROM atriggers_index").fetchone()
+        flags = {
+            flag: db.execute(f"SELECT count(*) FROM atriggers_index WHERE {flag} = 1").fetchone()[0]
+            for flag in ("failed", "stuck", "waiting")
+        }
+        return SessionCounts(sessions=total, **flags)
+
+
+_Op = _Read | _Write | _Claim | _Owner | _ListIndex | _CountIndex
 
 
 def _run_batch(db: sqlite3.Connection, ops: list[_Op], same_file: Callable[[], None]) -> list[Any]:
@@ -357,9 +472,13 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
                 f"{'atriggers tables' if ours else 'no atriggers tables'}): refusing to use it"
             )
         while version < SCHEMA_VERSION:
-            for statement in _MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            migration = _MIGRATIONS[version]
+            if callable(migration):
+                migration(db)
+            else:
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
             version += 1
         if version > SCHEMA_VERSION:
             raise StorageError(
@@ -523,6 +642,27 @@ class SQLiteStorage(Storage):
             conn, lambda db: db.execute("SELECT uid FROM atriggers_sessions ORDER BY uid").fetchall()
         )
         return [uid for (uid,) in rows]
+
+    async def list_summaries(
+        self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
+    ) -> SessionPage:
+        check_page(after, limit)
+        wanted = filter or SessionFilter()
+        rows: list[tuple[str, str]] = await self._submit(_ListIndex(wanted, after, limit))
+        found: list[SessionSummary] = []
+        for uid, text in rows[:limit]:
+            try:
+                summary = SessionSummary.from_json(uid, text)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise corrupt(uid, "session index entry", exc) from exc
+            if wanted.matches(summary):
+                found.append(summary)
+        more = len(rows) > limit
+        return SessionPage(tuple(found), rows[limit - 1][0] if more else None)
+
+    async def count_sessions(self) -> SessionCounts:
+        counts: SessionCounts = await self._submit(_CountIndex())
+        return counts
 
     def _decode(self, uid: str, rows: _Rows, *, complete: bool) -> SessionState:
         header, triggers, instances = rows
