@@ -12,14 +12,17 @@ backend reads anything to maintain it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
 from ..instance import Meta, Status, TaskInstance
 from ..state import Change, SessionState
+
+if TYPE_CHECKING:
+    from .base import Storage
 
 __all__ = [
     "COUNTED",
@@ -29,6 +32,7 @@ __all__ = [
     "SessionSummary",
     "build_summary",
     "check_page",
+    "each_summary",
     "latest_stamp",
     "summarize",
     "summarize_state",
@@ -225,3 +229,17 @@ def check_page(after: str | None, limit: int) -> None:
         raise InvalidInput(f"the cursor must be a uid string, not {after!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}, not {limit!r}")
+
+
+async def each_summary(
+    storage: Storage, filter: SessionFilter | None = None, *, page: int = 500
+) -> AsyncIterator[SessionSummary]:
+    """Every summary `filter` selects, in uid order, a page at a time."""
+    after: str | None = None
+    while True:
+        found = await storage.list_summaries(filter, after=after, limit=page)
+        for summary in found.summaries:
+            yield summary
+        if found.next is None:
+            return
+        after = found.next
