@@ -42,13 +42,29 @@ def visible(text: str) -> str:
     if text.isprintable() and text.isascii():
         return text
     return "".join(
-        f"\\u{ord(c):04x}" if unicodedata.category(c) in _HIDDEN and c not in "\n\t" else c for c in text
+        (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+        if unicodedata.category(c) in _HIDDEN and c not in "\n\t"
+        else c
+        for c in text
     )
 
 
+def _json_escape(c: str) -> str:
+    code = ord(c)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    high, low = divmod(code - 0x10000, 0x400)
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+
+
 def pretty_json(value: Any) -> str:
-    """Indented JSON with keys sorted; invisible characters escaped (see `visible`)."""
-    return visible(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    """Indented JSON with keys sorted, that reads back as `value`: invisible
+    characters (see `visible`) written as JSON escapes."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    if text.isascii():
+        return text
+    # Only the newlines of the indentation are left: json.dumps escaped the rest.
+    return "".join(_json_escape(c) if c != "\n" and unicodedata.category(c) in _HIDDEN else c for c in text)
 
 
 def utc_text(when: float | None) -> str:
@@ -186,7 +202,7 @@ def _view(instance: TaskInstance, clones: Sequence[str], now: float) -> Instance
         can_replay=instance.can_replay,
         can_skip=instance.can_skip,
         in_flight=instance.status in (Status.SCHEDULED, Status.RUNNING),
-        replay_kwargs=json.dumps(instance.kwargs, indent=2, sort_keys=True, ensure_ascii=False),
+        replay_kwargs=pretty_json(instance.kwargs),
     )
 
 
