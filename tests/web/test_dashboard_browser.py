@@ -45,6 +45,8 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 HOSTILE_UID = "evil-<img src=x onerror=alert(1)>\u202eexe.txt"
+#: How the page shows HOSTILE_UID: as text, the direction override as an escape.
+HOSTILE_SHOWN = "evil-<img src=x onerror=alert(1)>\\u202eexe.txt"
 HOSTILE_TEXT = "<script>alert('pwned')</script> ünïcödé \u200b🎉"
 CONFIG = {
     "charge": {"after": ["order"], "run": "browser.work"},
@@ -201,7 +203,7 @@ def test_filter_open_replay_and_watch_it_finish(browser: WebDriver, site: Site) 
     wait(browser, lambda b: "show=failed" in b.current_url)
     failed = uids_listed(browser)
     assert "order-003" in failed and "order-000" not in failed
-    assert "evil-<img src=x onerror=alert(1)>\\u202eexe.txt" in failed
+    assert HOSTILE_SHOWN in failed
     screenshot(browser, "dashboard-sessions")
     browser.find_element(By.LINK_TEXT, "order-003").click()
     wait(browser, lambda b: b.find_elements(By.ID, "session-uid"))
