@@ -211,7 +211,7 @@ async def test_replay_skip_and_the_other_repairs(storage: SQLiteStorage) -> None
         )
         assert skipped.status_code == 303
         instance = (await storage.load("bad-2", ["t#0"])).instances["t#0"]
-        assert instance.status is Status.SKIPPED and instance.result == {"why": 1}
+        assert instance.status is Status.SKIPPED and instance.result == {"why": "ops"}
         # Logs resolved, and a stuck instance's status set by hand.
         resolved = await c.post(
             "/session/resolve-logs", data={"csrf": csrf, "uid": HOSTILE, "instance": "t#0"}
@@ -357,3 +357,30 @@ def test_dashboard_without_its_extra_names_it(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delitem(sys.modules, "atriggers.web.dashboard.app", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'atriggers\[dashboard\]'"):
         dashboard("memory://")
+
+
+async def test_an_authorize_that_raises_refuses(
+    storage: SQLiteStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(request: Any, action: str) -> bool:
+        raise RuntimeError("the user database is down")
+
+    async with client(dashboard(storage, authorize=broken)) as c:
+        page = (await c.get("/session", params={"uid": "bad-1"})).text
+        assert "Replay</button>" not in page
+        csrf = token((await c.get("/bulk", params={"action": "replay"})).text)
+        refused = await c.post("/session/replay", data={"csrf": csrf, "uid": "bad-1", "instance": "t#0"})
+    assert refused.status_code == 403
+    assert "the user database is down" in caplog.text
+    assert (await storage.load("bad-1")).instances["t#0"].status is Status.FAILED
+
+
+async def test_behind_a_proxy_the_forwarded_host_is_the_origin(storage: SQLiteStorage) -> None:
+    async with client(dashboard(storage, authorize=allow_all, make_manager=manager)) as c:
+        csrf = token((await c.get("/session", params={"uid": "bad-1"})).text)
+        done = await c.post(
+            "/session/skip",
+            data={"csrf": csrf, "uid": "bad-1", "instance": "t#0"},
+            headers={"origin": "https://ops.example.com", "x-forwarded-host": "ops.example.com"},
+        )
+    assert done.status_code == 303

@@ -16,7 +16,7 @@ from .actions import checked_form
 from .app import Dashboard
 from .requests import ListQuery
 
-__all__ = ["BULK_LIMIT", "Bulk"]
+__all__ = ["BULK_LIMIT", "Bulk", "Item", "Outcome"]
 
 #: Instances one bulk action changes at most (run it again for the rest).
 BULK_LIMIT = 200

@@ -9,7 +9,7 @@ from typing import Any
 
 from ...instance import Status
 
-__all__ = ["FormError", "ReplayForm", "SkipForm", "json_field", "text_field"]
+__all__ = ["FormError", "ReplayForm", "SkipForm", "json_field", "status_field", "text_field"]
 
 #: Largest JSON text a form field may hold.
 MAX_JSON = 1_000_000

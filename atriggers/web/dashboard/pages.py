@@ -16,7 +16,7 @@ from .explain import explanations
 from .requests import SHOWS, ListQuery
 from .views import SETTABLE, instance_views, pretty_json, session_row
 
-__all__ = ["Pages"]
+__all__ = ["Pages", "storage_error"]
 
 
 class Pages:

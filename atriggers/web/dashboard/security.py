@@ -13,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
+
+_log = logging.getLogger("atriggers.web.dashboard")
 
 __all__ = ["ACTIONS", "CSRF_COOKIE", "CSRF_FIELD", "Authorize", "Guard"]
 
@@ -42,13 +45,17 @@ class Guard:
         return self._authorize is None
 
     async def allows(self, request: Request, action: str) -> bool:
-        """Whether `authorize` lets this request do `action` (never without one;
-        an exception in `authorize` refuses)."""
+        """Whether `authorize` lets this request do `action`: only if it returns
+        True (never without `authorize`; an exception in it refuses, and is logged)."""
         if self._authorize is None or action not in ACTIONS:
             return False
-        answer = self._authorize(request, action)
-        if inspect.isawaitable(answer):
-            answer = await answer
+        try:
+            answer = self._authorize(request, action)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except Exception:  # noqa: BLE001 - the application's code: fail closed
+            _log.exception("authorize(request, %r) failed: refused", action)
+            return False
         return answer is True
 
     async def allowed(self, request: Request) -> dict[str, bool]:
@@ -93,8 +100,9 @@ class Guard:
         ):
             return "the form's CSRF token is missing or wrong: reload the page and try again"
         origin = request.headers.get("origin")
-        if origin is not None and origin != "null":
-            host = request.headers.get("host", "")
-            if origin.split("://", 1)[-1] != host:
+        if origin is not None:
+            # The host the browser addressed: ours, or the one a proxy in front says.
+            hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+            if origin.split("://", 1)[-1] not in hosts:
                 return "the request came from another site"
         return None
