@@ -140,8 +140,12 @@ _SEP = "\x1f"
 
 def _index_row(uid: str, summary: SessionSummary) -> tuple[str, tuple[Any, ...]]:
     return (
-        "INSERT OR REPLACE INTO atriggers_index (uid, summary, failed, stuck, waiting, tasks) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        # An upsert updates the row in place (INSERT OR REPLACE would delete and
+        # re-insert it, touching every index twice).
+        "INSERT INTO atriggers_index (uid, summary, failed, stuck, waiting, tasks) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO UPDATE SET summary = excluded.summary, "
+        "failed = excluded.failed, stuck = excluded.stuck, waiting = excluded.waiting, "
+        "tasks = excluded.tasks",
         (
             uid,
             summary.to_json(),
