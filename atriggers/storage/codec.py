@@ -53,7 +53,8 @@ class EncodedChange:
     #: ``(key, entry)`` for each due-index entry written (None: deleted).
     due: list[tuple[str, Due | None]] = field(default_factory=list)
     #: The session's entry in the session index after the change (see
-    #: `atriggers.storage.index`), written in the same atomic step.
+    #: `atriggers.storage.index`), to write in the same atomic step; None when
+    #: the change leaves it as it was (`Change.reindex` false).
     summary: SessionSummary | None = None
 
 
@@ -68,7 +69,7 @@ def encode_change(change: Change) -> EncodedChange:
             (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
         due=list(change.due.items()),
-        summary=summarize(change),
+        summary=summarize(change) if change.reindex else None,
     )
 
 

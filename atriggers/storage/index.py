@@ -1,10 +1,12 @@
 """The session index: one small summary per session, for listing and filtering
 sessions without reading them.
 
-A backend stores `summarize(change)` with every write, in the same atomic step as
-the change itself (it travels in `EncodedChange.summary`), and answers
-`Storage.list_summaries` from what it stored: paged by uid with a cursor,
-filtered by `SessionFilter`. The summary is computed from the snapshot after the
+A backend stores `summarize(change)` with the writes that change it, in the same
+atomic step as the change itself (it travels in `EncodedChange.summary`, None
+when the change leaves it as it was: most fires only record kwargs), and answers
+`Storage.list_summaries` from what it stored, paged by uid with a cursor and
+filtered by `SessionFilter`, completed with the version and time of last write
+its session header holds. The summary is computed from the snapshot after the
 change, which holds every unresolved instance (the working view does too), so no
 backend reads anything to maintain it.
 """
@@ -57,11 +59,12 @@ class SessionSummary:
     """What the index holds about one session."""
 
     uid: str
+    #: The session's version (as listed: its current one).
     version: int
     #: Instances by status (see `COUNTED`).
     counts: Mapping[str, int]
-    #: When the session was last written (epoch seconds, the storage's clock),
-    #: None when unknown.
+    #: When the session was last written (epoch seconds; as listed: the time the
+    #: backend stored with the write, in real time), None when unknown.
     last_activity: float | None
     #: The configured task names, sorted.
     tasks: tuple[str, ...] = ()
@@ -87,22 +90,26 @@ class SessionSummary:
         return sum(self.counts.values())
 
     def to_json(self) -> str:
-        """The stored form (backends that keep the summary as one text)."""
+        """The stored form: counts and tasks (the version and last activity are
+        the session header's, which every write updates anyway)."""
         return json.dumps(
-            {"v": self.version, "c": dict(self.counts), "t": list(self.tasks), "a": self.last_activity},
-            separators=(",", ":"),
-            ensure_ascii=False,
+            {"c": dict(self.counts), "t": list(self.tasks)}, separators=(",", ":"), ensure_ascii=False
         )
 
     @classmethod
-    def from_json(cls, uid: str, text: str) -> SessionSummary:
+    def from_json(cls, uid: str, text: str, version: int, last_activity: float | None) -> SessionSummary:
+        """The summary stored as `text`, with the session header's `version` and
+        time of last write."""
         data: dict[str, Any] = json.loads(text)
+        tasks = data.get("t", [])
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            raise ValueError("tasks must be a list of names")
         return cls(
             uid=uid,
-            version=int(data["v"]),
-            counts={k: int(v) for k, v in data["c"].items()},
-            last_activity=None if data.get("a") is None else float(data["a"]),
-            tasks=tuple(data.get("t") or ()),
+            version=int(version),
+            counts={str(k): int(v) for k, v in data["c"].items()},
+            last_activity=None if last_activity is None else float(last_activity),
+            tasks=tuple(tasks),
         )
 
 

@@ -7,7 +7,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..clock import Clock
 from ..due import Due, DueEntry
@@ -28,6 +28,8 @@ class _Session:
     triggers: dict[str, str] = field(default_factory=dict)
     instances: dict[str, str] = field(default_factory=dict)
     unresolved: set[str] = field(default_factory=set)
+    #: When it was last written (real time, as the other backends keep it).
+    updated: float = 0.0
 
 
 def _creation_order(name: str) -> tuple[str, int]:
@@ -114,6 +116,7 @@ class MemoryStorage(Storage):
         if session is None:
             session = self._sessions[uid] = _Session()
         session.version = encoded.version
+        session.updated = time.time()
         if encoded.tasks is not None:
             session.tasks = encoded.tasks
         if encoded.counts is not None:
@@ -231,7 +234,8 @@ class MemoryStorage(Storage):
         for uid in itertools.islice(self._uids, position, None):
             if not uid.startswith(wanted.prefix):
                 break
-            summary = self._summaries[uid]
+            session = self._sessions[uid]
+            summary = replace(self._summaries[uid], version=session.version, last_activity=session.updated)
             if wanted.matches(summary):
                 found.append(summary)
                 if len(found) > limit:

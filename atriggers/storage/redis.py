@@ -282,8 +282,9 @@ return out
 # failed, stuck, waiting and all zsets. ARGV = lex range start and end, limit,
 # budget (entries examined at most), session key prefix, flags required besides
 # the walked set's ('0'/'1' for failed, stuck, waiting), task ('' any). Returns
-# {uid, summary, uid, summary...}, then 'more' (a next page after the last uid),
-# 'partial' and the last uid examined (the budget ran out), or 'done'.
+# {uid, summary, version, updated, uid...} (the last two from the session's
+# header), then 'more' (a next page after the last uid), 'partial' and the last
+# uid examined (the budget ran out), or 'done'.
 _LIST_INDEX = """
 local lo, hi = ARGV[1], ARGV[2]
 local limit, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -294,7 +295,8 @@ while true do
   for _, uid in ipairs(chunk) do
     examined = examined + 1
     local text = redis.call('HGET', KEYS[1], uid)
-    if (not text) or redis.call('EXISTS', ARGV[5] .. '{' .. uid .. '}:session') == 0 then
+    local head = redis.call('HMGET', ARGV[5] .. '{' .. uid .. '}:session', 'version', 'updated')
+    if (not text) or (not head[1]) then
       -- The session expired (ttl): its entry goes too.
       redis.call('HDEL', KEYS[1], uid)
       for k = 3, 6 do redis.call('ZREM', KEYS[k], uid) end
@@ -312,9 +314,11 @@ while true do
         end
       end
       if ok then
-        if #out >= 2 * limit then return {out, 'more'} end
+        if #out >= 4 * limit then return {out, 'more'} end
         out[#out + 1] = uid
         out[#out + 1] = text
+        out[#out + 1] = head[1]
+        out[#out + 1] = head[2] or ''
       end
     end
     if examined >= budget then return {out, 'partial', uid} end
@@ -652,9 +656,11 @@ class RedisStorage(Storage):
         reply = await self._call(self._script(self._list_script)(keys=keys, args=args), "index read")
         flat, how = reply[0], _text(reply[1])
         found: list[SessionSummary] = []
-        for uid, text in _pairs(flat):
+        for i in range(0, len(flat), 4):
+            uid, text, version, updated = (_text(v) for v in flat[i : i + 4])
             try:
-                found.append(SessionSummary.from_json(uid, text))
+                at = float(updated) if updated else None
+                found.append(SessionSummary.from_json(uid, text, int(version), at))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise corrupt(uid, "session index entry", exc) from exc
         if how == "more":

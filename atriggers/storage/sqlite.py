@@ -389,26 +389,28 @@ class _ListIndex:
 
     writes = False
 
-    def __call__(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
+    def __call__(self, db: sqlite3.Connection) -> list[tuple[str, str, int, float]]:
         wanted = self.filter
-        where = ["uid >= ?"]
+        where = ["i.uid >= ?"]
         params: list[Any] = [wanted.prefix]
         if self.after is not None:
-            where.append("uid > ?")
+            where.append("i.uid > ?")
             params.append(self.after)
         if wanted.prefix:
-            where.append("uid < ?")
+            where.append("i.uid < ?")
             params.append(wanted.prefix + "\U0010ffff")
         for flag in ("failed", "stuck", "waiting"):
             if getattr(wanted, flag):
                 # Literal, so that the planner picks the flag's partial index.
-                where.append(f"{flag} = 1")
+                where.append(f"i.{flag} = 1")
         if wanted.task is not None:
-            where.append("instr(tasks, ?) > 0")
+            where.append("instr(i.tasks, ?) > 0")
             params.append(_SEP + wanted.task + _SEP)
         params.append(self.limit + 1)
-        rows: list[tuple[str, str]] = db.execute(
-            f"SELECT uid, summary FROM atriggers_index WHERE {' AND '.join(where)} ORDER BY uid LIMIT ?",
+        rows: list[tuple[str, str, int, float]] = db.execute(
+            "SELECT i.uid, i.summary, s.version, s.updated_at FROM atriggers_index i "
+            "JOIN atriggers_sessions s ON s.uid = i.uid "
+            f"WHERE {' AND '.join(where)} ORDER BY i.uid LIMIT ?",
             params,
         ).fetchall()
         return rows
@@ -652,11 +654,11 @@ class SQLiteStorage(Storage):
     ) -> SessionPage:
         check_page(after, limit)
         wanted = filter or SessionFilter()
-        rows: list[tuple[str, str]] = await self._submit(_ListIndex(wanted, after, limit))
+        rows: list[tuple[str, str, int, float]] = await self._submit(_ListIndex(wanted, after, limit))
         found: list[SessionSummary] = []
-        for uid, text in rows[:limit]:
+        for uid, text, version, updated in rows[:limit]:
             try:
-                summary = SessionSummary.from_json(uid, text)
+                summary = SessionSummary.from_json(uid, text, version, updated)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise corrupt(uid, "session index entry", exc) from exc
             if wanted.matches(summary):
