@@ -218,7 +218,11 @@ async def test_version_2_files_gain_the_session_index(db_path: Path) -> None:
         await manager.join()
         await TriggerManager(storage, "old-idle").fire("nothing")
     with closing(sqlite3.connect(db_path)) as db, db:
-        db.execute("DROP TABLE atriggers_index")
+        # Back to version 2's layout: no index columns, no index.
+        for flag in ("failed", "stuck", "waiting"):
+            db.execute(f"DROP INDEX atriggers_sessions_{flag}")
+        for column in ("summary", "failed", "stuck", "waiting", "tasks"):
+            db.execute(f"ALTER TABLE atriggers_sessions DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 2")
     async with SQLiteStorage(db_path) as storage:
         page = await storage.list_summaries()

@@ -87,28 +87,26 @@ CREATE TABLE atriggers_owners (
     )
     + (
         _INDEX_SCHEMA := """
--- The session index (see atriggers.storage.index): one summary per session,
--- written with each change, and one partial index per flag, so that listing the
--- few failed sessions among many reads only those.
-CREATE TABLE atriggers_index (
-    uid      TEXT PRIMARY KEY,
-    summary  TEXT NOT NULL,
-    failed   INTEGER NOT NULL,
-    stuck    INTEGER NOT NULL,
-    waiting  INTEGER NOT NULL,
-    tasks    TEXT NOT NULL
-);
-CREATE INDEX atriggers_index_failed ON atriggers_index (uid) WHERE failed = 1;
-CREATE INDEX atriggers_index_stuck ON atriggers_index (uid) WHERE stuck = 1;
-CREATE INDEX atriggers_index_waiting ON atriggers_index (uid) WHERE waiting = 1;
+-- The session index (see atriggers.storage.index): each session's summary and
+-- flags, in its own row (set by the write that changes them, no extra row to
+-- write), and one partial index per flag, so that listing the few failed
+-- sessions among many reads only those.
+ALTER TABLE atriggers_sessions ADD COLUMN summary TEXT;
+ALTER TABLE atriggers_sessions ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE atriggers_sessions ADD COLUMN stuck INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE atriggers_sessions ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE atriggers_sessions ADD COLUMN tasks TEXT NOT NULL DEFAULT '';
+CREATE INDEX atriggers_sessions_failed ON atriggers_sessions (uid) WHERE failed = 1;
+CREATE INDEX atriggers_sessions_stuck ON atriggers_sessions (uid) WHERE stuck = 1;
+CREATE INDEX atriggers_sessions_waiting ON atriggers_sessions (uid) WHERE waiting = 1;
 """
     )
 )
 
 
 def _index_existing(db: sqlite3.Connection) -> None:
-    """Version 2 -> 3: create the session index and fill it from the sessions
-    already stored (their last activity: their last write)."""
+    """Version 2 -> 3: add the session index and fill it from the sessions
+    already stored."""
     for statement in _INDEX_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
@@ -117,44 +115,40 @@ def _index_existing(db: sqlite3.Connection) -> None:
         "SELECT uid, status, count(*) FROM atriggers_instances WHERE resolved = 0 GROUP BY uid, status"
     ):
         unresolved.setdefault(uid, {})[status] = n
-    rows = db.execute("SELECT uid, version, config, counts, updated_at FROM atriggers_sessions").fetchall()
-    for uid, version, config, counts, updated_at in rows:
+    rows = db.execute("SELECT uid, version, config, counts FROM atriggers_sessions").fetchall()
+    for uid, version, config, counts in rows:
         try:
             tasks = list(json.loads(config))
             total = sum(int(n) for n in json.loads(counts).values())
         except (ValueError, TypeError, AttributeError):
             # Corrupt rows stay unreadable as before; the index just lists them.
             tasks, total = [], 0
-        summary = build_summary(uid, version, unresolved.get(uid, {}), total, tasks, updated_at)
-        db.execute(*_index_row(uid, summary))
+        summary = build_summary(uid, version, unresolved.get(uid, {}), total, tasks, None)
+        db.execute(
+            "UPDATE atriggers_sessions SET summary = ?, failed = ?, stuck = ?, waiting = ?, tasks = ? "
+            "WHERE uid = ?",
+            (*_index_columns(summary), uid),
+        )
 
 
 #: schema version -> statements (or a function) that bring a file from that
 #: version to the next.
 _MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {1: _DUE_SCHEMA, 2: _index_existing}
 
-#: What separates task names in ``atriggers_index.tasks`` (a pre-filter: the
+#: What separates task names in ``atriggers_sessions.tasks`` (a pre-filter: the
 #: summary itself is checked too, names may hold any character).
 _SEP = "\x1f"
 
+#: A session whose summary was never written (a change built without one).
+_NO_SUMMARY = '{"c":{},"t":[]}'
 
-def _index_row(uid: str, summary: SessionSummary) -> tuple[str, tuple[Any, ...]]:
-    return (
-        # An upsert updates the row in place (INSERT OR REPLACE would delete and
-        # re-insert it, touching every index twice).
-        "INSERT INTO atriggers_index (uid, summary, failed, stuck, waiting, tasks) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO UPDATE SET summary = excluded.summary, "
-        "failed = excluded.failed, stuck = excluded.stuck, waiting = excluded.waiting, "
-        "tasks = excluded.tasks",
-        (
-            uid,
-            summary.to_json(),
-            int(summary.failed),
-            int(summary.stuck),
-            int(summary.waiting),
-            _SEP + _SEP.join(summary.tasks) + _SEP,
-        ),
-    )
+
+def _index_columns(summary: SessionSummary | None) -> tuple[Any, ...]:
+    """summary, failed, stuck, waiting, tasks (all None: leave them as they are)."""
+    if summary is None:
+        return (None, None, None, None, None)
+    flags = (int(summary.failed), int(summary.stuck), int(summary.waiting))
+    return (summary.to_json(), *flags, _SEP + _SEP.join(summary.tasks) + _SEP)
 
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -228,17 +222,27 @@ class _Refused:
 
 def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange) -> bool:
     """Write `c` if the session is at `expected`; False (nothing written) if not."""
+    index = _index_columns(c.summary)
     if expected == 0:
+        fresh = index if c.summary is not None else (None, 0, 0, 0, "")
         cursor = db.execute(
-            "INSERT OR IGNORE INTO atriggers_sessions "
-            "(uid, version, config, counts, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (uid, c.version, c.tasks or "{}", c.counts or "{}", time.time()),
+            "INSERT OR IGNORE INTO atriggers_sessions (uid, version, config, counts, updated_at, "
+            "summary, failed, stuck, waiting, tasks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (uid, c.version, c.tasks or "{}", c.counts or "{}", time.time(), *fresh),
         )
-    else:
+    elif c.summary is None:
         cursor = db.execute(
             "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
             "counts = coalesce(?, counts), updated_at = ? WHERE uid = ? AND version = ?",
             (c.version, c.tasks, c.counts, time.time(), uid, expected),
+        )
+    else:
+        # The session index changes with this write: in the same row, same statement.
+        cursor = db.execute(
+            "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
+            "counts = coalesce(?, counts), updated_at = ?, summary = ?, failed = ?, stuck = ?, "
+            "waiting = ?, tasks = ? WHERE uid = ? AND version = ?",
+            (c.version, c.tasks, c.counts, time.time(), *index, uid, expected),
         )
     if cursor.rowcount != 1:
         return False
@@ -261,8 +265,6 @@ def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedCha
                 "INSERT OR REPLACE INTO atriggers_due (uid, key, at, owner, payload) VALUES (?, ?, ?, ?, ?)",
                 (uid, key, due.at, due.owner, due.payload),
             )
-    if c.summary is not None:
-        db.execute(*_index_row(uid, c.summary))
     return True
 
 
@@ -391,26 +393,25 @@ class _ListIndex:
 
     def __call__(self, db: sqlite3.Connection) -> list[tuple[str, str, int, float]]:
         wanted = self.filter
-        where = ["i.uid >= ?"]
+        where = ["uid >= ?"]
         params: list[Any] = [wanted.prefix]
         if self.after is not None:
-            where.append("i.uid > ?")
+            where.append("uid > ?")
             params.append(self.after)
         if wanted.prefix:
-            where.append("i.uid < ?")
+            where.append("uid < ?")
             params.append(wanted.prefix + "\U0010ffff")
         for flag in ("failed", "stuck", "waiting"):
             if getattr(wanted, flag):
                 # Literal, so that the planner picks the flag's partial index.
-                where.append(f"i.{flag} = 1")
+                where.append(f"{flag} = 1")
         if wanted.task is not None:
-            where.append("instr(i.tasks, ?) > 0")
+            where.append("instr(tasks, ?) > 0")
             params.append(_SEP + wanted.task + _SEP)
         params.append(self.limit + 1)
         rows: list[tuple[str, str, int, float]] = db.execute(
-            "SELECT i.uid, i.summary, s.version, s.updated_at FROM atriggers_index i "
-            "JOIN atriggers_sessions s ON s.uid = i.uid "
-            f"WHERE {' AND '.join(where)} ORDER BY i.uid LIMIT ?",
+            f"SELECT uid, coalesce(summary, '{_NO_SUMMARY}'), version, updated_at FROM atriggers_sessions "
+            f"WHERE {' AND '.join(where)} ORDER BY uid LIMIT ?",
             params,
         ).fetchall()
         return rows
@@ -421,9 +422,9 @@ class _CountIndex:
     writes = False
 
     def __call__(self, db: sqlite3.Connection) -> SessionCounts:
-        (total,) = db.execute("SELECT count(*) FROM atriggers_index").fetchone()
+        (total,) = db.execute("SELECT count(*) FROM atriggers_sessions").fetchone()
         flags = {
-            flag: db.execute(f"SELECT count(*) FROM atriggers_index WHERE {flag} = 1").fetchone()[0]
+            flag: db.execute(f"SELECT count(*) FROM atriggers_sessions WHERE {flag} = 1").fetchone()[0]
             for flag in ("failed", "stuck", "waiting")
         }
         return SessionCounts(sessions=total, **flags)

@@ -327,7 +327,7 @@ async def test_a_failing_storage_gets_a_page_saying_so(storage: SQLiteStorage, t
     from contextlib import closing
 
     with closing(sqlite3.connect(tmp_path / "dash.db")) as db, db:
-        db.execute("UPDATE atriggers_index SET summary = 'garbage' WHERE uid = 'bad-1'")
+        db.execute("UPDATE atriggers_sessions SET summary = 'garbage' WHERE uid = 'bad-1'")
     async with client(dashboard(storage)) as c:
         page = await c.get("/")
     assert page.status_code == 503

@@ -156,7 +156,7 @@ def browser() -> Iterator[WebDriver]:
             "--disable-sync",
             "--disable-dev-shm-usage",
             f"--user-data-dir={profile}",
-            "--window-size=1280,1000",
+            "--window-size=1280,1200",
         ):
             options.add_argument(argument)
         driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
@@ -171,9 +171,21 @@ def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], timeout: flo
     return WebDriverWait(browser, timeout, poll_frequency=0.05).until(condition)
 
 
+def graph_drawn(browser: WebDriver) -> bool:
+    """The page's graph image loaded and has a size (an SVG the server drew)."""
+    return bool(
+        browser.execute_script(
+            "const g = document.getElementById('graph');"
+            "return g !== null && g.complete && g.naturalWidth > 0;"
+        )
+    )
+
+
 def screenshot(browser: WebDriver, name: str) -> None:
     directory = os.environ.get("ATRIGGERS_SCREENSHOTS")
     if directory:
+        if browser.find_elements(By.CSS_SELECTOR, "img#graph"):
+            wait(browser, graph_drawn)
         Path(directory).mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(Path(directory) / f"{name}.png"))
 
@@ -208,6 +220,8 @@ def test_filter_open_replay_and_watch_it_finish(browser: WebDriver, site: Site) 
     browser.find_element(By.LINK_TEXT, "order-003").click()
     wait(browser, lambda b: b.find_elements(By.ID, "session-uid"))
     assert status_of(browser, "charge#0") == "failed"
+    if browser.find_elements(By.CSS_SELECTOR, "img#graph"):  # Graphviz is installed
+        wait(browser, graph_drawn)
     assert "card declined for order 3" in browser.find_element(By.CSS_SELECTOR, "pre.traceback").text
     screenshot(browser, "dashboard-session")
     # Replay with edited kwargs: not failing this time, and slow enough to be
@@ -227,6 +241,8 @@ def test_filter_open_replay_and_watch_it_finish(browser: WebDriver, site: Site) 
     wait(browser, lambda b: status_of(b, "ship#0") == "finished")
     assert status_of(browser, "charge#1") == "finished" and status_of(browser, "charge#0") == "replayed"
     assert browser.execute_script("return window.stillThisPage") is True
+    if browser.find_elements(By.CSS_SELECTOR, "img#graph"):  # redrawn for the new version
+        wait(browser, graph_drawn)
     assert "clone of charge#0" in browser.find_element(By.CSS_SELECTOR, 'tr[data-name="charge#1"]').text
     screenshot(browser, "dashboard-replayed")
     assert site.state("order-003")["charge#1"] is Status.FINISHED
