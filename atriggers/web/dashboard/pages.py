@@ -110,7 +110,7 @@ class Pages:
             ],
             "has_dot": self.d.graphs.has_dot,
             "columns": None if self.d.graphs.has_dot else self.d.graphs.columns(state),
-            "explanations": explanations(state),
+            "explanations": explanations(state, now),
             "settable": SETTABLE,
         }
 
