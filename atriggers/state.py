@@ -164,6 +164,13 @@ class Change:
     #: Due-index entries to write (key -> entry) or delete (key -> None), in
     #: the same atomic write (see `atriggers.due`).
     due: Mapping[str, Due | None] = field(default_factory=dict)
+    #: When the operation happened (epoch seconds, the storage's clock). None:
+    #: not known.
+    at: float | None = None
+    #: Whether the session's entry in the session index changes: a new session,
+    #: a new configuration, instances created, or an instance's status changed.
+    #: (False for a fire that only records kwargs: most fires write no index.)
+    reindex: bool = True
 
     @property
     def version(self) -> int:
@@ -364,6 +371,13 @@ class Draft:
             complete=self.base.complete,
         )
         counts_changed = self._counts is not self.base.instance_counts
+        reindex = self.base.version == 0 or self._tasks_changed or counts_changed
+        if not reindex:
+            for name, instance in self._changed.items():
+                before = self.base.instances.get(name)
+                if before is None or before.status is not instance.status:
+                    reindex = True
+                    break
         due = dict(self._due)
         for name, instance in self._changed.items():
             before = self.base.instances.get(name)
@@ -379,4 +393,6 @@ class Draft:
             instances=tuple(self._changed.values()),
             state=state,
             due=due,
+            at=self.at,
+            reindex=reindex,
         )

@@ -67,6 +67,13 @@ def _target(row: dict[str, Any]) -> Target:
             f"sweep({big:,})<=1.3x sweep({extra['sessions']['small']}) ({extra['due_ratio']:.2f}x)",
             extra["due_ratio"] <= 1.3,
         )
+    if name == "listing":
+        big = extra["sessions"]["big"]
+        return Target(
+            f"list {extra['failed']} failed of {big:,}<=1.5x of {extra['sessions']['small']} "
+            f"({extra['ratio']:.2f}x)",
+            extra["ratio"] <= 1.5,
+        )
     if row["storage"] != "sqlite":
         return Target("-", None)
     if name == "fire_idle":
@@ -279,6 +286,14 @@ def details(rows: list[dict[str, Any]]) -> str:
                 f"{due['big']:.3f} ms against {due['small']:.3f} ms among {small} "
                 f"({extra['due_ratio']:.2f}x); nothing due: {idle['big']:.3f} ms against "
                 f"{idle['small']:.3f} ms ({extra['idle_ratio']:.2f}x)"
+            )
+        elif row["scenario"] == "listing":
+            small, big = (extra["sessions"][k] for k in ("small", "big"))
+            p50 = extra["p50_ms"]
+            out.append(
+                f"listing/{row['storage']}: the {extra['failed']} failed sessions among {big:,}: "
+                f"list_summaries p50 {p50['big']:.3f} ms against {p50['small']:.3f} ms among {small} "
+                f"({extra['ratio']:.2f}x)"
             )
         elif row["scenario"] == "every_idle":
             out.append(

@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from atriggers import Status, Sweeper, TriggerManager
+from atriggers import _rules as rules
 from atriggers.clock import FakeClock
-from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.config import parse_configuration
+from atriggers.state import Change, Draft, SessionState
+from atriggers.storage import MemoryStorage, SessionFilter, SQLiteStorage
 from atriggers.storage.base import Storage
 
 from . import _tasks  # noqa: F401 - registers bench.noop
@@ -542,6 +545,85 @@ async def _sweep(kind: str, directory: Path, quick: bool) -> Outcome:
     )
 
 
+# -- listing sessions through the session index ------------------------------------------------
+
+LISTED = {"t": {"after": ["go"], "run": "bench.noop"}}
+LISTED_FAILED = 10
+
+
+async def listing(kind: str, directory: Path, quick: bool) -> Outcome:
+    """Two stores, one of 100 sessions and one of 100,000 (quick: 2,000), 10 of
+    them failed in each, spread over the uid range. Listing the failed sessions
+    (`list_summaries` filtered to failed) alternates between the stores; the
+    p50s are compared, big store against small."""
+    if kind == "redis":
+        async with redis_server(directory):
+            return await _listing(kind, directory, quick)
+    return await _listing(kind, directory, quick)
+
+
+def _session_change(uid: str, failed: bool) -> Change:
+    """One write that configures a session, fires it, and ends its instance
+    failed or finished (how the store got there does not matter to a listing)."""
+    draft = Draft(SessionState(uid=uid))
+    rules.configure(draft, parse_configuration(LISTED))
+    rules.fire(draft, "go", {"n": uid})
+    draft.set_status(draft.edit("t#0"), Status.FAILED if failed else Status.FINISHED)
+    return draft.changes()
+
+
+async def _listing(kind: str, directory: Path, quick: bool) -> Outcome:
+    sizes = {"small": 100, "big": 2000 if quick else 100_000}
+    rounds = 50 if quick else 300
+    wave = 100 if kind == "redis" else 500
+    timings: dict[str, list[float]] = {size: [] for size in sizes}
+    async with contextlib.AsyncExitStack() as stack:
+        stores: dict[str, Storage] = {}
+        for size, n in sizes.items():
+            store = stores[size] = await stack.enter_async_context(open_store(kind, directory, f"list{size}"))
+            failed = {round(k * n / LISTED_FAILED) for k in range(LISTED_FAILED)}
+
+            async def write(store: Storage, i: int, failed: set[int] = failed) -> None:
+                uid = f"s{i:07d}"
+                await store.store(uid, 0, _session_change(uid, i in failed))
+
+            for i in range(0, n, wave):
+                await asyncio.gather(*(write(store, j) for j in range(i, min(n, i + wave))))
+        wanted = SessionFilter(failed=True)
+        for r in range(rounds + 5):  # the first five rounds warm up
+            for size in sizes if r % 2 else reversed(sizes):
+                start = time.perf_counter()
+                page = await stores[size].list_summaries(wanted, limit=50)
+                took = time.perf_counter() - start
+                found = [s.uid for s in page.summaries]
+                check(
+                    len(found) == LISTED_FAILED
+                    and page.next is None
+                    and all(s.failed for s in page.summaries),
+                    f"{kind}/{size}: listed {len(found)} failed sessions, expected {LISTED_FAILED}",
+                )
+                if r >= 5:
+                    timings[size].append(took)
+        counts = {size: await stores[size].count_sessions() for size in sizes}
+    for size, n in sizes.items():
+        check(
+            (counts[size].sessions, counts[size].failed) == (n, LISTED_FAILED),
+            f"{kind}/{size}: the index counts {counts[size]}",
+        )
+    p50 = {size: percentile(t, 0.5) for size, t in timings.items()}
+    return Outcome(
+        len(timings["big"]),
+        sum(timings["big"]),
+        timings["big"],
+        {
+            "sessions": sizes,
+            "failed": LISTED_FAILED,
+            "p50_ms": {size: p50[size] * 1e3 for size in sizes},
+            "ratio": p50["big"] / p50["small"],
+        },
+    )
+
+
 Scenario = Callable[[str, Path, bool], Coroutine[Any, Any, Outcome]]
 
 #: name -> (function, storage kinds it runs on)
@@ -555,4 +637,5 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "procs_run": (procs_run, ("sqlite",)),
     "scale": (scale, ("sqlite", "memory")),
     "sweep": (sweep, ("sqlite", "redis", "memory") if redis_available() else ("sqlite", "memory")),
+    "listing": (listing, ("sqlite", "redis") if redis_available() else ("sqlite",)),
 }

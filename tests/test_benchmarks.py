@@ -31,8 +31,9 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         assert {(scenario, "sqlite"), (scenario, "memory")} <= seen
     assert {("procs", "sqlite"), ("procs_run", "sqlite")} <= seen
     assert {("sweep", "sqlite"), ("sweep", "memory")} <= seen
+    assert ("listing", "sqlite") in seen
     if shutil.which("redis-server") and importlib.util.find_spec("redis"):  # as benchmarks.scenarios
-        assert ("sweep", "redis") in seen
+        assert {("sweep", "redis"), ("listing", "redis")} <= seen
     assert {r["scenario"] for r in report["rows"] if r["storage"] == "-"} == {
         "baseline: aiosqlite SELECT 1",
         "baseline: aiosqlite insert+commit",
@@ -42,7 +43,7 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         assert row["rate"] > 0 and row["p50_ms"] <= row["p99_ms"]
         if row["scenario"] == "scale":
             assert row["extra"]["locks_left"] == 0
-        if row["scenario"] == "sweep":
+        if row["scenario"] in ("sweep", "listing"):
             assert row["extra"]["sessions"] == {"small": 100, "big": 2000}
     assert "| fire_idle" in done.stdout and "target (measured)" in done.stdout
 

@@ -19,6 +19,7 @@ from ..manager import TriggerManager
 from ..schema import schema_json
 from ..state import SessionState
 from ..storage.base import Storage
+from ..storage.index import SessionFilter, each_summary
 from ..storage.lease import OwnerLease
 from ..sweeper import Sweeper
 from .exits import CommandError, ExitCode
@@ -100,9 +101,8 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
 
         return await cmd_survey(args)
     async with opened_storage(args.url) as storage:
-        uids = await storage.list_sessions()
         rows: list[dict[str, Any]] = []
-        for uid in uids:
+        for uid in await _candidates(storage, args):
             if args.quiet and not (args.unresolved or args.failed or args.stuck):
                 rows.append({"uid": uid})
                 continue
@@ -145,6 +145,16 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
             "no sessions" + (" matching the filter" if args.unresolved or args.failed or args.stuck else "")
         )
     return ExitCode.OK
+
+
+async def _candidates(storage: Storage, args: argparse.Namespace) -> list[str]:
+    """The sessions `sessions` may list, from the session index: with --failed
+    only failed ones, with --stuck failed (lost) or in-flight ones."""
+    wanted = [SessionFilter(failed=True)] if args.failed else [SessionFilter()]
+    if args.stuck:
+        wanted = [SessionFilter(failed=True), SessionFilter(stuck=True)]
+    uids = {summary.uid for filter in wanted async for summary in each_summary(storage, filter)}
+    return sorted(uids)
 
 
 Operation = Callable[[TriggerManager], Awaitable[str]]

@@ -19,6 +19,7 @@ from .commands import (
     cmd_validate,
     cmd_worker,
 )
+from .dashboard import cmd_dashboard
 from .exits import ExitCode
 from .operator import add_operator_commands
 
@@ -154,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print session ids only")
     p.set_defaults(handler=cmd_sessions)
+
+    p = sub.add_parser(
+        "dashboard", parents=[common], help="serve the operator dashboard (read-only without --allow-actions)"
+    )
+    p.add_argument("url", metavar="URL", help="storage URL, e.g. sqlite:///state.db")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    p.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="offer the repairs (Replay, Skip, ...) to everyone who reaches the page; replayed "
+        "instances of asyncio tasks run in this process (--import their module)",
+    )
+    p.set_defaults(handler=cmd_dashboard)
 
     p = sub.add_parser("graph", parents=[common], help="draw a workflow as Mermaid or Graphviz DOT")
     p.add_argument(

@@ -6,6 +6,7 @@ from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .cache import SnapshotCache
 from .codec import ConfigCache, EncodedChange, decode_state, encode_change, encode_tasks
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, summarize
 from .locks import SessionLocks
 from .memory import MemoryStorage
 from .registry import StorageFactory, open_storage, register_storage, storages
@@ -35,6 +36,12 @@ __all__ = [
     "decode_state",
     "encode_change",
     "encode_tasks",
+    # The session index each backend keeps.
+    "SessionCounts",
+    "SessionFilter",
+    "SessionPage",
+    "SessionSummary",
+    "summarize",
     # The machinery the base class owns.
     "RunTracker",
     "SessionLocks",

@@ -1,7 +1,9 @@
 """The storage plug-in point: a per-session versioned store with compare-and-swap.
 
 A backend implements the contract: `url`, `from_url`, `load`, `load_all`, `store`
-and `list_sessions`, plus `connect`/`disconnect` if it holds resources. The base
+and `list_sessions`, plus `connect`/`disconnect` if it holds resources, and
+keeps the session index (`list_summaries`, `count_sessions`: see
+`atriggers.storage.index`) with each write. The base
 class owns what every backend shares, each in a small class of its own:
 per-session locks (`SessionLocks`), a cache of recent working snapshots
 (`SnapshotCache`) and the in-process runs closing must drain (`RunTracker`).
@@ -21,6 +23,15 @@ from ..due import DueEntry
 from ..errors import TriggerError
 from ..state import Change, SessionState
 from .cache import SnapshotCache
+from .index import (
+    SessionCounts,
+    SessionFilter,
+    SessionPage,
+    SessionSummary,
+    check_page,
+    latest_stamp,
+    summarize_state,
+)
 from .lease import DEFAULT_LEASE, OwnerLease
 from .locks import SessionLocks
 from .runs import RunTracker
@@ -115,6 +126,49 @@ class Storage(ABC):
     @abstractmethod
     async def list_sessions(self) -> list[str]:
         """The uids of every stored session, sorted."""
+
+    async def list_summaries(
+        self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
+    ) -> SessionPage:
+        """One page of the session index, in uid order: the summaries of the
+        sessions matching `filter` whose uid sorts after `after` (a cursor: the
+        ``next`` of the previous page), at most `limit`.
+
+        A backend stores ``EncodedChange.summary`` in the same atomic write as the
+        change and answers this from what it stored, at a cost that does not grow
+        with the number of sessions that do not match. This default reads every
+        session instead (correct, slow: for backends without an index yet).
+        """
+        check_page(after, limit)
+        wanted = filter or SessionFilter()
+        found: list[SessionSummary] = []
+        for uid in await self.list_sessions():
+            if (after is not None and uid <= after) or not uid.startswith(wanted.prefix):
+                continue
+            state = await self.load_all(uid)
+            summary = summarize_state(state, latest_stamp(state.instances.values()))
+            if wanted.matches(summary):
+                found.append(summary)
+                if len(found) > limit:
+                    break
+        more = len(found) > limit
+        page = tuple(found[:limit])
+        return SessionPage(page, page[-1].uid if more else None)
+
+    async def count_sessions(self) -> SessionCounts:
+        """How many sessions the index holds, in all and failed, stuck, waiting."""
+        totals = {"sessions": 0, "failed": 0, "stuck": 0, "waiting": 0}
+        after: str | None = None
+        while True:
+            page = await self.list_summaries(after=after, limit=1000)
+            for summary in page.summaries:
+                totals["sessions"] += 1
+                totals["failed"] += summary.failed
+                totals["stuck"] += summary.stuck
+                totals["waiting"] += summary.waiting
+            if page.next is None:
+                return SessionCounts(**totals)
+            after = page.next
 
     async def exists(self) -> bool:
         """Whether the store is already there, before `open` (False: opening it

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..clock import Clock
 from ..due import Due, DueEntry
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page
 from .lease import DEFAULT_LEASE, OWNER_RETENTION
 
 __all__ = ["MemoryStorage"]
@@ -26,6 +28,8 @@ class _Session:
     triggers: dict[str, str] = field(default_factory=dict)
     instances: dict[str, str] = field(default_factory=dict)
     unresolved: set[str] = field(default_factory=set)
+    #: When it was last written (real time, as the other backends keep it).
+    updated: float = 0.0
 
 
 def _creation_order(name: str) -> tuple[str, int]:
@@ -69,6 +73,9 @@ class MemoryStorage(Storage):
         self._by_owner: dict[str, set[tuple[str, str]]] = {}
         self._owners: dict[str, float] = {}
         self._seq = itertools.count()
+        # The session index: summaries, and the uids in order for paging.
+        self._summaries: dict[str, SessionSummary] = {}
+        self._uids: list[str] = []
 
     @property
     def url(self) -> str:
@@ -109,6 +116,7 @@ class MemoryStorage(Storage):
         if session is None:
             session = self._sessions[uid] = _Session()
         session.version = encoded.version
+        session.updated = time.time()
         if encoded.tasks is not None:
             session.tasks = encoded.tasks
         if encoded.counts is not None:
@@ -122,6 +130,10 @@ class MemoryStorage(Storage):
                 session.unresolved.add(name)
         for key, due in change.due.items():
             self._set_due((uid, key), due)
+        if encoded.summary is not None:
+            if uid not in self._summaries:
+                bisect.insort(self._uids, uid)
+            self._summaries[uid] = encoded.summary
 
     # -- the due index ----------------------------------------------------------------------
 
@@ -208,3 +220,34 @@ class MemoryStorage(Storage):
 
     async def list_sessions(self) -> list[str]:
         return sorted(self._sessions)
+
+    async def list_summaries(
+        self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
+    ) -> SessionPage:
+        check_page(after, limit)
+        wanted = filter or SessionFilter()
+        if after is not None and after >= wanted.prefix:
+            position = bisect.bisect_right(self._uids, after)
+        else:
+            position = bisect.bisect_left(self._uids, wanted.prefix)
+        found: list[SessionSummary] = []
+        for uid in itertools.islice(self._uids, position, None):
+            if not uid.startswith(wanted.prefix):
+                break
+            session = self._sessions[uid]
+            summary = replace(self._summaries[uid], version=session.version, last_activity=session.updated)
+            if wanted.matches(summary):
+                found.append(summary)
+                if len(found) > limit:
+                    break
+        page = tuple(found[:limit])
+        return SessionPage(page, page[-1].uid if len(found) > limit else None)
+
+    async def count_sessions(self) -> SessionCounts:
+        summaries = self._summaries.values()
+        return SessionCounts(
+            sessions=len(self._summaries),
+            failed=sum(s.failed for s in summaries),
+            stuck=sum(s.stuck for s in summaries),
+            waiting=sum(s.waiting for s in summaries),
+        )

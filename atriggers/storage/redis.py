@@ -14,6 +14,14 @@ Key layout, for a session ``uid`` and the storage's ``prefix`` (default
     {prefix}due:data            hash  entry -> owner, newline, payload
     {prefix}owners              zset  owner id -> lease expiry
     {prefix}owner:<owner id>    set   the entries an owner holds
+    {prefix}index               hash  uid -> session summary (JSON, see storage.index)
+    {prefix}index:all           zset  every uid, score 0 (ordered by uid: paged by lex range)
+    {prefix}index:failed        zset  uids of sessions with a failed instance (also
+    {prefix}index:stuck               :stuck, in flight; :waiting, unstarted)
+
+A write updates the session's summary in the same script; listing walks one of
+the index's sorted sets by lex range (never SCAN), and drops entries whose
+session expired (`ttl`) as it meets them.
 
 An entry is named ``<bytes of uid>:<uid><key>``. The braces are a Redis Cluster
 hash tag, but a write touches the session's keys and the shared due index in one
@@ -49,7 +57,8 @@ from ..due import DueEntry
 from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict, mask_url
-from .codec import ConfigCache, decode_state, decode_tasks, encode_change
+from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
@@ -113,9 +122,11 @@ return read_state(ARGV[1] == '1', names)
 
 # ARGV = expected version, new version, change token, ttl in ms (0: none), now,
 # config ('' unchanged), counts ('' unchanged), number of triggers,
-# number of due entries, owner-set key prefix, then trigger/kwargs pairs, then
+# number of due entries, owner-set key prefix, uid, summary ('' none), summary
+# flags (failed, stuck, waiting as three '0'/'1'), then trigger/kwargs pairs, then
 # member/score/owner/payload quads of due entries (score '': delete), then
-# name/resolved/body triples. KEYS 5 and 6: the due index's zset and data hash.
+# name/resolved/body triples. KEYS 5 and 6: the due index's zset and data hash;
+# 7 to 11: the session index's hash, and its all, failed, stuck, waiting zsets.
 #
 # Everything that can fail is checked before the first write: Redis does not roll
 # a script back, so a script must not stop half-way.
@@ -155,9 +166,20 @@ else
   end
 end
 redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[7], ARGV[11], ARGV[12])
+  redis.call('ZADD', KEYS[8], 0, ARGV[11])
+  for f = 1, 3 do
+    if string.sub(ARGV[13], f, f) == '1' then
+      redis.call('ZADD', KEYS[8 + f], 0, ARGV[11])
+    else
+      redis.call('ZREM', KEYS[8 + f], ARGV[11])
+    end
+  end
+end
 local n_triggers = tonumber(ARGV[8])
 local n_due = tonumber(ARGV[9])
-local i = 11
+local i = 14
 for _ = 1, n_triggers do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -256,6 +278,55 @@ end
 return out
 """
 
+# One page of the session index. KEYS = index hash, the zset walked, then the
+# failed, stuck, waiting and all zsets. ARGV = lex range start and end, limit,
+# budget (entries examined at most), session key prefix, flags required besides
+# the walked set's ('0'/'1' for failed, stuck, waiting), task ('' any). Returns
+# {uid, summary, version, updated, uid...} (the last two from the session's
+# header), then 'more' (a next page after the last uid), 'partial' and the last
+# uid examined (the budget ran out), or 'done'.
+_LIST_INDEX = """
+local lo, hi = ARGV[1], ARGV[2]
+local limit, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, examined = {}, 0
+while true do
+  local chunk = redis.call('ZRANGEBYLEX', KEYS[2], lo, hi, 'LIMIT', 0, 256)
+  if #chunk == 0 then return {out, 'done'} end
+  for _, uid in ipairs(chunk) do
+    examined = examined + 1
+    local text = redis.call('HGET', KEYS[1], uid)
+    local head = redis.call('HMGET', ARGV[5] .. '{' .. uid .. '}:session', 'version', 'updated')
+    if (not text) or (not head[1]) then
+      -- The session expired (ttl): its entry goes too.
+      redis.call('HDEL', KEYS[1], uid)
+      for k = 3, 6 do redis.call('ZREM', KEYS[k], uid) end
+    else
+      local ok = true
+      for f = 1, 3 do
+        if string.sub(ARGV[6], f, f) == '1' and not redis.call('ZSCORE', KEYS[2 + f], uid) then
+          ok = false
+        end
+      end
+      if ok and ARGV[7] ~= '' then
+        ok = false
+        for _, t in ipairs(cjson.decode(text)['t']) do
+          if t == ARGV[7] then ok = true end
+        end
+      end
+      if ok then
+        if #out >= 4 * limit then return {out, 'more'} end
+        out[#out + 1] = uid
+        out[#out + 1] = text
+        out[#out + 1] = head[1]
+        out[#out + 1] = head[2] or ''
+      end
+    end
+    if examined >= budget then return {out, 'partial', uid} end
+    lo = '(' .. uid
+  end
+end
+"""
+
 # Register (ARGV[4] = '1') or renew an owner. KEYS = owners zset. ARGV = owner,
 # expires at, now, create. Renewing a lapsed or unknown owner returns 0.
 _OWNER = """
@@ -266,6 +337,10 @@ end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
+
+
+#: The session index's flags, in the order of its zsets and of script arguments.
+_FLAGS = ("failed", "stuck", "waiting")
 
 
 def _member(uid: str, key: str) -> str:
@@ -364,6 +439,9 @@ class RedisStorage(Storage):
         # is due): one zset of entries by time, their data, and the owners' leases.
         self._due_keys = [f"{prefix}due", f"{prefix}due:data", f"{prefix}owners"]
         self._owner_prefix = f"{prefix}owner:"
+        # The session index: summaries, then every uid and the uids by flag.
+        self._index_keys = [f"{prefix}index", *(f"{prefix}index:{n}" for n in ("all", *_FLAGS))]
+        self._list_script: Any = None
 
     @property
     def url(self) -> str:
@@ -445,9 +523,11 @@ class RedisStorage(Storage):
         self._store_script = client.register_script(_STORE)
         self._claim_script = client.register_script(_CLAIM)
         self._owner_script = client.register_script(_OWNER)
+        self._list_script = client.register_script(_LIST_INDEX)
 
     async def disconnect(self) -> None:
         self._load_script = self._store_script = self._claim_script = self._owner_script = None
+        self._list_script = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -478,7 +558,13 @@ class RedisStorage(Storage):
             len(encoded.triggers),
             len(encoded.due),
             self._owner_prefix,
+            uid,
         ]
+        summary = encoded.summary
+        if summary is None:
+            args += ("", "000")
+        else:
+            args += (summary.to_json(), "".join("1" if getattr(summary, f) else "0" for f in _FLAGS))
         for name, kwargs in encoded.triggers:
             args += (name, kwargs)
         for key, due in encoded.due:
@@ -488,7 +574,7 @@ class RedisStorage(Storage):
                 args += (_member(uid, key), _score(due.at), due.owner or "", due.payload or "")
         for name, _task, _status, resolved, body in encoded.instances:
             args += (name, "1" if resolved else "0", body)
-        keys = [*self.keys(uid), *self._due_keys[:2]]
+        keys = [*self.keys(uid), *self._due_keys[:2], *self._index_keys]
         reply = await self._call(self._script(self._store_script)(keys=keys, args=args), "write")
         if _text(reply[0]) == "conflict":
             fresh = self._decode(uid, reply[1], complete=False)
@@ -552,6 +638,48 @@ class RedisStorage(Storage):
 
         result: list[str] = await self._call(scan(), "scan")
         return result
+
+    async def list_summaries(
+        self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
+    ) -> SessionPage:
+        check_page(after, limit)
+        wanted = filter or SessionFilter()
+        prefix = wanted.prefix.encode()
+        start = b"(" + after.encode() if after is not None and after >= wanted.prefix else b"[" + prefix
+        # No UTF-8 text holds the byte 0xff: it sorts after every uid with the prefix.
+        end = b"[" + prefix + b"\xff" if prefix else b"+"
+        flag = wanted.flag
+        walked = self._index_keys[2 + _FLAGS.index(flag)] if flag is not None else self._index_keys[1]
+        others = "".join("1" if getattr(wanted, f) and f != flag else "0" for f in _FLAGS)
+        keys = [self._index_keys[0], walked, *self._index_keys[2:], self._index_keys[1]]
+        args: list[Any] = [start, end, limit, max(1000, 20 * limit), self.prefix, others, wanted.task or ""]
+        reply = await self._call(self._script(self._list_script)(keys=keys, args=args), "index read")
+        flat, how = reply[0], _text(reply[1])
+        found: list[SessionSummary] = []
+        for i in range(0, len(flat), 4):
+            uid, text, version, updated = (_text(v) for v in flat[i : i + 4])
+            try:
+                at = float(updated) if updated else None
+                found.append(SessionSummary.from_json(uid, text, int(version), at))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise corrupt(uid, "session index entry", exc) from exc
+        if how == "more":
+            return SessionPage(tuple(found), found[-1].uid)
+        if how == "partial":
+            return SessionPage(tuple(found), _text(reply[2]))
+        return SessionPage(tuple(found), None)
+
+    async def count_sessions(self) -> SessionCounts:
+        client = self._require()
+
+        async def count() -> list[int]:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in self._index_keys[1:]:
+                    pipe.zcard(key)
+                return [int(n) for n in await pipe.execute()]
+
+        total, *flags = await self._call(count(), "index count")
+        return SessionCounts(total, *flags)
 
     def _decode(self, uid: str, reply: Sequence[Any], *, complete: bool) -> SessionState:
         if not reply:

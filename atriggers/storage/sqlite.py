@@ -10,6 +10,7 @@ while one writer holds the lock, and each write checks the session's version.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import time
@@ -27,14 +28,16 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, build_summary, check_page
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
 #: Stored in ``PRAGMA user_version``; later releases migrate older files.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE atriggers_sessions (
     uid         TEXT PRIMARY KEY,
     version     INTEGER NOT NULL,
@@ -61,8 +64,9 @@ CREATE TABLE atriggers_instances (
 CREATE INDEX atriggers_instances_unresolved
     ON atriggers_instances (uid) WHERE resolved = 0;
 CREATE INDEX atriggers_instances_status ON atriggers_instances (status, uid);
-""" + (
-    _DUE_SCHEMA := """
+"""
+    + (
+        _DUE_SCHEMA := """
 -- The due index (see atriggers.due): what must happen later, and who holds it.
 CREATE TABLE atriggers_due (
     uid      TEXT NOT NULL,
@@ -80,10 +84,71 @@ CREATE TABLE atriggers_owners (
     expires_at  REAL NOT NULL
 );
 """
+    )
+    + (
+        _INDEX_SCHEMA := """
+-- The session index (see atriggers.storage.index): each session's summary and
+-- flags, in its own row (set by the write that changes them, no extra row to
+-- write), and one partial index per flag, so that listing the few failed
+-- sessions among many reads only those.
+ALTER TABLE atriggers_sessions ADD COLUMN summary TEXT;
+ALTER TABLE atriggers_sessions ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE atriggers_sessions ADD COLUMN stuck INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE atriggers_sessions ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE atriggers_sessions ADD COLUMN tasks TEXT NOT NULL DEFAULT '';
+CREATE INDEX atriggers_sessions_failed ON atriggers_sessions (uid) WHERE failed = 1;
+CREATE INDEX atriggers_sessions_stuck ON atriggers_sessions (uid) WHERE stuck = 1;
+CREATE INDEX atriggers_sessions_waiting ON atriggers_sessions (uid) WHERE waiting = 1;
+"""
+    )
 )
 
-#: schema version -> statements that bring a file from that version to the next.
-_MIGRATIONS: dict[int, str] = {1: _DUE_SCHEMA}
+
+def _index_existing(db: sqlite3.Connection) -> None:
+    """Version 2 -> 3: add the session index and fill it from the sessions
+    already stored."""
+    for statement in _INDEX_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    unresolved: dict[str, dict[str, int]] = {}
+    for uid, status, n in db.execute(
+        "SELECT uid, status, count(*) FROM atriggers_instances WHERE resolved = 0 GROUP BY uid, status"
+    ):
+        unresolved.setdefault(uid, {})[status] = n
+    rows = db.execute("SELECT uid, version, config, counts FROM atriggers_sessions").fetchall()
+    for uid, version, config, counts in rows:
+        try:
+            tasks = list(json.loads(config))
+            total = sum(int(n) for n in json.loads(counts).values())
+        except (ValueError, TypeError, AttributeError):
+            # Corrupt rows stay unreadable as before; the index just lists them.
+            tasks, total = [], 0
+        summary = build_summary(uid, version, unresolved.get(uid, {}), total, tasks, None)
+        db.execute(
+            "UPDATE atriggers_sessions SET summary = ?, failed = ?, stuck = ?, waiting = ?, tasks = ? "
+            "WHERE uid = ?",
+            (*_index_columns(summary), uid),
+        )
+
+
+#: schema version -> statements (or a function) that bring a file from that
+#: version to the next.
+_MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {1: _DUE_SCHEMA, 2: _index_existing}
+
+#: What separates task names in ``atriggers_sessions.tasks`` (a pre-filter: the
+#: summary itself is checked too, names may hold any character).
+_SEP = "\x1f"
+
+#: A session whose summary was never written (a change built without one).
+_NO_SUMMARY = '{"c":{},"t":[]}'
+
+
+def _index_columns(summary: SessionSummary | None) -> tuple[Any, ...]:
+    """summary, failed, stuck, waiting, tasks (all None: leave them as they are)."""
+    if summary is None:
+        return (None, None, None, None, None)
+    flags = (int(summary.failed), int(summary.stuck), int(summary.waiting))
+    return (summary.to_json(), *flags, _SEP + _SEP.join(summary.tasks) + _SEP)
 
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -157,17 +222,27 @@ class _Refused:
 
 def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange) -> bool:
     """Write `c` if the session is at `expected`; False (nothing written) if not."""
+    index = _index_columns(c.summary)
     if expected == 0:
+        fresh = index if c.summary is not None else (None, 0, 0, 0, "")
         cursor = db.execute(
-            "INSERT OR IGNORE INTO atriggers_sessions "
-            "(uid, version, config, counts, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (uid, c.version, c.tasks or "{}", c.counts or "{}", time.time()),
+            "INSERT OR IGNORE INTO atriggers_sessions (uid, version, config, counts, updated_at, "
+            "summary, failed, stuck, waiting, tasks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (uid, c.version, c.tasks or "{}", c.counts or "{}", time.time(), *fresh),
         )
-    else:
+    elif c.summary is None:
         cursor = db.execute(
             "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
             "counts = coalesce(?, counts), updated_at = ? WHERE uid = ? AND version = ?",
             (c.version, c.tasks, c.counts, time.time(), uid, expected),
+        )
+    else:
+        # The session index changes with this write: in the same row, same statement.
+        cursor = db.execute(
+            "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
+            "counts = coalesce(?, counts), updated_at = ?, summary = ?, failed = ?, stuck = ?, "
+            "waiting = ?, tasks = ? WHERE uid = ? AND version = ?",
+            (c.version, c.tasks, c.counts, time.time(), *index, uid, expected),
         )
     if cursor.rowcount != 1:
         return False
@@ -308,7 +383,54 @@ class _Owner:
         return cursor.rowcount == 1
 
 
-_Op = _Read | _Write | _Claim | _Owner
+@dataclass(slots=True)
+class _ListIndex:
+    filter: SessionFilter
+    after: str | None
+    limit: int
+
+    writes = False
+
+    def __call__(self, db: sqlite3.Connection) -> list[tuple[str, str, int, float]]:
+        wanted = self.filter
+        where = ["uid >= ?"]
+        params: list[Any] = [wanted.prefix]
+        if self.after is not None:
+            where.append("uid > ?")
+            params.append(self.after)
+        if wanted.prefix:
+            where.append("uid < ?")
+            params.append(wanted.prefix + "\U0010ffff")
+        for flag in ("failed", "stuck", "waiting"):
+            if getattr(wanted, flag):
+                # Literal, so that the planner picks the flag's partial index.
+                where.append(f"{flag} = 1")
+        if wanted.task is not None:
+            where.append("instr(tasks, ?) > 0")
+            params.append(_SEP + wanted.task + _SEP)
+        params.append(self.limit + 1)
+        rows: list[tuple[str, str, int, float]] = db.execute(
+            f"SELECT uid, coalesce(summary, '{_NO_SUMMARY}'), version, updated_at FROM atriggers_sessions "
+            f"WHERE {' AND '.join(where)} ORDER BY uid LIMIT ?",
+            params,
+        ).fetchall()
+        return rows
+
+
+@dataclass(slots=True)
+class _CountIndex:
+    writes = False
+
+    def __call__(self, db: sqlite3.Connection) -> SessionCounts:
+        (total,) = db.execute("SELECT count(*) FROM atriggers_sessions").fetchone()
+        flags = {
+            flag: db.execute(f"SELECT count(*) FROM atriggers_sessions WHERE {flag} = 1").fetchone()[0]
+            for flag in ("failed", "stuck", "waiting")
+        }
+        return SessionCounts(sessions=total, **flags)
+
+
+_Op = _Read | _Write | _Claim | _Owner | _ListIndex | _CountIndex
 
 
 def _run_batch(db: sqlite3.Connection, ops: list[_Op], same_file: Callable[[], None]) -> list[Any]:
@@ -357,9 +479,13 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
                 f"{'atriggers tables' if ours else 'no atriggers tables'}): refusing to use it"
             )
         while version < SCHEMA_VERSION:
-            for statement in _MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            migration = _MIGRATIONS[version]
+            if callable(migration):
+                migration(db)
+            else:
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
             version += 1
         if version > SCHEMA_VERSION:
             raise StorageError(
@@ -523,6 +649,27 @@ class SQLiteStorage(Storage):
             conn, lambda db: db.execute("SELECT uid FROM atriggers_sessions ORDER BY uid").fetchall()
         )
         return [uid for (uid,) in rows]
+
+    async def list_summaries(
+        self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
+    ) -> SessionPage:
+        check_page(after, limit)
+        wanted = filter or SessionFilter()
+        rows: list[tuple[str, str, int, float]] = await self._submit(_ListIndex(wanted, after, limit))
+        found: list[SessionSummary] = []
+        for uid, text, version, updated in rows[:limit]:
+            try:
+                summary = SessionSummary.from_json(uid, text, version, updated)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise corrupt(uid, "session index entry", exc) from exc
+            if wanted.matches(summary):
+                found.append(summary)
+        more = len(rows) > limit
+        return SessionPage(tuple(found), rows[limit - 1][0] if more else None)
+
+    async def count_sessions(self) -> SessionCounts:
+        counts: SessionCounts = await self._submit(_CountIndex())
+        return counts
 
     def _decode(self, uid: str, rows: _Rows, *, complete: bool) -> SessionState:
         header, triggers, instances = rows

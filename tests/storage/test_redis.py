@@ -142,7 +142,10 @@ async def test_documented_key_layout(storage: RedisStorage, raw: aioredis.Redis,
     base = f"{redis_prefix}{{{uid}}}:"
     parts = ("session", "triggers", "instances", "unresolved")
     assert storage.keys(uid) == [base + part for part in parts]
-    assert sorted(await raw.keys(redis_prefix + "*")) == sorted(storage.keys(uid))
+    # The session's keys, and the session index (its summary; in flight: none).
+    index = [redis_prefix + "index", redis_prefix + "index:all", redis_prefix + "index:waiting"]
+    assert sorted(await raw.keys(redis_prefix + "*")) == sorted([*storage.keys(uid), *index])
+    assert json.loads(await raw.hget(redis_prefix + "index", uid) or "{}")["c"]["unstarted"] == 1
     assert len({key_slot(k.encode()) for k in storage.keys(uid)}) == 1
     header = await raw.hgetall(base + "session")
     assert set(header) == {"version", "config", "counts", "recent", "updated"}
@@ -174,16 +177,18 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     # be told "conflict" (the manager would apply the fire a second time).
     m = manager(storage)
     await m.update_configuration(WAITING)
-    keys = [*storage.keys("s1"), f"{storage.prefix}due", f"{storage.prefix}due:data"]
+    index = [f"{storage.prefix}index{part}" for part in ("", ":all", ":failed", ":stuck", ":waiting")]
+    keys = [*storage.keys("s1"), f"{storage.prefix}due", f"{storage.prefix}due:data", *index]
     owners = f"{storage.prefix}owner:"
-    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "tick", "{}"]
+    # uid, summary ('': none), summary flags, then the trigger.
+    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tick", "{}"]
     assert await storage._store_script(keys=keys, args=args) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
-    other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "tick", "{}"]
+    other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tick", "{}"]
     assert (await storage._store_script(keys=keys, args=other))[0] == "conflict"
     assert (await storage.load("s1")).version == 2
     # Another writer lands in between: the resent write is still recognised.
-    later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "tock", "{}"]
+    later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tock", "{}"]
     assert await storage._store_script(keys=keys, args=later) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
     assert (await storage.load("s1")).version == 3

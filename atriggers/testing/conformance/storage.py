@@ -26,7 +26,9 @@ untouched; and the due index behind recovery (`DueIndexConformance`, in
 ``due.py``): entries written and deleted atomically with the state they belong
 to, `claim_due` by time, by key and for owners whose lease lapsed, claims that
 never overlap between storage objects, and several `Sweeper`s handling every
-due entry of hundreds of sessions exactly once.
+due entry of hundreds of sessions exactly once; and the session index
+(`SessionIndexConformance`, in ``index.py``): summaries written with each change,
+paged by uid and filtered.
 
 Backends that cannot share data between objects (like `MemoryStorage`) set
 ``shared=False`` and ``cross_process=False``: those tests are skipped.
@@ -66,6 +68,7 @@ from ...state import Change, Draft, SessionState
 from ...storage.base import Storage, VersionConflict
 from ...tasks import TaskRegistry
 from .due import DueIndexConformance
+from .index import SessionIndexConformance
 
 __all__ = ["StorageConformance", "StorageFactory"]
 
@@ -140,10 +143,11 @@ async def _apply(storage: Storage, uid: str, apply: Callable[[Draft], object]) -
 _TICKS = {"count": {"after": ["tick"], "andEvery": "tick", "run": "conformance.echo"}}
 
 
-class StorageConformance(DueIndexConformance):
+class StorageConformance(DueIndexConformance, SessionIndexConformance):
     """Subclass it (as ``Test...``) and provide a ``storage_factory`` fixture
     returning a `StorageFactory`. Every test is a coroutine run by pytest-asyncio.
-    The due index's tests come from `DueIndexConformance`."""
+    The due index's tests come from `DueIndexConformance`, the session index's
+    from `SessionIndexConformance`."""
 
     pytestmark = pytest.mark.asyncio
 
