@@ -147,7 +147,10 @@ async def test_session_page_shows_instances_graph_and_kwargs(storage: SQLiteStor
         assert 'data-name="later#0" data-status="unstarted"' in page
         assert "builtins.ValueError" in page and "Traceback (most recent call last)" in page
         assert "UTC" in page and "ran " in page
-        assert 'id="explanations"' in page
+        # Why: the failure, and the trigger the other task still waits for.
+        assert 'class="badge code-failed">failed</span> <bdi>t#0</bdi>' in page
+        assert 'class="badge code-waiting">waiting</span> <bdi>later#0</bdi>' in page
+        assert "never" in page.split('id="explanations"')[1].split("</section>")[0]
         # Read-only: no repair offered.
         assert "Replay</button>" not in page and "read-only" in page
         graph = await c.get("/session/graph.svg", params={"uid": "bad-1"})

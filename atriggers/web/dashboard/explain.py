@@ -1,34 +1,24 @@
-"""EXPLANATIONS GO HERE: "why hasn't it run?".
-
-The explanation of a session (which trigger each waiting task still waits for,
-why an instance failed or was skipped) is a pure function of the session's
-state, `atriggers.explain.explain(state, now=...)`, built apart from the
-dashboard. The session page shows what it returns in its "Why hasn't it run?"
-section; where this release has no such function yet, that section says no
-explanation is available. No explanation logic lives in the dashboard itself.
-"""
+"""The session page's "Why hasn't it run?" section: `atriggers.explain` as
+rows (code, subject, sentence), the same story ``atriggers why`` tells."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dataclasses import dataclass
 
+from ...explain import explain
 from ...state import SessionState
 
-__all__ = ["explanations"]
+__all__ = ["ExplanationRow", "explanations"]
 
 
-def _explain() -> Any:
-    try:
-        return importlib.import_module("atriggers.explain").explain
-    except (ImportError, AttributeError):
-        return None
+@dataclass(frozen=True, slots=True)
+class ExplanationRow:
+    code: str
+    #: The instance explained, else the task (a task with no instance yet).
+    subject: str
+    text: str
 
 
-def explanations(state: SessionState, now: float) -> list[str]:
-    """One sentence per configured task saying where it stands and why (none
-    without `atriggers.explain`: see the module's docstring)."""
-    explain = _explain()
-    if explain is None:
-        return []
-    return [str(explanation.text) for explanation in explain(state, now=now)]
+def explanations(state: SessionState, now: float) -> list[ExplanationRow]:
+    """One row per configured task: where it stands and why."""
+    return [ExplanationRow(e.code, e.instance or e.task, e.text) for e in explain(state, now=now)]
