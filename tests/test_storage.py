@@ -202,37 +202,3 @@ async def test_a_stalled_process_keeps_its_owner_lease_if_it_has_not_lapsed() ->
         assert storage.lease.current() is None  # past the safety margin, not lapsed
         assert await storage.lease.acquire() == owner
         assert storage.lease.current() == owner
-
-
-async def test_version_2_files_gain_the_session_index(db_path: Path) -> None:
-    """A file written before the session index existed (schema version 2) is
-    migrated on open: the index is made and filled from the stored sessions."""
-    from atriggers.storage.index import SessionFilter
-
-    async with SQLiteStorage(db_path) as storage:
-        manager = TriggerManager(storage, "old-failed")
-        await manager.update_configuration(
-            {"t": {"after": ["go"], "run": "st.ok"}, "t_wait": {"after": ["go", "never"], "run": "st.ok"}}
-        )
-        await manager.fire("go", {})  # st.ok reads a `tick` it is not given: fails
-        await manager.join()
-        await TriggerManager(storage, "old-idle").fire("nothing")
-    with closing(sqlite3.connect(db_path)) as db, db:
-        # Back to version 2's layout: no index columns, no index.
-        for flag in ("failed", "stuck", "waiting"):
-            db.execute(f"DROP INDEX atriggers_sessions_{flag}")
-        for column in ("summary", "failed", "stuck", "waiting", "tasks"):
-            db.execute(f"ALTER TABLE atriggers_sessions DROP COLUMN {column}")
-        db.execute("PRAGMA user_version = 2")
-    async with SQLiteStorage(db_path) as storage:
-        page = await storage.list_summaries()
-        assert [s.uid for s in page.summaries] == ["old-failed", "old-idle"]
-        failed, idle = page.summaries
-        assert failed.failed and failed.waiting and failed.tasks == ("t", "t_wait")
-        assert failed.counts["failed"] == 1 and failed.last_activity is not None
-        assert not (idle.failed or idle.stuck or idle.waiting)
-        assert [s.uid for s in (await storage.list_summaries(SessionFilter(failed=True))).summaries] == [
-            "old-failed"
-        ]
-    with closing(sqlite3.connect(db_path)) as db, db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

@@ -21,7 +21,6 @@ from ..due import Due
 from ..errors import StorageError
 from ..instance import TaskInstance
 from ..state import Change, SessionState
-from .index import SessionSummary, summarize
 
 __all__ = [
     "ConfigCache",
@@ -53,10 +52,6 @@ class EncodedChange:
     instances: list[tuple[str, str, str, bool, str]]
     #: ``(key, entry)`` for each due-index entry written (None: deleted).
     due: list[tuple[str, Due | None]] = field(default_factory=list)
-    #: The session's entry in the session index after the change (see
-    #: `atriggers.storage.index`), to write in the same atomic step; None when
-    #: the change leaves it as it was (`Change.reindex` false).
-    summary: SessionSummary | None = None
 
 
 def encode_change(change: Change) -> EncodedChange:
@@ -70,7 +65,6 @@ def encode_change(change: Change) -> EncodedChange:
             (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
         due=list(change.due.items()),
-        summary=summarize(change) if change.reindex else None,
     )
 
 

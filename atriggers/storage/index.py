@@ -1,14 +1,19 @@
 """The session index: one small summary per session, for listing and filtering
 sessions without reading them.
 
-A backend stores `summarize(change)` with the writes that change it, in the same
-atomic step as the change itself (it travels in `EncodedChange.summary`, None
-when the change leaves it as it was: most fires only record kwargs), and answers
+A backend that keeps summaries stores `reindexed(change)` with the writes that
+change it, in the same atomic step as the change itself (None when the change
+leaves it as it was: most fires only record kwargs), and answers
 `Storage.list_summaries` from what it stored, paged by uid with a cursor and
 filtered by `SessionFilter`, completed with the version and time of last write
 its session header holds. The summary is computed from the snapshot after the
 change, which holds every unresolved instance (the working view does too), so no
 backend reads anything to maintain it.
+
+A SQL backend needs no summaries: its instances table, indexed by (status, uid),
+already says which sessions hold failed, in-flight or waiting instances
+(`FLAG_STATUSES`), in uid order; it counts the listed page's instances when
+listing, and writes nothing more per change.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .._json import dumps
 from ..errors import InvalidInput
 from ..instance import Meta, Status, TaskInstance
 from ..state import Change, SessionState
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COUNTED",
+    "FLAG_STATUSES",
     "SessionCounts",
     "SessionFilter",
     "SessionPage",
@@ -36,6 +43,7 @@ __all__ = [
     "check_page",
     "each_summary",
     "latest_stamp",
+    "reindexed",
     "summarize",
     "summarize_state",
 ]
@@ -49,6 +57,15 @@ COUNTED: tuple[str, ...] = (
     Status.FAILED.value,
     "resolved",
 )
+
+#: The instance statuses behind each flag of `SessionFilter` (and of
+#: `SessionSummary`): a session has the flag while it holds such an instance.
+#: SQL backends answer the flags from their instances' (status, uid) index.
+FLAG_STATUSES: dict[str, tuple[str, ...]] = {
+    "failed": (Status.FAILED.value,),
+    "stuck": (Status.SCHEDULED.value, Status.RUNNING.value),
+    "waiting": (Status.UNSTARTED.value,),
+}
 
 #: Largest number of summaries one `list_summaries` call returns.
 MAX_PAGE = 1000
@@ -92,9 +109,7 @@ class SessionSummary:
     def to_json(self) -> str:
         """The stored form: counts and tasks (the version and last activity are
         the session header's, which every write updates anyway)."""
-        return json.dumps(
-            {"c": dict(self.counts), "t": list(self.tasks)}, separators=(",", ":"), ensure_ascii=False
-        )
+        return dumps({"c": self.counts, "t": self.tasks})
 
     @classmethod
     def from_json(cls, uid: str, text: str, version: int, last_activity: float | None) -> SessionSummary:
@@ -143,6 +158,13 @@ def build_summary(
     counts["resolved"] = max(0, total - sum(unresolved.values()))
     tasks = tuple(sorted(tasks))
     return SessionSummary(uid=uid, version=version, counts=counts, last_activity=at, tasks=tasks)
+
+
+def reindexed(change: Change) -> SessionSummary | None:
+    """The summary a backend that stores summaries writes with `change`, in the
+    same atomic step; None when the change leaves it as it was (most fires only
+    record kwargs: `Change.reindex` is false)."""
+    return summarize(change) if change.reindex else None
 
 
 def summarize(change: Change) -> SessionSummary:

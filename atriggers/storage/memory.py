@@ -14,7 +14,7 @@ from ..due import Due, DueEntry
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
-from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION
 
 __all__ = ["MemoryStorage"]
@@ -130,10 +130,11 @@ class MemoryStorage(Storage):
                 session.unresolved.add(name)
         for key, due in change.due.items():
             self._set_due((uid, key), due)
-        if encoded.summary is not None:
+        summary = reindexed(change)
+        if summary is not None:
             if uid not in self._summaries:
                 bisect.insort(self._uids, uid)
-            self._summaries[uid] = encoded.summary
+            self._summaries[uid] = summary
 
     # -- the due index ----------------------------------------------------------------------
 

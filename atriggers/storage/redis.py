@@ -58,7 +58,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict, mask_url
 from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
-from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
@@ -560,7 +560,7 @@ class RedisStorage(Storage):
             self._owner_prefix,
             uid,
         ]
-        summary = encoded.summary
+        summary = reindexed(change)
         if summary is None:
             args += ("", "000")
         else:

@@ -28,16 +28,23 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
-from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, build_summary, check_page
+from .index import (
+    FLAG_STATUSES,
+    SessionCounts,
+    SessionFilter,
+    SessionPage,
+    SessionSummary,
+    build_summary,
+    check_page,
+)
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
 #: Stored in ``PRAGMA user_version``; later releases migrate older files.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 
-_SCHEMA = (
-    """
+_SCHEMA = """
 CREATE TABLE atriggers_sessions (
     uid         TEXT PRIMARY KEY,
     version     INTEGER NOT NULL,
@@ -64,9 +71,8 @@ CREATE TABLE atriggers_instances (
 CREATE INDEX atriggers_instances_unresolved
     ON atriggers_instances (uid) WHERE resolved = 0;
 CREATE INDEX atriggers_instances_status ON atriggers_instances (status, uid);
-"""
-    + (
-        _DUE_SCHEMA := """
+""" + (
+    _DUE_SCHEMA := """
 -- The due index (see atriggers.due): what must happen later, and who holds it.
 CREATE TABLE atriggers_due (
     uid      TEXT NOT NULL,
@@ -84,71 +90,11 @@ CREATE TABLE atriggers_owners (
     expires_at  REAL NOT NULL
 );
 """
-    )
-    + (
-        _INDEX_SCHEMA := """
--- The session index (see atriggers.storage.index): each session's summary and
--- flags, in its own row (set by the write that changes them, no extra row to
--- write), and one partial index per flag, so that listing the few failed
--- sessions among many reads only those.
-ALTER TABLE atriggers_sessions ADD COLUMN summary TEXT;
-ALTER TABLE atriggers_sessions ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE atriggers_sessions ADD COLUMN stuck INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE atriggers_sessions ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE atriggers_sessions ADD COLUMN tasks TEXT NOT NULL DEFAULT '';
-CREATE INDEX atriggers_sessions_failed ON atriggers_sessions (uid) WHERE failed = 1;
-CREATE INDEX atriggers_sessions_stuck ON atriggers_sessions (uid) WHERE stuck = 1;
-CREATE INDEX atriggers_sessions_waiting ON atriggers_sessions (uid) WHERE waiting = 1;
-"""
-    )
 )
 
 
-def _index_existing(db: sqlite3.Connection) -> None:
-    """Version 2 -> 3: add the session index and fill it from the sessions
-    already stored."""
-    for statement in _INDEX_SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
-    unresolved: dict[str, dict[str, int]] = {}
-    for uid, status, n in db.execute(
-        "SELECT uid, status, count(*) FROM atriggers_instances WHERE resolved = 0 GROUP BY uid, status"
-    ):
-        unresolved.setdefault(uid, {})[status] = n
-    rows = db.execute("SELECT uid, version, config, counts FROM atriggers_sessions").fetchall()
-    for uid, version, config, counts in rows:
-        try:
-            tasks = list(json.loads(config))
-            total = sum(int(n) for n in json.loads(counts).values())
-        except (ValueError, TypeError, AttributeError):
-            # Corrupt rows stay unreadable as before; the index just lists them.
-            tasks, total = [], 0
-        summary = build_summary(uid, version, unresolved.get(uid, {}), total, tasks, None)
-        db.execute(
-            "UPDATE atriggers_sessions SET summary = ?, failed = ?, stuck = ?, waiting = ?, tasks = ? "
-            "WHERE uid = ?",
-            (*_index_columns(summary), uid),
-        )
-
-
-#: schema version -> statements (or a function) that bring a file from that
-#: version to the next.
-_MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {1: _DUE_SCHEMA, 2: _index_existing}
-
-#: What separates task names in ``atriggers_sessions.tasks`` (a pre-filter: the
-#: summary itself is checked too, names may hold any character).
-_SEP = "\x1f"
-
-#: A session whose summary was never written (a change built without one).
-_NO_SUMMARY = '{"c":{},"t":[]}'
-
-
-def _index_columns(summary: SessionSummary | None) -> tuple[Any, ...]:
-    """summary, failed, stuck, waiting, tasks (all None: leave them as they are)."""
-    if summary is None:
-        return (None, None, None, None, None)
-    flags = (int(summary.failed), int(summary.stuck), int(summary.waiting))
-    return (summary.to_json(), *flags, _SEP + _SEP.join(summary.tasks) + _SEP)
+#: schema version -> statements that bring a file from that version to the next.
+_MIGRATIONS: dict[int, str] = {1: _DUE_SCHEMA}
 
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -222,27 +168,17 @@ class _Refused:
 
 def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange) -> bool:
     """Write `c` if the session is at `expected`; False (nothing written) if not."""
-    index = _index_columns(c.summary)
     if expected == 0:
-        fresh = index if c.summary is not None else (None, 0, 0, 0, "")
         cursor = db.execute(
-            "INSERT OR IGNORE INTO atriggers_sessions (uid, version, config, counts, updated_at, "
-            "summary, failed, stuck, waiting, tasks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (uid, c.version, c.tasks or "{}", c.counts or "{}", time.time(), *fresh),
+            "INSERT OR IGNORE INTO atriggers_sessions "
+            "(uid, version, config, counts, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (uid, c.version, c.tasks or "{}", c.counts or "{}", time.time()),
         )
-    elif c.summary is None:
+    else:
         cursor = db.execute(
             "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
             "counts = coalesce(?, counts), updated_at = ? WHERE uid = ? AND version = ?",
             (c.version, c.tasks, c.counts, time.time(), uid, expected),
-        )
-    else:
-        # The session index changes with this write: in the same row, same statement.
-        cursor = db.execute(
-            "UPDATE atriggers_sessions SET version = ?, config = coalesce(?, config), "
-            "counts = coalesce(?, counts), updated_at = ?, summary = ?, failed = ?, stuck = ?, "
-            "waiting = ?, tasks = ? WHERE uid = ? AND version = ?",
-            (c.version, c.tasks, c.counts, time.time(), *index, uid, expected),
         )
     if cursor.rowcount != 1:
         return False
@@ -383,38 +319,86 @@ class _Owner:
         return cursor.rowcount == 1
 
 
+def _holding(flag: str, column: str) -> str:
+    """SQL: the session `column` names holds an instance with `flag`'s statuses.
+    (Literal statuses, so that the planner uses the (status, uid) index: this
+    backend's session index is its instances table, nothing more to write.)"""
+    statuses = ", ".join(f"'{status}'" for status in FLAG_STATUSES[flag])
+    return f"EXISTS (SELECT 1 FROM atriggers_instances f WHERE f.status IN ({statuses}) AND f.uid = {column})"
+
+
 @dataclass(slots=True)
 class _ListIndex:
+    """One page of sessions matching a filter, with what their summaries need.
+
+    The first flag asked for picks the candidates from the instances' (status,
+    uid) index in uid order (only sessions holding such an instance are read);
+    without one, the sessions table does. Other conditions are checked on each
+    candidate; the task filter reads the candidate's configuration.
+    """
+
     filter: SessionFilter
     after: str | None
     limit: int
 
     writes = False
 
-    def __call__(self, db: sqlite3.Connection) -> list[tuple[str, str, int, float]]:
+    def __call__(self, db: sqlite3.Connection) -> _Listed:
         wanted = self.filter
-        where = ["uid >= ?"]
-        params: list[Any] = [wanted.prefix]
+        flags = [flag for flag in FLAG_STATUSES if getattr(wanted, flag)]
+        if flags:
+            statuses = ", ".join(f"'{status}'" for status in FLAG_STATUSES[flags[0]])
+            source = f"SELECT DISTINCT uid FROM atriggers_instances WHERE status IN ({statuses})"
+            flags = flags[1:]
+        else:
+            source = "SELECT uid FROM atriggers_sessions WHERE 1"
+        where: list[str] = []
+        params: list[Any] = []
+        if wanted.prefix:
+            where += ["uid >= ?", "uid < ?"]
+            params += [wanted.prefix, wanted.prefix + "\U0010ffff"]
         if self.after is not None:
             where.append("uid > ?")
             params.append(self.after)
-        if wanted.prefix:
-            where.append("uid < ?")
-            params.append(wanted.prefix + "\U0010ffff")
-        for flag in ("failed", "stuck", "waiting"):
-            if getattr(wanted, flag):
-                # Literal, so that the planner picks the flag's partial index.
-                where.append(f"{flag} = 1")
+        where += [_holding(flag, "c.uid") for flag in flags]
         if wanted.task is not None:
-            where.append("instr(tasks, ?) > 0")
-            params.append(_SEP + wanted.task + _SEP)
-        params.append(self.limit + 1)
-        rows: list[tuple[str, str, int, float]] = db.execute(
-            f"SELECT uid, coalesce(summary, '{_NO_SUMMARY}'), version, updated_at FROM atriggers_sessions "
-            f"WHERE {' AND '.join(where)} ORDER BY uid LIMIT ?",
-            params,
+            where.append(
+                "EXISTS (SELECT 1 FROM atriggers_sessions t, json_each(t.config) "
+                "WHERE t.uid = c.uid AND json_each.key = ?)"
+            )
+            params.append(wanted.task)
+        conditions = "".join(f" AND {condition}" for condition in where)
+        uids = [
+            uid
+            for (uid,) in db.execute(
+                f"SELECT uid FROM ({source}) c WHERE 1{conditions} ORDER BY uid LIMIT ?",
+                (*params, self.limit + 1),
+            )
+        ]
+        page = uids[: self.limit]
+        marks = ", ".join("?" * len(page))
+        sessions = db.execute(
+            f"SELECT uid, version, config, counts, updated_at FROM atriggers_sessions WHERE uid IN ({marks})",
+            page,
         ).fetchall()
-        return rows
+        unresolved: dict[str, dict[str, int]] = {}
+        for uid, status, n in db.execute(
+            "SELECT uid, status, count(*) FROM atriggers_instances "
+            f"WHERE resolved = 0 AND uid IN ({marks}) GROUP BY uid, status",
+            page,
+        ):
+            unresolved.setdefault(uid, {})[status] = n
+        return _Listed(sorted(sessions), unresolved, more=len(uids) > self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    #: (uid, version, config, counts, updated_at) of each session listed, by uid.
+    sessions: list[tuple[str, int, str, str, float]]
+    #: uid -> unresolved instances by status.
+    unresolved: dict[str, dict[str, int]]
+    #: Whether more sessions match after the last one listed.
+    more: bool
 
 
 @dataclass(slots=True)
@@ -423,10 +407,11 @@ class _CountIndex:
 
     def __call__(self, db: sqlite3.Connection) -> SessionCounts:
         (total,) = db.execute("SELECT count(*) FROM atriggers_sessions").fetchone()
-        flags = {
-            flag: db.execute(f"SELECT count(*) FROM atriggers_sessions WHERE {flag} = 1").fetchone()[0]
-            for flag in ("failed", "stuck", "waiting")
-        }
+        flags = {}
+        for flag, statuses in FLAG_STATUSES.items():
+            marks = ", ".join(f"'{status}'" for status in statuses)
+            query = f"SELECT count(DISTINCT uid) FROM atriggers_instances WHERE status IN ({marks})"
+            flags[flag] = db.execute(query).fetchone()[0]
         return SessionCounts(sessions=total, **flags)
 
 
@@ -479,13 +464,9 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
                 f"{'atriggers tables' if ours else 'no atriggers tables'}): refusing to use it"
             )
         while version < SCHEMA_VERSION:
-            migration = _MIGRATIONS[version]
-            if callable(migration):
-                migration(db)
-            else:
-                for statement in migration.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+            for statement in _MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    db.execute(statement)
             version += 1
         if version > SCHEMA_VERSION:
             raise StorageError(
@@ -654,18 +635,18 @@ class SQLiteStorage(Storage):
         self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
     ) -> SessionPage:
         check_page(after, limit)
-        wanted = filter or SessionFilter()
-        rows: list[tuple[str, str, int, float]] = await self._submit(_ListIndex(wanted, after, limit))
+        listed: _Listed = await self._submit(_ListIndex(filter or SessionFilter(), after, limit))
         found: list[SessionSummary] = []
-        for uid, text, version, updated in rows[:limit]:
+        for uid, version, config, counts, updated in listed.sessions:
             try:
-                summary = SessionSummary.from_json(uid, text, version, updated)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise corrupt(uid, "session index entry", exc) from exc
-            if wanted.matches(summary):
-                found.append(summary)
-        more = len(rows) > limit
-        return SessionPage(tuple(found), rows[limit - 1][0] if more else None)
+                tasks = json.loads(config)
+                total = sum(json.loads(counts).values())
+                if not isinstance(tasks, dict) or not isinstance(total, int):
+                    raise TypeError("not a configuration and instance counts")
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise corrupt(uid, "session header", exc) from exc
+            found.append(build_summary(uid, version, listed.unresolved.get(uid, {}), total, tasks, updated))
+        return SessionPage(tuple(found), found[-1].uid if listed.more else None)
 
     async def count_sessions(self) -> SessionCounts:
         counts: SessionCounts = await self._submit(_CountIndex())

@@ -6,7 +6,8 @@ from atriggers import Status
 from atriggers import _rules as rules
 from atriggers.config import parse_configuration
 from atriggers.state import Change, Draft, SessionState
-from atriggers.storage import SessionFilter, encode_change, summarize
+from atriggers.storage import SessionFilter, summarize
+from atriggers.storage.index import reindexed
 
 TASKS = parse_configuration(
     {"work": {"after": ["go"], "run": "x.y"}, "later": {"after": ["go", "never"], "run": "x.y"}}
@@ -35,13 +36,13 @@ def test_summarize_counts_unresolved_statuses_and_the_rest_as_resolved() -> None
 
 def test_only_changes_that_move_the_counts_reindex() -> None:
     new = step(SessionState(uid="u"), lambda d: rules.fire(d, "go", {}))
-    assert new.reindex and encode_change(new).summary is not None  # a new session is indexed
+    assert new.reindex and reindexed(new) is not None  # a new session is indexed
     configured = step(new.state, lambda d: rules.configure(d, TASKS))
     assert configured.reindex
     fired = step(configured.state, lambda d: rules.fire(d, "go", {}))
     assert fired.reindex  # instances created
     again = step(fired.state, lambda d: rules.fire(d, "other", {"k": 1}))
-    assert not again.reindex and encode_change(again).summary is None  # kwargs only
+    assert not again.reindex and reindexed(again) is None  # kwargs only
     meta = step(fired.state, lambda d: rules.update_metadata(d, "work#0", {"note": 1}))
     assert not meta.reindex
     failed = step(fired.state, lambda d: d.set_status(d.edit("work#0"), Status.FAILED))

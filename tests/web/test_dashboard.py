@@ -330,11 +330,11 @@ async def test_a_failing_storage_gets_a_page_saying_so(storage: SQLiteStorage, t
     from contextlib import closing
 
     with closing(sqlite3.connect(tmp_path / "dash.db")) as db, db:
-        db.execute("UPDATE atriggers_sessions SET summary = 'garbage' WHERE uid = 'bad-1'")
+        db.execute("UPDATE atriggers_sessions SET counts = 'garbage' WHERE uid = 'bad-1'")
     async with client(dashboard(storage)) as c:
         page = await c.get("/")
     assert page.status_code == 503
-    assert "session &#39;bad-1&#39;: the stored session index entry is corrupt" in page.text
+    assert "session &#39;bad-1&#39;: the stored session header is corrupt" in page.text
 
 
 def test_pretty_json_reads_back() -> None:
