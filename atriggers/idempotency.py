@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._json import check_text, dumps, loads
 from .errors import IdempotencyConflict, InvalidInput
@@ -55,6 +54,7 @@ __all__ = [
     "fire_once",
     "is_key_row",
     "key_row_name",
+    "signature",
 ]
 
 #: Longest key accepted (characters); HTTP clients send UUIDs (36) or similar.
@@ -73,7 +73,13 @@ _FROM_ROW = str.maketrans("".join(chr(0x2000 + d) for d in range(10)), "01234567
 
 def key_row_name(slot: int) -> str:
     """The name of the stored row of key slot `slot`."""
-    return KEY_ROW_MARK + str(slot).translate(_TO_ROW)
+    name = _ROW_NAMES.get(slot)
+    if name is None:
+        name = _ROW_NAMES[slot] = KEY_ROW_MARK + str(slot).translate(_TO_ROW)
+    return name
+
+
+_ROW_NAMES: dict[int, str] = {}
 
 
 def is_key_row(name: str) -> bool:
@@ -94,7 +100,8 @@ def check_key(key: object) -> str:
         raise InvalidInput(f"an idempotency key must not be empty or blank, not {key!r}")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidInput(
-            f"an idempotency key must be at most {MAX_KEY_LENGTH} characters, not {len(key)} ({key[:40]!r}...)"
+            f"an idempotency key must be at most {MAX_KEY_LENGTH} characters, "
+            f"not {len(key)} ({key[:40]!r}...)"
         )
     check_text(key, "idempotency key")
     return key
@@ -108,107 +115,69 @@ _sorted_encode = (
     else None
 )
 
+#: Canonical kwargs up to this long are their own digest (cheaper than hashing).
+_SHORT = 64
 
-def _canonical(kwargs: Mapping[str, Any]) -> str:
+
+class Signature(NamedTuple):
+    """What a keyed fire is: its key, its trigger, and a digest of its kwargs
+    (their canonical JSON, or its BLAKE2b hash when longer than 64 characters)."""
+
+    key: str
+    trigger: str
+    digest: str
+
+
+def signature(key: str, trigger: str, kwargs: Mapping[str, Any]) -> Signature:
+    """The signature of a fire (`kwargs` already checked as a JSON object)."""
     if _sorted_encode is None:  # pragma: no cover - CPython has the C encoder
-        return json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "".join(_sorted_encode(kwargs, 0))
+        text = json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    else:
+        text = "".join(_sorted_encode(kwargs, 0))
+    if len(text) > _SHORT:
+        # Canonical JSON starts with "{": a hash cannot be mistaken for it.
+        text = "b2:" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return Signature(key, trigger, text)
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
-    """What a keyed fire is: its key, trigger, and a digest of its kwargs."""
-
-    key: str
-    trigger: str
-    digest: str
-
-    @classmethod
-    def of(cls, key: str, trigger: str, kwargs: Mapping[str, Any]) -> Signature:
-        """(`kwargs` already checked as a JSON object.)"""
-        digest = hashlib.blake2b(_canonical(kwargs).encode(), digest_size=16).hexdigest()
-        return cls(key, trigger, digest)
-
-
-@dataclass(frozen=True, slots=True)
-class FireKey:
-    """A stored key: what the first fire with it was and what it scheduled."""
+class FireKey(NamedTuple):
+    """A stored key: what the first fire with it was and what it scheduled.
+    (A named tuple: one is built, and stored as a JSON array, per keyed fire.)"""
 
     key: str
     trigger: str
-    #: Digest of the first fire's kwargs (`Signature.digest`).
+    #: `Signature.digest` of the first fire's kwargs.
     digest: str
-    #: When that fire was stored (epoch seconds, the storage's clock).
-    at: float
+    #: When that fire was stored: epoch milliseconds, the storage's clock.
+    at: int
     #: Names of the instances it scheduled (none for a delayed fire).
     instances: tuple[str, ...]
-    #: Order among the session's keys, and where the record is stored.
+    #: Order among the session's keys (stored), and where it is stored (the row).
     seq: int
     slot: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "trigger": self.trigger,
-            "digest": self.digest,
-            "at": self.at,
-            "instances": list(self.instances),
-            "seq": self.seq,
-        }
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Layered(Generic[K, V]):
-    """An immutable mapping: a base shared with older versions plus a small delta
-    (None: removed). An update copies only the delta, and folds it into a new
-    base once it grows, so a keyed fire costs O(1) however many keys are held."""
-
-    __slots__ = ("_base", "_delta")
-    _FOLD = 64
-
-    def __init__(self, base: dict[K, V], delta: dict[K, V | None] | None = None) -> None:
-        self._base = base
-        self._delta: dict[K, V | None] = delta or {}
-
-    def get(self, key: K) -> V | None:
-        delta = self._delta
-        if key in delta:
-            return delta[key]
-        return self._base.get(key)
-
-    def items(self) -> Iterator[tuple[K, V]]:
-        delta = self._delta
-        for key, value in self._base.items():
-            if key not in delta:
-                yield key, value
-        for key, maybe in delta.items():
-            if maybe is not None:
-                yield key, maybe
-
-    def updated(self, changes: dict[K, V | None]) -> _Layered[K, V]:
-        delta = {**self._delta, **changes}
-        if len(delta) <= self._FOLD:
-            return _Layered(self._base, delta)
-        return _Layered(dict(_Layered(self._base, delta).items()))
-
 
 class FireKeys:
-    """The keys a session holds (immutable; `SessionState.fire_keys`)."""
+    """The keys a session holds, as of one snapshot (`SessionState.fire_keys`).
 
-    __slots__ = ("_by_key", "_by_slot", "next_seq", "oldest_at")
+    A keyed fire must cost the same however many keys the session holds, so the
+    snapshots of a session that follow one another in a process share one index
+    (key -> record and slot -> record), each seeing only the records older than
+    its `next_seq`; a fire adds to it instead of copying it. Only the newest
+    snapshot of a session is ever written from, and that is safe even when the
+    index is ahead of the stored state (a write that did not land): a fire that
+    finds its key changes nothing, which `TriggerManager` confirms on a fresh
+    read, and one that does not find it writes with compare-and-swap. A snapshot
+    read from storage builds an index of its own.
+    """
+
+    __slots__ = ("_held", "next_seq", "oldest_at")
 
     def __init__(
-        self,
-        by_key: _Layered[str, FireKey] | None = None,
-        by_slot: _Layered[int, str] | None = None,
-        next_seq: int = 0,
-        oldest_at: float = float("inf"),
+        self, held: dict[str | int, FireKey] | None = None, next_seq: int = 0, oldest_at: float = float("inf")
     ) -> None:
-        self._by_key: _Layered[str, FireKey] = by_key if by_key is not None else _Layered({})
-        self._by_slot: _Layered[int, str] = by_slot if by_slot is not None else _Layered({})
+        # Each record twice: under its key (a str) and under its slot (an int).
+        self._held: dict[str | int, FireKey] = held if held is not None else {}
         #: The next record's `FireKey.seq`.
         self.next_seq = next_seq
         #: No record is older than this (a lower bound: a pruning pass makes it exact).
@@ -216,13 +185,21 @@ class FireKeys:
 
     def get(self, key: str) -> FireKey | None:
         """The record of `key`, expired or not."""
-        return self._by_key.get(key)
+        record = self._held.get(key)
+        return record if record is not None and record.seq < self.next_seq else None
 
-    def records(self) -> Iterator[FireKey]:
-        return (record for _, record in self._by_key.items())
+    def at_slot(self, slot: int) -> FireKey | None:
+        record = self._held.get(slot)
+        return record if record is not None and record.seq < self.next_seq else None
+
+    def records(self) -> list[FireKey]:
+        """Every record, oldest first."""
+        found = [r for k, r in self._held.items() if isinstance(k, str) and r.seq < self.next_seq]
+        found.sort(key=lambda r: r.seq)
+        return found
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._by_key.items())
+        return len(self.records())
 
     def __repr__(self) -> str:
         return f"<FireKeys {len(self)} held, next seq {self.next_seq}>"
@@ -230,46 +207,39 @@ class FireKeys:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FireKeys):
             return NotImplemented
-        return self.next_seq == other.next_seq and dict(self._by_key.items()) == dict(other._by_key.items())
+        return self.next_seq == other.next_seq and self.records() == other.records()
 
     def __hash__(self) -> int:
         return hash(self.next_seq)
 
-    def at_slot(self, slot: int) -> FireKey | None:
-        key = self._by_slot.get(slot)
-        return self._by_key.get(key) if key is not None else None
-
     def updated(
         self, dropped: Iterable[FireKey], added: FireKey, oldest_at: float
     ) -> tuple[FireKeys, dict[int, FireKey | None]]:
-        """These keys without `dropped` and with `added`, and the rows to write."""
+        """The keys after `added` replaced `dropped`, and the rows to write."""
+        held = self._held
         rows: dict[int, FireKey | None] = {}
-        by_key: dict[str, FireKey | None] = {}
-        by_slot: dict[int, str | None] = {}
         for record in dropped:
             rows[record.slot] = None
-            by_key[record.key] = None
-            by_slot[record.slot] = None
-        rows[added.slot] = added
-        by_key[added.key] = added
-        by_slot[added.slot] = added.key
-        keys = FireKeys(
-            self._by_key.updated(by_key), self._by_slot.updated(by_slot), added.seq + 1, oldest_at
-        )
-        return keys, rows
+            if held.get(record.key) is record:
+                del held[record.key]
+            if held.get(record.slot) is record:
+                del held[record.slot]
+        rows[added.slot] = held[added.key] = held[added.slot] = added
+        return FireKeys(held, added.seq + 1, oldest_at), rows
 
 
 NO_KEYS = FireKeys()
 
 
 def encode_row(record: FireKey | None) -> str:
-    """The stored JSON of a key slot (``{}``: an empty slot)."""
-    return dumps(record.to_dict()) if record is not None else "{}"
+    """The stored JSON of a key slot: ``[key, trigger, digest, at, instances,
+    seq]``, or ``{}`` for an empty slot."""
+    return dumps(record[:6]) if record is not None else "{}"
 
 
 def decode_rows(rows: Iterable[tuple[str, str]]) -> FireKeys:
     """The keys of stored key rows (``(name, json)``); a malformed row raises
-    ValueError, KeyError or TypeError (the codec reports the session as corrupt)."""
+    ValueError (the codec reports the session as corrupt)."""
     by_key: dict[str, FireKey] = {}
     next_seq = 0
     oldest = float("inf")
@@ -277,29 +247,35 @@ def decode_rows(rows: Iterable[tuple[str, str]]) -> FireKeys:
         data = loads(text)
         if not data:
             continue  # an empty slot
-        record = FireKey(
-            key=str(data["key"]),
-            trigger=str(data["trigger"]),
-            digest=str(data["digest"]),
-            at=float(data["at"]),
-            instances=tuple(str(n) for n in data["instances"]),
-            seq=int(data["seq"]),
-            slot=_slot_of(name),
-        )
-        next_seq = max(next_seq, record.seq + 1)
-        oldest = min(oldest, record.at)
-        known = by_key.get(record.key)
-        if known is None or known.seq < record.seq:
-            by_key[record.key] = record
-    by_slot = {record.slot: record.key for record in by_key.values()}
-    return FireKeys(_Layered(by_key), _Layered(by_slot), next_seq, oldest)
+        if not (isinstance(data, list) and len(data) == 6):
+            raise ValueError(f"key slot {_slot_of(name)} is not a key record: {text[:100]!r}")
+        key, trigger, digest, at, instances, seq = data
+        if not (
+            isinstance(key, str)
+            and isinstance(trigger, str)
+            and isinstance(digest, str)
+            and type(at) is int
+            and type(seq) is int
+            and isinstance(instances, list)
+            and all(isinstance(n, str) for n in instances)
+        ):
+            raise ValueError(f"key slot {_slot_of(name)} is not a key record: {text[:100]!r}")
+        record = FireKey(key, trigger, digest, at, tuple(instances), seq, _slot_of(name))
+        next_seq = max(next_seq, seq + 1)
+        oldest = min(oldest, at)
+        known = by_key.get(key)
+        if known is None or known.seq < seq:
+            by_key[key] = record
+    held: dict[str | int, FireKey] = {}
+    for record in by_key.values():
+        held[record.key] = held[record.slot] = record
+    return FireKeys(held, next_seq, oldest)
 
 
 # -- the rule -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Fired:
+class Fired(NamedTuple):
     """What a keyed fire did: it was new (`instances` it scheduled) or it
     `repeated` a stored one (`names` of the instances the first one scheduled)."""
 
@@ -308,66 +284,67 @@ class Fired:
     names: tuple[str, ...] = ()
 
 
-def _find(keys: FireKeys, signature: Signature, now: float, retention: float) -> FireKey | None:
-    record = keys.get(signature.key)
-    if record is None or record.at + retention <= now:
-        return None  # never seen, or forgotten
+def _conflict(record: FireKey, signature: Signature) -> IdempotencyConflict:
     if record.trigger != signature.trigger:
-        raise IdempotencyConflict(
+        return IdempotencyConflict(
             signature.key,
             "trigger",
             f"idempotency key {signature.key!r} was used for trigger {record.trigger!r}, "
             f"not {signature.trigger!r}: nothing was written",
         )
-    if record.digest != signature.digest:
-        raise IdempotencyConflict(
-            signature.key,
-            "kwargs",
-            f"idempotency key {signature.key!r} was used for trigger {record.trigger!r} with "
-            f"other kwargs: nothing was written",
-        )
-    return record
+    return IdempotencyConflict(
+        signature.key,
+        "kwargs",
+        f"idempotency key {signature.key!r} was used for trigger {record.trigger!r} with "
+        f"other kwargs: nothing was written",
+    )
 
 
 def fire_once(
     draft: Draft,
     signature: Signature,
-    apply: Callable[[], list[TaskInstance]],
-    *,
-    retention: float = DEFAULT_KEY_RETENTION,
-    max_keys: int = DEFAULT_MAX_KEYS,
+    fire: Callable[[Draft], list[TaskInstance]],
+    retention: int,
+    max_keys: int,
 ) -> Fired:
-    """Apply a fire (`apply`) to `draft` unless its key is already held: then
-    change nothing. Raises `IdempotencyConflict` if the key is held for another
-    fire. A new key is recorded in the draft, so it is stored with the fire."""
+    """Apply `fire` to `draft` unless the key of `signature` is held (for
+    `retention` milliseconds): then change nothing. Raises `IdempotencyConflict`
+    if it is held for another fire. A new key is recorded in the draft, so that
+    it is stored with the fire; the session keeps at most `max_keys`."""
     keys = draft.fire_keys
-    now = draft.at
-    found = _find(keys, signature, now, retention)
+    now = int(draft.at * 1000)
+    held, next_seq = keys._held, keys.next_seq  # (`get` and `at_slot`, inlined: hot)
+    found = held.get(signature.key)
+    if found is not None and found.seq >= next_seq:
+        found = None
     if found is not None:
-        return Fired([], repeated=True, names=found.instances)
-    ready = apply()
-    seq = keys.next_seq
+        if found.at + retention > now:
+            if found.trigger == signature.trigger and found.digest == signature.digest:
+                return Fired([], True, found.instances)
+            raise _conflict(found, signature)
+        dropped = [found]  # the same key, forgotten: its old row goes
+    else:
+        dropped = []
+    ready = fire(draft)
+    seq = next_seq
     slot = seq % max_keys
-    dropped: dict[str, FireKey] = {}
-    old = keys.get(signature.key)
-    if old is not None:  # the same key, expired: its old row goes
-        dropped[old.key] = old
-    occupant = keys.at_slot(slot)
-    if occupant is not None:  # the oldest key, when the session holds max_keys
-        dropped[occupant.key] = occupant
+    occupant = held.get(slot)
+    if occupant is not None and occupant is not found and occupant.seq < next_seq:
+        dropped.append(occupant)  # the oldest key, when the session holds max_keys
     oldest = keys.oldest_at
     if oldest + retention <= now:
-        # Some record expired: blank every expired row (a pass over the keys,
-        # needed only when the oldest one expired).
+        # Some record expired: blank every expired row. A pass over the keys, but
+        # only when the oldest one expired.
         oldest = now
         for record in keys.records():
             if record.at + retention <= now:
-                dropped[record.key] = record
-            elif record.key not in dropped:
+                if record is not found and record is not occupant:
+                    dropped.append(record)
+            elif record is not occupant:
                 oldest = min(oldest, record.at)
-    record = FireKey(
-        signature.key, signature.trigger, signature.digest, now, tuple(i.name for i in ready), seq, slot
-    )
-    updated, rows = keys.updated(dropped.values(), record, min(oldest, now))
-    draft.set_fire_keys(updated, rows)
+    elif oldest > now:
+        oldest = now
+    names = tuple([i.name for i in ready]) if ready else ()
+    added = FireKey(signature.key, signature.trigger, signature.digest, now, names, seq, slot)
+    draft.set_fire_keys(*keys.updated(dropped, added, oldest))
     return Fired(ready)

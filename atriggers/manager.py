@@ -178,7 +178,7 @@ class TriggerManager:
         """
         trigger = _trigger_name(trigger_name)
         kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
-        once = None if key is None else idempotency.Signature.of(idempotency.check_key(key), trigger, kwargs)
+        once = None if key is None else idempotency.signature(idempotency.check_key(key), trigger, kwargs)
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
                 raise InvalidInput(f"delay must be a number of seconds, not {delay!r}")
@@ -231,11 +231,13 @@ class TriggerManager:
     ) -> Callable[[Draft], idempotency.Fired]:
         """The rule of a keyed fire (`atriggers.idempotency.fire_once`)."""
         retention, max_keys = self.key_retention, self.max_keys
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1 or not retention > 0:
+        if type(max_keys) is not int or max_keys < 1 or not retention > 0:
             raise InvalidInput(
-                f"max_keys must be an int >= 1 and key_retention seconds > 0, not {max_keys!r} and {retention!r}"
+                f"max_keys must be an int >= 1 and key_retention seconds > 0, "
+                f"not {max_keys!r} and {retention!r}"
             )
-        return lambda d: idempotency.fire_once(d, once, lambda: fire(d), retention=retention, max_keys=max_keys)
+        ms = int(retention * 1000)
+        return lambda d: idempotency.fire_once(d, once, fire, ms, max_keys)
 
     # -- repairs ----------------------------------------------------------------------
 

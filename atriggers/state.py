@@ -340,7 +340,10 @@ class Draft:
         """Replace the session's keys with `keys`, writing `rows` (slot -> record,
         None: blank) to store them (`atriggers.idempotency.fire_once`)."""
         self.fire_keys = keys
-        self._key_rows.update(rows)
+        if self._key_rows:
+            self._key_rows.update(rows)
+        else:
+            self._key_rows = dict(rows)
 
     def replace_tasks(self, tasks: Mapping[str, TaskConfig]) -> None:
         self.tasks = tasks

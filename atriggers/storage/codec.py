@@ -64,12 +64,14 @@ class EncodedChange:
 
 def encode_change(change: Change) -> EncodedChange:
     """Encode everything first, so that a backend writes all of it or nothing."""
+    triggers = [(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()]
+    if change.keys:
+        triggers += [(key_row_name(slot), encode_row(record)) for slot, record in change.keys.items()]
     return EncodedChange(
         version=change.version,
         tasks=encode_tasks(change.tasks) if change.tasks is not None else None,
         counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
-        triggers=[(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()]
-        + [(key_row_name(slot), encode_row(record)) for slot, record in change.keys.items()],
+        triggers=triggers,
         instances=[
             (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
