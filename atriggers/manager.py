@@ -206,8 +206,11 @@ class TriggerManager:
 
         # A keyed delayed fire stores its key with the due entry, in one write: a
         # retry finds the key and stores nothing, before or after the fire applies.
-        if once is None or not (await self._apply(self._once(once, later))).repeated:
-            self._wake_at(key, at)
+        if once is None:
+            await self._apply(later)
+        elif (await self._apply(self._once(once, later))).repeated:
+            return []
+        self._wake_at(key, at)
         return []
 
     async def _fire(
