@@ -47,11 +47,11 @@ async def test_fastapi_dependency_answers_a_retry_with_the_first_outcome(tmp_pat
     await configure(db, "s1")
     triggers = Triggers(f"sqlite:///{db}", tasks=registry())
     app = FastAPI(lifespan=triggers.lifespan, exception_handlers=triggers.exception_handlers())
-    Manager = Annotated[TriggerManager, triggers.depends("uid")]
-    Key = Annotated[str | None, triggers.idempotency_key()]
+    manager_dep = Annotated[TriggerManager, triggers.depends("uid")]
+    key_dep = Annotated[str | None, triggers.idempotency_key()]
 
     @app.post("/sessions/{uid}/orders")
-    async def order(body: dict[str, Any], manager: Manager, key: Key) -> dict[str, Any]:
+    async def order(body: dict[str, Any], manager: manager_dep, key: key_dep) -> dict[str, Any]:
         scheduled = await manager.fire("order", body, key=key)
         return {"scheduled": [i.name for i in scheduled]}
 
@@ -116,7 +116,7 @@ def test_reading_the_header() -> None:
     assert idempotency_key(scope) == "abc"
     assert idempotency_key({"Idempotency-Key": "k"}) == "k"
     assert idempotency_key({"Other": "k"}) is None
-    with pytest.raises(InvalidInput, match="twice|2 times"):
+    with pytest.raises(InvalidInput, match="2 times"):
         idempotency_key([(b"Idempotency-Key", b"a"), (b"idempotency-key", b"b")])
     with pytest.raises(InvalidInput, match="empty or blank"):
         idempotency_key({"idempotency-key": ""})
