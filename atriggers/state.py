@@ -212,8 +212,10 @@ class Draft:
         self._changed: dict[str, TaskInstance] = {}
         self._fired: dict[str, Mapping[str, Any]] = {}
         self._tasks_changed = False
+        #: The session's idempotency keys, and the key slots to write (slot ->
+        #: record, None: blank): `atriggers.idempotency.fire_once` sets both.
         self.fire_keys = state.fire_keys
-        self._key_rows: dict[int, FireKey | None] = {}
+        self.key_rows: dict[int, FireKey | None] = {}
 
     # -- reading -----------------------------------------------------------------
 
@@ -336,15 +338,6 @@ class Draft:
         self._latest[trigger] = kwargs  # type: ignore[index]
         self._fired[trigger] = kwargs
 
-    def set_fire_keys(self, keys: FireKeys, rows: Mapping[int, FireKey | None]) -> None:
-        """Replace the session's keys with `keys`, writing `rows` (slot -> record,
-        None: blank) to store them (`atriggers.idempotency.fire_once`)."""
-        self.fire_keys = keys
-        if self._key_rows:
-            self._key_rows.update(rows)
-        else:
-            self._key_rows = dict(rows)
-
     def replace_tasks(self, tasks: Mapping[str, TaskConfig]) -> None:
         self.tasks = tasks
         self._tasks_changed = True
@@ -373,7 +366,7 @@ class Draft:
 
     @property
     def changed(self) -> bool:
-        return bool(self._changed or self._fired or self._tasks_changed or self._due or self._key_rows)
+        return bool(self._changed or self._fired or self._tasks_changed or self._due or self.key_rows)
 
     def changes(self) -> Change:
         """What to write, and the snapshot that results."""
@@ -413,5 +406,5 @@ class Draft:
             due=due,
             at=self.at,
             reindex=reindex,
-            keys=self._key_rows,
+            keys=self.key_rows,
         )

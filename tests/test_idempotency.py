@@ -251,3 +251,18 @@ async def test_key_rows_never_collide_with_triggers(storage: Storage) -> None:
     storage.forget("names")
     state = await storage.load_all("names")
     assert set(state.latest_kwargs) == {odd} and [r.key for r in state.fire_keys.records()] == ["k"]
+
+
+async def test_keys_belong_to_their_session(storage: Storage) -> None:
+    one, two = TriggerManager(storage, "one"), TriggerManager(storage, "two")
+    for manager in (one, two):
+        await manager.update_configuration(EVERY)
+    await one.fire("tick", {"n": 1}, key="k")
+    await two.fire("tick", {"n": 2}, key="x")
+    # The same key in another session is another fire, with its own kwargs.
+    assert [i.name for i in await two.fire("tick", {"n": 3}, key="k")] == ["t#1"]
+    assert [i.name for i in await one.fire("tick", {"n": 1}, key="k")] == ["t#0"]
+    await storage.drain()
+    for manager, keys in ((one, ["k"]), (two, ["x", "k"])):
+        storage.forget(manager.uid)
+        assert [r.key for r in (await storage.load(manager.uid)).fire_keys.records()] == keys
