@@ -128,8 +128,11 @@ class Signature(NamedTuple):
     digest: str
 
 
-def signature(key: str, trigger: str, kwargs: Mapping[str, Any]) -> Signature:
-    """The signature of a fire (`kwargs` already checked as a JSON object)."""
+def signature(key: object, trigger: str, kwargs: Mapping[str, Any]) -> Signature:
+    """The signature of a fire with idempotency key `key` (checked here:
+    `InvalidInput` if it is not one); `kwargs` are already checked."""
+    if not (type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and not key.isspace()):
+        key = check_key(key)  # the rare key: not ASCII, or not a key at all (raises)
     if _sorted_encode is None:  # pragma: no cover - CPython has the C encoder
         text = json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     else:

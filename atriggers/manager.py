@@ -178,7 +178,7 @@ class TriggerManager:
         """
         trigger = _trigger_name(trigger_name)
         kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
-        once = None if key is None else idempotency.signature(idempotency.check_key(key), trigger, kwargs)
+        once = None if key is None else idempotency.signature(key, trigger, kwargs)
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
                 raise InvalidInput(f"delay must be a number of seconds, not {delay!r}")
