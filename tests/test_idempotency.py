@@ -266,3 +266,18 @@ async def test_keys_belong_to_their_session(storage: Storage) -> None:
     for manager, keys in ((one, ["k"]), (two, ["x", "k"])):
         storage.forget(manager.uid)
         assert [r.key for r in (await storage.load(manager.uid)).fire_keys.records()] == keys
+
+
+async def test_a_conflict_fails_only_its_own_fire(storage: Storage) -> None:
+    manager = TriggerManager(storage, "shared")
+    await manager.update_configuration(EVERY)
+    await manager.fire("tick", {"n": 0}, key="taken")
+    answers = await asyncio.gather(
+        *(TriggerManager(storage, "shared").fire("tick", {"n": n}, key=f"k{n}") for n in range(1, 20)),
+        TriggerManager(storage, "shared").fire("tick", {"n": 99}, key="taken"),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[-1], IdempotencyConflict)
+    assert all(isinstance(a, list) and len(a) == 1 for a in answers[:-1])
+    await storage.drain()
+    assert len((await manager.get_state()).instances) == 20
