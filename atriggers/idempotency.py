@@ -4,9 +4,10 @@
 the same compare-and-swap write as the fire itself. A fire repeated with the same
 key, trigger and kwargs then changes nothing and answers with the instances the
 first one scheduled; the same key with another trigger or other kwargs raises
-`IdempotencyConflict`. Everything here is a pure function over a snapshot (or a
-`Draft`), so a storage that re-applies an operation under its own lock (SQLite)
-re-checks the key there too.
+`IdempotencyConflict`. `fire_once` is a rule over a `Draft`, like those of
+`atriggers._rules`, so a storage that re-applies an operation under its own lock
+(SQLite) re-checks the key there too. (It adds to the key index that a session's
+successive snapshots share, rather than copying it: see `FireKeys`.)
 
 Records are kept for `DEFAULT_KEY_RETENTION` seconds and at most
 `DEFAULT_MAX_KEYS` per session (both are `TriggerManager` settings). They live in
