@@ -10,6 +10,7 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "DispatchError",
+    "IdempotencyConflict",
     "InstanceLost",
     "InstanceNotFound",
     "InvalidInput",
@@ -90,6 +91,17 @@ class SessionChanged(InvalidInput):
             f"session {uid!r} changed since it was planned for (version {expected}, now {current}); "
             f"nothing was written"
         )
+
+
+class IdempotencyConflict(InvalidInput):
+    """A fire reused an idempotency key that the session holds for another fire
+    (another trigger, or other kwargs). Nothing was written. `key` is the key,
+    `differs` what differs: ``"trigger"`` or ``"kwargs"``."""
+
+    def __init__(self, key: str, differs: str, message: str) -> None:
+        self.key = key
+        self.differs = differs
+        super().__init__(message)
 
 
 class InstanceNotFound(TriggerError, KeyError):
@@ -185,6 +197,7 @@ for _error in (
     TriggerError,
     ConfigurationError,
     InvalidInput,
+    IdempotencyConflict,
     InstanceNotFound,
     InvalidStatus,
     ConcurrencyError,

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 from . import _rules as rules
 from . import _telemetry as telemetry
+from . import idempotency
 from ._json import check_name, check_text, dumps, kwargs_by_trigger, loads, object_arg
 from .clock import from_iso, sleep_until
 from .config import parse_configuration
@@ -107,6 +108,10 @@ class TriggerManager:
     claim_for: float = 30.0
     #: `join` waits for this manager's timers coming due this soon (seconds).
     join_timers_within: float = 60.0
+    #: Seconds a fire's idempotency key is remembered, and how many keys a session
+    #: remembers at most (a new one then replaces the oldest): see `fire`.
+    key_retention: float = idempotency.DEFAULT_KEY_RETENTION
+    max_keys: int = idempotency.DEFAULT_MAX_KEYS
 
     def __init__(
         self,
@@ -153,6 +158,7 @@ class TriggerManager:
         trigger_name: str,
         trigger_kwargs: Mapping[str, Any] | None = None,
         *,
+        key: str | None = None,
         delay: float | None = None,
     ) -> list[TaskInstance]:
         """Fire a trigger; returns the instances it scheduled (already dispatched).
@@ -161,9 +167,18 @@ class TriggerManager:
         `delay` (seconds), the fire is stored now and applied that much later,
         durably (by this process if it still runs then, else by any sweeper);
         it returns ``[]``.
+
+        With `key` (an idempotency key: a non-blank string of at most 255
+        characters), the fire happens once in the session: fired again with the
+        same key, trigger and kwargs it changes nothing and returns the instances
+        the first fire scheduled, as they are now; with another trigger or other
+        kwargs it raises `IdempotencyConflict` and writes nothing. A session
+        remembers a key `key_retention` seconds (24 h), and at most `max_keys`
+        (1,000) keys.
         """
         trigger = _trigger_name(trigger_name)
         kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
+        once = None if key is None else idempotency.signature(key, trigger, kwargs)
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
                 raise InvalidInput(f"delay must be a number of seconds, not {delay!r}")
@@ -171,26 +186,61 @@ class TriggerManager:
                 raise InvalidInput(f"delay must be >= 0 seconds, not {delay!r}")
             if delay > 0:
                 return await self._shielded(
-                    telemetry.fire(self.uid, trigger, self._fire_later(trigger, kwargs, float(delay)))
+                    telemetry.fire(self.uid, trigger, self._fire_later(trigger, kwargs, float(delay), once))
                 )
-        return await self._shielded(telemetry.fire(self.uid, trigger, self._fire(trigger, kwargs)))
+        return await self._shielded(telemetry.fire(self.uid, trigger, self._fire(trigger, kwargs, once)))
 
-    async def _fire_later(self, trigger: str, kwargs: dict[str, Any], delay: float) -> list[TaskInstance]:
+    async def _fire_later(
+        self, trigger: str, kwargs: dict[str, Any], delay: float, once: idempotency.Signature | None
+    ) -> list[TaskInstance]:
         key = f"{DELAY_PREFIX}{uuid.uuid4().hex}"
         at = self.storage.clock.time() + delay
         fired: dict[str, Any] = {"trigger": trigger, "kwargs": kwargs}
         if (traceparent := telemetry.current_traceparent()) is not None:
             fired["traceparent"] = traceparent  # the fire's span, for the runs it feeds
         payload = dumps(fired)
-        await self._apply(lambda d: d.set_due(key, Due(at, None, payload)))
+
+        def later(draft: Draft) -> list[TaskInstance]:
+            draft.set_due(key, Due(at, None, payload))
+            return []
+
+        # A keyed delayed fire stores its key with the due entry, in one write: a
+        # retry finds the key and stores nothing, before or after the fire applies.
+        if once is None:
+            await self._apply(later)
+        elif (await self._apply(self._once(once, later))).repeated:
+            return []
         self._wake_at(key, at)
         return []
 
-    async def _fire(self, trigger: str, kwargs: dict[str, Any]) -> list[TaskInstance]:
-        ready = [i.snapshot() for i in await self._apply(lambda d: rules.fire(d, trigger, kwargs))]
+    async def _fire(
+        self, trigger: str, kwargs: dict[str, Any], once: idempotency.Signature | None = None
+    ) -> list[TaskInstance]:
+        if once is None:
+            ready = [i.snapshot() for i in await self._apply(lambda d: rules.fire(d, trigger, kwargs))]
+        else:
+            fired = await self._apply(self._once(once, lambda d: rules.fire(d, trigger, kwargs)))
+            if fired.repeated:
+                # Nothing changed: what the first fire scheduled, as it is now.
+                state = await self.storage.load(self.uid, fired.names)
+                return [state.instances[n] for n in fired.names if n in state.instances]
+            ready = [i.snapshot() for i in fired.instances]
         await self._dispatch(ready)
         await self.post_fire(trigger, ready)
         return ready
+
+    def _once(
+        self, once: idempotency.Signature, fire: Callable[[Draft], list[TaskInstance]]
+    ) -> Callable[[Draft], idempotency.Fired]:
+        """The rule of a keyed fire (`atriggers.idempotency.fire_once`)."""
+        retention, max_keys = self.key_retention, self.max_keys
+        if type(max_keys) is not int or max_keys < 1 or not retention > 0:
+            raise InvalidInput(
+                f"max_keys must be an int >= 1 and key_retention seconds > 0, "
+                f"not {max_keys!r} and {retention!r}"
+            )
+        ms = int(retention * 1000)
+        return lambda d: idempotency.fire_once(d, once, fire, ms, max_keys)
 
     # -- repairs ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from .clock import iso
 from .config import TaskConfig
 from .due import Due, due_of, due_of_cached
 from .errors import InstanceNotFound
+from .idempotency import NO_KEYS, FireKey, FireKeys
 from .instance import Meta, Status, TaskInstance
 
 __all__ = ["Change", "Draft", "Placement", "SessionState", "instance_number", "utc_now"]
@@ -77,6 +78,8 @@ class SessionState:
     #: Task name -> how many instances it has ever had (the next ``#n``).
     instance_counts: Mapping[str, int] = field(default_factory=dict)
     complete: bool = True
+    #: The idempotency keys of its recent keyed fires (`atriggers.idempotency`).
+    fire_keys: FireKeys = NO_KEYS
 
     def instances_of_task(self, task: str | TaskConfig) -> list[TaskInstance]:
         """The task's instances, oldest first."""
@@ -171,6 +174,9 @@ class Change:
     #: a new configuration, instances created, or an instance's status changed.
     #: (False for a fire that only records kwargs: most fires write no index.)
     reindex: bool = True
+    #: Idempotency-key slots to write (slot -> record) or blank (slot -> None),
+    #: in the same atomic write (the codec stores them; see `atriggers.idempotency`).
+    keys: Mapping[int, FireKey | None] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -206,6 +212,10 @@ class Draft:
         self._changed: dict[str, TaskInstance] = {}
         self._fired: dict[str, Mapping[str, Any]] = {}
         self._tasks_changed = False
+        #: The session's idempotency keys, and the key slots to write (slot ->
+        #: record, None: blank): `atriggers.idempotency.fire_once` sets both.
+        self.fire_keys = state.fire_keys
+        self.key_rows: dict[int, FireKey | None] = {}
 
     # -- reading -----------------------------------------------------------------
 
@@ -356,7 +366,7 @@ class Draft:
 
     @property
     def changed(self) -> bool:
-        return bool(self._changed or self._fired or self._tasks_changed or self._due)
+        return bool(self._changed or self._fired or self._tasks_changed or self._due or self.key_rows)
 
     def changes(self) -> Change:
         """What to write, and the snapshot that results."""
@@ -369,6 +379,7 @@ class Draft:
             latest_kwargs=self._latest,
             instance_counts=self._counts,
             complete=self.base.complete,
+            fire_keys=self.fire_keys,
         )
         counts_changed = self._counts is not self.base.instance_counts
         reindex = self.base.version == 0 or self._tasks_changed or counts_changed
@@ -395,4 +406,5 @@ class Draft:
             due=due,
             at=self.at,
             reindex=reindex,
+            keys=self.key_rows,
         )

@@ -74,6 +74,9 @@ def _target(row: dict[str, Any]) -> Target:
             f"({extra['ratio']:.2f}x)",
             extra["ratio"] <= 1.5,
         )
+    if name == "fire_key":
+        ratio = extra["key_ratio"]
+        return Target(f"with key<=1.15x without ({ratio:.2f}x)", ratio <= 1.15)
     if row["storage"] != "sqlite":
         return Target("-", None)
     if name == "fire_idle":

@@ -624,6 +624,69 @@ async def _listing(kind: str, directory: Path, quick: bool) -> Outcome:
     )
 
 
+# -- 9. fires with an idempotency key against fires without ------------------------------------
+
+
+async def fire_key(kind: str, directory: Path, quick: bool) -> Outcome:
+    """Fires into two sessions alternate, one caller awaiting each: one session's
+    fires carry an idempotency key (a new one each, as distinct requests do),
+    the other's none. The p50s are compared (keyed against plain), measured in
+    the same run; the keys outnumber what a session keeps (1,000), so the
+    oldest are being replaced throughout."""
+    if kind == "redis":
+        async with redis_server(directory):
+            return await _fire_key(kind, directory, quick)
+    return await _fire_key(kind, directory, quick)
+
+
+async def _fire_key(kind: str, directory: Path, quick: bool) -> Outcome:
+    n = 1200 if quick else 4000
+    latencies: dict[str, list[float]] = {"plain": [], "keyed": []}
+    async with open_store(kind, directory, "fire_key") as store:
+        managers = {name: TriggerManager(store, name) for name in latencies}
+        for manager in managers.values():
+            await manager.update_configuration(IDLE)
+        for i in range(100):  # warm-up (not counted)
+            await managers["plain"].fire("a", {"i": -1 - i})
+            await managers["keyed"].fire("a", {"i": -1 - i}, key=f"warm-{i}")
+        start = time.perf_counter()
+        for i in range(n):
+            for name in ("plain", "keyed") if i % 2 else ("keyed", "plain"):
+                began = time.perf_counter()
+                if name == "plain":
+                    await managers[name].fire("a", {"i": i})
+                else:
+                    await managers[name].fire("a", {"i": i}, key=f"req-{i}")
+                latencies[name].append(time.perf_counter() - began)
+        seconds = time.perf_counter() - start
+        version = (await managers["keyed"].get_state()).version
+        # A retry of a held key applies nothing.
+        await managers["keyed"].fire("a", {"i": n - 1}, key=f"req-{n - 1}")
+        store.forget("keyed")
+        keyed = await managers["keyed"].get_state()
+        plain = await managers["plain"].get_state()
+    check(keyed.version == version, "a retried keyed fire was stored again")
+    check(
+        plain.version == keyed.version,
+        f"versions differ: {plain.version} != {keyed.version}: a fire was lost",
+    )
+    held = [r.key for r in keyed.fire_keys.records()]
+    expected = [f"req-{i}" for i in range(n - TriggerManager.max_keys, n)]
+    check(held == expected, f"the session holds {len(held)} keys, not the last {TriggerManager.max_keys}")
+    check(keyed.latest_kwargs["a"] == {"i": n - 1}, "latest kwargs of 'a' are wrong")
+    p50 = {name: percentile(samples, 0.5) for name, samples in latencies.items()}
+    return Outcome(
+        n,
+        seconds / 2,
+        latencies["keyed"],
+        {
+            "plain_p50_ms": p50["plain"] * 1e3,
+            "keyed_p50_ms": p50["keyed"] * 1e3,
+            "key_ratio": p50["keyed"] / p50["plain"],
+        },
+    )
+
+
 Scenario = Callable[[str, Path, bool], Coroutine[Any, Any, Outcome]]
 
 #: name -> (function, storage kinds it runs on)
@@ -638,4 +701,5 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "scale": (scale, ("sqlite", "memory")),
     "sweep": (sweep, ("sqlite", "redis", "memory") if redis_available() else ("sqlite", "memory")),
     "listing": (listing, ("sqlite", "redis") if redis_available() else ("sqlite",)),
+    "fire_key": (fire_key, ("sqlite", "redis", "memory") if redis_available() else ("sqlite", "memory")),
 }

@@ -20,7 +20,7 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -32,8 +32,9 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
     assert {("procs", "sqlite"), ("procs_run", "sqlite")} <= seen
     assert {("sweep", "sqlite"), ("sweep", "memory")} <= seen
     assert ("listing", "sqlite") in seen
+    assert {("fire_key", "sqlite"), ("fire_key", "memory")} <= seen
     if shutil.which("redis-server") and importlib.util.find_spec("redis"):  # as benchmarks.scenarios
-        assert {("sweep", "redis"), ("listing", "redis")} <= seen
+        assert {("sweep", "redis"), ("listing", "redis"), ("fire_key", "redis")} <= seen
     assert {r["scenario"] for r in report["rows"] if r["storage"] == "-"} == {
         "baseline: aiosqlite SELECT 1",
         "baseline: aiosqlite insert+commit",

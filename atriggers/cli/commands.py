@@ -206,7 +206,7 @@ async def cmd_fire(args: argparse.Namespace) -> int:
     kwargs = json_object(args.kwargs, "--kwargs")
 
     async def fire(manager: TriggerManager) -> str:
-        scheduled = await manager.fire(args.trigger, kwargs)
+        scheduled = await manager.fire(args.trigger, kwargs, key=args.key)
         names = ", ".join(i.name for i in scheduled) or "none"
         return f"fired {args.trigger!r} in session {args.uid!r}; scheduled: {names}"
 

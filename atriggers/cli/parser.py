@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print what the fire would create, schedule and abandon; write and run nothing",
     )
+    p.add_argument(
+        "--key",
+        metavar="KEY",
+        help="idempotency key: the fire happens once, a repeat with the same key changes nothing",
+    )
     p.set_defaults(handler=cmd_fire)
 
     p = sub.add_parser("replay", parents=[common, session, runs, as_json], help="replay a failed instance")

@@ -3,7 +3,9 @@
 A session is stored as four parts, so that a write touches only what changed:
 its configuration (one JSON object), its instance counts (one JSON object), the
 latest kwargs of each trigger (one JSON object per trigger) and its instances
-(one JSON object per instance, see `TaskInstance.to_dict`).
+(one JSON object per instance, see `TaskInstance.to_dict`). The idempotency keys
+of its recent keyed fires ride in the triggers part, one row per key slot under
+names no trigger can have (see `atriggers.idempotency`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .._tracecontext import TRACE_KEY, traced, untraced
 from ..config import TaskConfig
 from ..due import Due
 from ..errors import StorageError
+from ..idempotency import NO_KEYS, decode_rows, encode_row, is_key_row, key_row_name
 from ..instance import TaskInstance
 from ..state import Change, SessionState
 
@@ -56,11 +59,14 @@ class EncodedChange:
 
 def encode_change(change: Change) -> EncodedChange:
     """Encode everything first, so that a backend writes all of it or nothing."""
+    triggers = [(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()]
+    if change.keys:
+        triggers += [(key_row_name(slot), encode_row(record)) for slot, record in change.keys.items()]
     return EncodedChange(
         version=change.version,
         tasks=encode_tasks(change.tasks) if change.tasks is not None else None,
         counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
-        triggers=[(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()],
+        triggers=triggers,
         instances=[
             (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
         ],
@@ -122,13 +128,19 @@ def decode_state(
             data: dict[str, Any] = loads(text)
             decoded[name] = TaskInstance.from_dict(name, data, tasks.get(data["task"]))
         latest: dict[str, Any] = {}
+        keys: list[tuple[str, str]] = []
         for name, text in triggers:
+            if is_key_row(name):
+                keys.append((name, text))
+                continue
             part = f"kwargs of trigger {name!r}"
             kwargs = loads(text)
             if not isinstance(kwargs, dict):
                 raise ValueError("not a JSON object")
             # The fire's trace context, stored with the kwargs when tracing was on.
             latest[name] = untraced(kwargs) if TRACE_KEY in kwargs else kwargs
+        part = "idempotency keys"
+        fire_keys = decode_rows(keys) if keys else NO_KEYS
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise corrupt(uid, part, exc) from exc
     return SessionState(
@@ -139,6 +151,7 @@ def decode_state(
         latest_kwargs=latest,
         instance_counts=instance_counts,
         complete=complete,
+        fire_keys=fire_keys,
     )
 
 

@@ -7,7 +7,7 @@ Key layout, for a session ``uid`` and the storage's ``prefix`` (default
 ``atriggers:``)::
 
     {prefix}{<uid>}:session     hash  version, config, counts, recent, updated
-    {prefix}{<uid>}:triggers    hash  trigger name -> latest kwargs (JSON)
+    {prefix}{<uid>}:triggers    hash  trigger name -> latest kwargs (JSON); idempotency key slots
     {prefix}{<uid>}:instances   hash  instance name -> instance (JSON)
     {prefix}{<uid>}:unresolved  set   names of the unresolved instances
     {prefix}due                 zset  due-index entries by time (+inf: owner-bound)

@@ -8,5 +8,19 @@ the dashboard the ``dashboard`` extra.
 # Bound after the subpackage's import: `atriggers.web.dashboard` is the function.
 from .dashboard import dashboard
 from .integration import ASGIApp, Message, Receive, Scope, Send, Triggers, status_code_for
+from .keys import IDEMPOTENCY_HEADER, FireEndpoint, fire_outcome, idempotency_key
 
-__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "Triggers", "dashboard", "status_code_for"]
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "ASGIApp",
+    "FireEndpoint",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "Triggers",
+    "dashboard",
+    "fire_outcome",
+    "idempotency_key",
+    "status_code_for",
+]

@@ -45,6 +45,7 @@ from typing import Any, Self
 from ..errors import (
     ConcurrencyError,
     DispatchError,
+    IdempotencyConflict,
     InstanceNotFound,
     InvalidInput,
     InvalidStatus,
@@ -83,13 +84,14 @@ def status_code_for(exc: TriggerError) -> int:
     """The HTTP status that best reports `exc` to a client.
 
     Bad input (including configuration) is 422, an unknown instance 404, an
-    operation the instance's status does not allow 409, a runner that refused
+    operation the instance's status does not allow or an idempotency key reused
+    for another request (`IdempotencyConflict`) 409, a runner that refused
     or is unknown (`DispatchError`) 502, lost races under heavy contention 503
     (retry later); anything else is the server's fault, 500.
     """
     if isinstance(exc, InstanceNotFound):
         return 404
-    if isinstance(exc, InvalidStatus):
+    if isinstance(exc, InvalidStatus | IdempotencyConflict):
         return 409
     if isinstance(exc, ValueError):  # InvalidInput, ConfigurationError
         return 422
@@ -304,6 +306,47 @@ class Triggers:
         else:
             raise TypeError(f"uid must be a parameter name or a dependency, not {uid!r}")
         return fastapi.Depends(dependency)
+
+    def idempotency_key(self) -> Any:
+        """FastAPI dependency giving the request's ``Idempotency-Key`` header (None
+        without one), for ``manager.fire(..., key=key)``; a malformed key answers
+        422. With `exception_handlers`, a key reused for another request answers
+        409; a retry gets what the first fire scheduled (see `atriggers.web.keys`)::
+
+            Key = Annotated[str | None, triggers.idempotency_key()]
+
+            @app.post("/sessions/{uid}/orders")
+            async def order(order: dict, manager: Manager, key: Key):
+                scheduled = await manager.fire("orderPlaced", order, key=key)
+                return {"scheduled": [i.name for i in scheduled]}
+        """
+        fastapi = _import_fastapi()
+        from .keys import idempotency_key
+
+        def dependency(request: Any) -> str | None:
+            try:
+                return idempotency_key(request.headers)
+            except InvalidInput as exc:
+                raise fastapi.HTTPException(status_code=422, detail=str(exc)) from exc
+
+        # The annotation FastAPI reads to pass the request (fastapi is imported here only).
+        dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [
+                inspect.Parameter(
+                    "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=fastapi.Request
+                )
+            ],
+            return_annotation=str | None,
+        )
+        return fastapi.Depends(dependency)
+
+    def fire_endpoint(self) -> ASGIApp:
+        """A raw ASGI app firing triggers with idempotency keys: ``POST
+        .../{uid}/{trigger}`` with the kwargs as a JSON body and an optional
+        ``Idempotency-Key`` header (see `atriggers.web.keys.FireEndpoint`)."""
+        from .keys import FireEndpoint
+
+        return FireEndpoint(self)
 
     def exception_handlers(self) -> dict[Any, Any]:
         """Starlette/FastAPI exception handlers answering atriggers errors as JSON

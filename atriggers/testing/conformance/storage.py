@@ -26,9 +26,11 @@ untouched; and the due index behind recovery (`DueIndexConformance`, in
 ``due.py``): entries written and deleted atomically with the state they belong
 to, `claim_due` by time, by key and for owners whose lease lapsed, claims that
 never overlap between storage objects, and several `Sweeper`s handling every
-due entry of hundreds of sessions exactly once; and the session index
+due entry of hundreds of sessions exactly once; the session index
 (`SessionIndexConformance`, in ``index.py``): summaries written with each change,
-paged by uid and filtered.
+paged by uid and filtered; and the idempotency keys of keyed fires
+(`IdempotencyConformance`, in ``keys.py``): stored in the same write as their
+fire, applied once across storage objects, expired keys blanked.
 
 Backends that cannot share data between objects (like `MemoryStorage`) set
 ``shared=False`` and ``cross_process=False``: those tests are skipped.
@@ -69,6 +71,7 @@ from ...storage.base import Storage, VersionConflict
 from ...tasks import TaskRegistry
 from .due import DueIndexConformance
 from .index import SessionIndexConformance
+from .keys import IdempotencyConformance
 
 __all__ = ["StorageConformance", "StorageFactory"]
 
@@ -143,11 +146,12 @@ async def _apply(storage: Storage, uid: str, apply: Callable[[Draft], object]) -
 _TICKS = {"count": {"after": ["tick"], "andEvery": "tick", "run": "conformance.echo"}}
 
 
-class StorageConformance(DueIndexConformance, SessionIndexConformance):
+class StorageConformance(DueIndexConformance, SessionIndexConformance, IdempotencyConformance):
     """Subclass it (as ``Test...``) and provide a ``storage_factory`` fixture
     returning a `StorageFactory`. Every test is a coroutine run by pytest-asyncio.
     The due index's tests come from `DueIndexConformance`, the session index's
-    from `SessionIndexConformance`."""
+    from `SessionIndexConformance`, the idempotency keys' from
+    `IdempotencyConformance`."""
 
     pytestmark = pytest.mark.asyncio
 
