@@ -80,6 +80,21 @@ class SessionState:
     complete: bool = True
     #: The idempotency keys of its recent keyed fires (`atriggers.idempotency`).
     fire_keys: FireKeys = NO_KEYS
+    #: Unresolved instances by status value, when already known (a snapshot made
+    #: by a write carries them forward from the one before: see `by_status`).
+    unresolved_counts: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
+
+    def by_status(self) -> Mapping[str, int]:
+        """How many unresolved instances it holds in each status (every one: a
+        working view holds all the unresolved instances)."""
+        if self.unresolved_counts is not None:
+            return self.unresolved_counts
+        counts: dict[str, int] = {}
+        for instance in self.instances.values():
+            if not instance.is_resolved:
+                status = instance.status.value
+                counts[status] = counts.get(status, 0) + 1
+        return counts
 
     def instances_of_task(self, task: str | TaskConfig) -> list[TaskInstance]:
         """The task's instances, oldest first."""
@@ -371,6 +386,21 @@ class Draft:
     def changes(self) -> Change:
         """What to write, and the snapshot that results."""
         active = {name: i for name, i in self._instances.items() if self.base.complete or not i.is_resolved}
+        # Carried forward, so that no write counts every instance (the session
+        # index's summary reads them).
+        by_status = self.base.by_status()
+        for name, instance in self._changed.items():
+            before = self.base.instances.get(name)
+            was = None if before is None or before.is_resolved else before.status.value
+            now = None if instance.is_resolved else instance.status.value
+            if was != now:
+                if by_status is self.base.unresolved_counts:
+                    by_status = dict(by_status)
+                assert isinstance(by_status, dict)
+                if was is not None:
+                    by_status[was] = by_status.get(was, 0) - 1
+                if now is not None:
+                    by_status[now] = by_status.get(now, 0) + 1
         state = SessionState(
             uid=self.uid,
             version=self.base.version + 1,
@@ -380,6 +410,7 @@ class Draft:
             instance_counts=self._counts,
             complete=self.base.complete,
             fire_keys=self.fire_keys,
+            unresolved_counts=by_status,
         )
         counts_changed = self._counts is not self.base.instance_counts
         reindex = self.base.version == 0 or self._tasks_changed or counts_changed

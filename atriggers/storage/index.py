@@ -132,13 +132,8 @@ def summarize_state(state: SessionState, at: float | None) -> SessionSummary:
     """The summary of `state` (a working view is enough: it holds every
     unresolved instance, and ``instance_counts`` says how many there are in all),
     last active at `at`."""
-    unresolved: dict[str, int] = {}
-    for instance in state.instances.values():
-        if not instance.is_resolved:
-            status = instance.status.value
-            unresolved[status] = unresolved.get(status, 0) + 1
     return build_summary(
-        state.uid, state.version, unresolved, sum(state.instance_counts.values()), state.tasks, at
+        state.uid, state.version, state.by_status(), sum(state.instance_counts.values()), state.tasks, at
     )
 
 
