@@ -657,6 +657,12 @@ class PostgresStorage(Storage):
             # A NUL character: valid Unicode, but PostgreSQL text cannot hold it.
             raise InvalidInput(f"PostgreSQL cannot store this text: {exc}") from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, UnicodeEncodeError):
+                # asyncpg wraps the encoding error of a query argument.
+                raise InvalidInput(
+                    f"{cause.object!r} is not valid Unicode text: it cannot be stored"
+                ) from exc
             raise StorageError(
                 f"PostgreSQL {what} failed at {mask_url(self.postgres_url)}: {type(exc).__name__}: {exc}"
             ) from exc
