@@ -297,6 +297,10 @@ _OWN_PARAMS = ("schema", "lease", "max_connections")
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
+#: What asyncpg raises when an operation fails (the server's errors, the
+#: client's, the network's; TimeoutError is an OSError).
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
 #: What PostgreSQL says of text it cannot hold (a NUL character).
 _DATA_ERRORS = (
     asyncpg.exceptions.CharacterNotInRepertoireError,
@@ -505,7 +509,7 @@ class PostgresStorage(Storage):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), self.timeout)
-            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except _DRIVER_ERRORS:
                 pool.terminate()
 
     # -- reads and writes -------------------------------------------------------------
@@ -635,16 +639,19 @@ class PostgresStorage(Storage):
         return self._pool
 
     async def _fetchrow(self, what: str, query: str, *args: Any) -> Any:
-        pool = self._require()
-        with self._errors(what):
-            async with pool.acquire(timeout=self.timeout) as connection:
-                return await connection.fetchrow(query, *args)
+        rows = await self._fetch(what, query, *args)
+        return rows[0] if rows else None
 
     async def _fetch(self, what: str, query: str, *args: Any) -> list[Any]:
         pool = self._require()
         with self._errors(what):
             async with pool.acquire(timeout=self.timeout) as connection:
-                rows: list[Any] = await connection.fetch(query, *args)
+                try:
+                    rows: list[Any] = await connection.fetch(query, *args)
+                except asyncpg.InternalClientError:
+                    # The connection's protocol state is unknown: never reuse it.
+                    connection.terminate()
+                    raise
                 return rows
 
     @contextlib.contextmanager
@@ -656,7 +663,7 @@ class PostgresStorage(Storage):
         except _DATA_ERRORS as exc:
             # A NUL character: valid Unicode, but PostgreSQL text cannot hold it.
             raise InvalidInput(f"PostgreSQL cannot store this text: {exc}") from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except _DRIVER_ERRORS as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, UnicodeEncodeError):
                 # asyncpg wraps the encoding error of a query argument.
