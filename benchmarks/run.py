@@ -286,7 +286,7 @@ def details(rows: list[dict[str, Any]]) -> str:
             how = (
                 "re-applied inside the write transaction"
                 if row["storage"] == "sqlite"
-                else "each a retry with the current state the failed write returned"
+                else "re-applied to the state the failed write returned, or retried"
             )
             out.append(
                 f"{row['scenario']}/{row['storage']}: {extra['processes']} processes, {extra['conflicts']} "

@@ -48,7 +48,8 @@ class CountingSQLite(SQLiteStorage):
 
 def _conflicts(store: Storage) -> Callable[[], int]:
     """Counts the compare-and-swap conflicts of a storage that is not SQLite: each
-    is a `VersionConflict` the manager retries."""
+    operation it re-applies itself (`reapply`) or hands back to the manager
+    (`VersionConflict`, a retry)."""
     count = 0
     original = store.store_or_reapply
 
@@ -56,8 +57,16 @@ def _conflicts(store: Storage) -> Callable[[], int]:
         uid: str, expected_version: int, change: Change, reapply: Reapply | None
     ) -> Change | None:
         nonlocal count
+        counting = reapply
+        if reapply is not None:
+
+            def counting(current: SessionState) -> Change | None:
+                nonlocal count
+                count += 1
+                return reapply(current)
+
         try:
-            return await original(uid, expected_version, change, reapply)
+            return await original(uid, expected_version, change, counting)
         except VersionConflict:
             count += 1
             raise

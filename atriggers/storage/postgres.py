@@ -1,8 +1,8 @@
 """PostgreSQL storage through asyncpg: sessions shared by many machines.
 
 Install with ``pip install 'atriggers[postgres]'``. Tested with PostgreSQL 15;
-uses plain tables, partial indexes and PL/pgSQL functions (PostgreSQL 11 and
-later have them all).
+uses plain tables, partial indexes and PL/pgSQL functions, nothing newer than
+PostgreSQL 9.5 (``ON CONFLICT``, ``SKIP LOCKED``).
 
 Every operation is one statement, so one round trip: a server-side function
 does the whole of it in the statement's transaction. A write checks the
@@ -44,7 +44,7 @@ from ..clock import Clock
 from ..due import DueEntry
 from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
-from .base import Storage, VersionConflict, mask_url
+from .base import Reapply, Storage, VersionConflict, mask_url
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
@@ -201,6 +201,21 @@ END
 $$;
 """
 
+# The working view like atriggers_read, after locking the session's row until
+# the transaction ends: the locked path of a write re-applied after conflicts.
+# VOLATILE, so the read takes its snapshot after the lock is granted.
+_LOCK_READ = """
+CREATE FUNCTION {s}.atriggers_lock_read(p_uid text, p_names text[])
+RETURNS TABLE (r_version bigint, r_config text, r_counts text, r_trigger_names text[],
+               r_trigger_kwargs text[], r_names text[], r_bodies text[])
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM {s}.atriggers_sessions s WHERE s.uid = p_uid FOR UPDATE;
+    RETURN QUERY SELECT * FROM {s}.atriggers_read(p_uid, false, p_names);
+END
+$$;
+"""
+
 # Claim due entries: what lapsed owners held, then what is due by time, oldest
 # first. Rows another claimer (or a write) holds locked are skipped, not waited
 # for: any number of sweepers work side by side, each entry claimed once.
@@ -287,10 +302,18 @@ END
 $$;
 """
 
-_SCHEMA = [_TABLES, _READ, _STORE, _CLAIM, _OWNER]
+_SCHEMA = [_TABLES, _READ, _STORE, _LOCK_READ, _CLAIM, _OWNER]
 
-#: schema version -> statements that bring a schema from that version to the next.
+#: schema version -> statements that bring a schema from that version to the next
+#: (`{s}` is the schema). To change the schema in a release: bump SCHEMA_VERSION,
+#: add the statements here (new tables and columns; a function whose parameters
+#: change is dropped and created again, as `_SCHEMA` now creates it) and update
+#: `_SCHEMA`, used for new schemas.
 _MIGRATIONS: dict[int, list[str]] = {}
+
+#: After this many operations on a session in a row ended in a conflict (each
+#: after two writes), the next one re-applies itself under the session's row lock.
+LOCK_AFTER_CONFLICTS = 8
 
 #: Query parameters of a storage URL that are ours, not asyncpg's.
 _OWN_PARAMS = ("schema", "lease", "max_connections")
@@ -336,6 +359,7 @@ class PostgresStorage(Storage):
     """
 
     scheme = "postgresql"
+    reapplies_conflicts = True
 
     def __init__(
         self,
@@ -369,9 +393,12 @@ class PostgresStorage(Storage):
         self.timeout = timeout
         self.command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        #: uid -> how many writes in a row lost to other writers (see `store_or_reapply`).
+        self._contended: dict[str, int] = {}
         self._configs = ConfigCache()
         s = f'"{schema}"'
         self._sql_load = f"SELECT * FROM {s}.atriggers_read($1, $2, $3)"
+        self._sql_lock_read = f"SELECT * FROM {s}.atriggers_lock_read($1, $2)"
         self._sql_store = (
             f"SELECT * FROM {s}.atriggers_store($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
             "$14, $15, $16, $17, $18)"
@@ -523,49 +550,69 @@ class PostgresStorage(Storage):
         return self._decode(uid, row, complete=True)
 
     async def store(self, uid: str, expected_version: int, change: Change) -> None:
-        encoded = encode_change(change)
-        # The last write of an instance in a change wins (as it would in SQL's
-        # INSERT OR REPLACE); ON CONFLICT refuses one row written twice.
-        instances = {row[0]: row for row in encoded.instances}.values()
-        due_keys: list[str] = []
-        due_at: list[float | None] = []
-        due_owners: list[str | None] = []
-        due_payloads: list[str | None] = []
-        gone: list[str] = []
-        for key, due in encoded.due:
-            if due is None:
-                gone.append(key)
-            else:
-                due_keys.append(key)
-                due_at.append(due.at)
-                due_owners.append(due.owner)
-                due_payloads.append(due.payload)
-        row = await self._fetchrow(
-            "write",
-            self._sql_store,
-            uid,
-            expected_version,
-            encoded.version,
-            encoded.tasks,
-            encoded.counts,
-            time.time(),
-            [name for name, _ in encoded.triggers],
-            [kwargs for _, kwargs in encoded.triggers],
-            [i[0] for i in instances],
-            [i[1] for i in instances],
-            [i[2] for i in instances],
-            [i[3] for i in instances],
-            [i[4] for i in instances],
-            due_keys,
-            due_at,
-            due_owners,
-            due_payloads,
-            gone,
-        )
-        assert row is not None
+        row = await self._fetchrow("write", self._sql_store, *_store_args(uid, expected_version, change))
         if not row["r_ok"]:
-            fresh = self._decode(uid, row, complete=False)
-            raise VersionConflict(uid, expected_version, fresh)
+            raise VersionConflict(uid, expected_version, self._decode(uid, row, complete=False))
+
+    async def store_or_reapply(
+        self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
+    ) -> Change | None:
+        """Write `change`; after a conflict, re-apply the operation to the state
+        the failed write returned and write that (one round trip more). A
+        process whose writes to a session keep losing (its every attempt just
+        too late, others out-writing it) re-applies the operation holding the
+        session's row lock instead, which cannot fail: no writer starves. Not
+        sooner: a lock held across round trips makes the other writers queue."""
+        try:
+            await self.store(uid, expected_version, change)
+        except VersionConflict as conflict:
+            if reapply is None or conflict.fresh is None:
+                raise
+            current = conflict.fresh
+        else:
+            self._contended.pop(uid, None)
+            return change
+        redo = reapply(current)
+        if redo is None:
+            self._contended.pop(uid, None)
+            return None
+        try:
+            await self.store(uid, current.version, redo)
+        except VersionConflict:
+            lost = self._contended.get(uid, 0) + 1
+            if lost < LOCK_AFTER_CONFLICTS:
+                self._contended[uid] = lost
+                raise  # the manager retries, after a random pause
+        else:
+            self._contended.pop(uid, None)
+            return redo
+        self._contended.pop(uid, None)
+        names = list(dict.fromkeys(i.name for i in (*change.instances, *redo.instances)))
+        return await self._reapply_locked(uid, names, reapply)
+
+    async def _reapply_locked(self, uid: str, names: list[str], reapply: Reapply) -> Change | None:
+        pool = self._require()
+        with self._errors("write"):
+            async with pool.acquire(timeout=self.timeout) as connection:
+                try:
+                    async with connection.transaction():
+                        row = await connection.fetchrow(self._sql_lock_read, uid, names)
+                        current = self._decode(uid, row, complete=False)
+                        # Exceptions of `reapply` roll the transaction back.
+                        redo = reapply(current)
+                        if redo is None:
+                            return None
+                        args = _store_args(uid, current.version, redo)
+                        row = await connection.fetchrow(self._sql_store, *args)
+                        if not row["r_ok"]:
+                            # Only when the session did not exist yet: nothing to lock.
+                            raise VersionConflict(
+                                uid, current.version, self._decode(uid, row, complete=False)
+                            )
+                except asyncpg.InternalClientError:
+                    connection.terminate()
+                    raise
+        return redo
 
     async def claim_due(
         self,
@@ -673,6 +720,47 @@ class PostgresStorage(Storage):
             raise StorageError(
                 f"PostgreSQL {what} failed at {mask_url(self.postgres_url)}: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+def _store_args(uid: str, expected_version: int, change: Change) -> tuple[Any, ...]:
+    """The arguments of ``atriggers_store`` for `change`."""
+    encoded = encode_change(change)
+    # The last write of an instance in a change wins (as it would in SQLite's
+    # INSERT OR REPLACE); ON CONFLICT refuses one row written twice.
+    instances = list({row[0]: row for row in encoded.instances}.values())
+    due_keys: list[str] = []
+    due_at: list[float | None] = []
+    due_owners: list[str | None] = []
+    due_payloads: list[str | None] = []
+    gone: list[str] = []
+    for key, due in encoded.due:
+        if due is None:
+            gone.append(key)
+        else:
+            due_keys.append(key)
+            due_at.append(due.at)
+            due_owners.append(due.owner)
+            due_payloads.append(due.payload)
+    return (
+        uid,
+        expected_version,
+        encoded.version,
+        encoded.tasks,
+        encoded.counts,
+        time.time(),
+        [name for name, _ in encoded.triggers],
+        [kwargs for _, kwargs in encoded.triggers],
+        [i[0] for i in instances],
+        [i[1] for i in instances],
+        [i[2] for i in instances],
+        [i[3] for i in instances],
+        [i[4] for i in instances],
+        due_keys,
+        due_at,
+        due_owners,
+        due_payloads,
+        gone,
+    )
 
 
 def _pairs(names: Sequence[str] | None, values: Sequence[str] | None) -> list[tuple[str, str]]:

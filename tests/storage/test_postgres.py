@@ -319,6 +319,39 @@ async def test_a_steady_fire_is_one_round_trip(postgres_cluster: PostgresCluster
     assert len(state.instances) == 25
 
 
+async def test_a_writer_that_keeps_losing_takes_the_row_lock(postgres_url: str) -> None:
+    """Another process out-writes this one on every optimistic attempt: after
+    LOCK_AFTER_CONFLICTS lost operations the write is re-applied under the
+    session's row lock and lands, instead of starving until ConcurrencyError."""
+    from atriggers.state import Change
+
+    async with PostgresStorage.from_url(postgres_url) as rival_storage:
+        rival = manager(rival_storage)
+        await rival.update_configuration(WAITING)
+        rival_fires = 0
+
+        class Outwritten(PostgresStorage):
+            async def store(self, uid: str, expected_version: int, change: Change) -> None:
+                nonlocal rival_fires
+                rival_fires += 1
+                await rival.fire("other", {"n": rival_fires})  # lands first, every time
+                await super().store(uid, expected_version, change)
+
+        storage = Outwritten.from_url(postgres_url)
+        assert isinstance(storage, Outwritten)
+        async with storage:
+            m = manager(storage)
+            await m.get_state()  # cached: its first write is stale at once
+            assert await m.fire("tick", {"n": 1}) == []
+        assert rival_fires == 2 * postgres_module.LOCK_AFTER_CONFLICTS
+        rival_storage.forget("s1")
+        state = await rival_storage.load_all("s1")
+    assert state.latest_kwargs["tick"] == {"n": 1}
+    assert state.latest_kwargs["other"] == {"n": rival_fires}
+    assert [i.kwargs["tick"] for i in state.instances.values()] == [{"n": 1}]
+    assert state.version == 1 + rival_fires + 1  # configuration, rivals, this fire
+
+
 async def test_a_claimed_row_is_skipped_not_waited_for(storage: PostgresStorage, raw: Any) -> None:
     """Sweepers never block each other: rows another transaction holds (a sweeper
     mid-claim, a write in flight) are left for later, the rest are claimed."""
@@ -427,7 +460,10 @@ async def test_postgres_restart_mid_stream_loses_no_acknowledged_fire(
         await asyncio.wait_for(asyncio.gather(*firing), 20)
         assert len(failures) == 4  # each caller caught in it got a StorageError
         for error in failures:
-            assert isinstance(error.__cause__, asyncpg.PostgresError | asyncpg.InterfaceError | OSError)
+            assert isinstance(
+                error.__cause__,
+                asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError | OSError,
+            )
             assert "PostgreSQL" in str(error) and PASSWORD not in str(error)
 
         with pytest.raises(StorageError, match=r"PostgreSQL (read|write) failed"):
