@@ -436,7 +436,7 @@ class PostgresStorage(Storage):
             else:
                 rest.append((key, value))
         postgres_url = urlunsplit(parts._replace(query=urlencode(rest)))
-        lease = lease_param(url, own["lease"]) if "lease" in own else DEFAULT_LEASE
+        lease = lease_param(mask_url(url), own["lease"]) if "lease" in own else DEFAULT_LEASE
         options: dict[str, Any] = {}
         if "max_connections" in own:
             try:

@@ -96,8 +96,9 @@ def test_bad_arguments_are_refused() -> None:
         PostgresStorage("postgresql://localhost/db", max_connections=0)
     with pytest.raises(ValueError, match="max_connections"):
         PostgresStorage.from_url("postgresql://localhost/db?max_connections=many")
-    with pytest.raises(ValueError, match="lease"):
-        PostgresStorage.from_url("postgresql://localhost/db?lease=-1")
+    with pytest.raises(ValueError, match="lease") as caught:
+        PostgresStorage.from_url("postgresql://me:hunter2@localhost/db?lease=-1")
+    assert "hunter2" not in str(caught.value)
     with pytest.raises(ValueError, match="postgresql://") as caught:
         PostgresStorage("mysql://user:hunter2@localhost/db")
     assert "hunter2" not in str(caught.value)
