@@ -29,7 +29,7 @@ from atriggers import InvalidInput, StorageError, TriggerManager
 from atriggers.due import Due
 from atriggers.instance import Status
 from atriggers.state import Draft
-from atriggers.storage import open_storage
+from atriggers.storage import Storage, open_storage
 from atriggers.storage import postgres as postgres_module
 from atriggers.storage.postgres import DEFAULT_SCHEMA, SCHEMA_VERSION, PostgresStorage
 from atriggers.tasks import TaskRegistry
@@ -59,7 +59,7 @@ async def raw(postgres_cluster: PostgresCluster) -> AsyncIterator[Any]:
     await connection.close()
 
 
-def manager(storage: PostgresStorage, uid: str = "s1") -> TriggerManager:
+def manager(storage: Storage, uid: str = "s1") -> TriggerManager:
     return TriggerManager(storage, uid, tasks=TaskRegistry(entry_point_group=None))
 
 
@@ -505,3 +505,32 @@ async def test_operations_continue_on_a_storage_opened_before_the_restart(runnin
         state = await m.get_state()
         assert sorted(i.kwargs["tick"]["n"] for i in state.instances.values()) == [0, 2]
         assert await storage.list_sessions() == ["s1"]
+
+
+# -- tools ------------------------------------------------------------------------------------------
+
+
+async def test_command_line_tools_open_postgres_urls(
+    postgres_url: str, postgres_cluster: PostgresCluster
+) -> None:
+    async with open_storage(postgres_url) as storage:
+        await manager(storage, "u1").update_configuration(WAITING)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "atriggers.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    listed, shown = await asyncio.gather(
+        asyncio.to_thread(cli, "sessions", postgres_url), asyncio.to_thread(cli, "show", postgres_url, "u1")
+    )
+    assert listed.returncode == 0 and "u1" in listed.stdout, listed.stderr
+    assert shown.returncode == 0 and "waiting" in shown.stdout, shown.stderr
+    missing = await asyncio.to_thread(cli, "sessions", f"{postgres_cluster.url}?schema=nowhere")
+    assert missing.returncode != 0 and "no storage at" in missing.stderr
+    for done in (listed, shown, missing):
+        assert PASSWORD not in done.stdout + done.stderr
