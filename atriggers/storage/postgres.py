@@ -15,7 +15,8 @@ and reuses it, so a steady fire costs one Bind/Execute exchange.
 Tables, in the storage's PostgreSQL schema (``public`` unless ``?schema=``)::
 
     atriggers_schema     the schema version (migrations, like SQLite's user_version)
-    atriggers_sessions   uid -> version, config, counts, updated_at
+    atriggers_sessions   uid -> version, config, counts, updated_at, and the
+                         session index: summary, failed, stuck, waiting, tasks
     atriggers_triggers   (uid, name) -> latest kwargs (JSON text)
     atriggers_instances  (uid, name) -> task, status, resolved, body (JSON text)
     atriggers_due        (uid, key) -> at, owner, payload: the due index
@@ -45,7 +46,8 @@ from ..due import DueEntry
 from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict, mask_url
-from .codec import ConfigCache, decode_state, decode_tasks, encode_change
+from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStorage"]
@@ -66,8 +68,19 @@ CREATE TABLE {s}.atriggers_sessions (
     version     bigint NOT NULL,
     config      text NOT NULL,
     counts      text NOT NULL,
-    updated_at  double precision NOT NULL
+    updated_at  double precision NOT NULL,
+    -- The session index (see atriggers.storage.index): the summary (JSON) and
+    -- its flags and task names, set by the write that changes them.
+    summary     text,
+    failed      boolean NOT NULL DEFAULT false,
+    stuck       boolean NOT NULL DEFAULT false,
+    waiting     boolean NOT NULL DEFAULT false,
+    tasks       text[] NOT NULL DEFAULT '{{}}'
 );
+-- One partial index per flag: listing the few failed sessions among many reads only those.
+CREATE INDEX atriggers_sessions_failed ON {s}.atriggers_sessions (uid) WHERE failed;
+CREATE INDEX atriggers_sessions_stuck ON {s}.atriggers_sessions (uid) WHERE stuck;
+CREATE INDEX atriggers_sessions_waiting ON {s}.atriggers_sessions (uid) WHERE waiting;
 CREATE TABLE {s}.atriggers_triggers (
     uid     text COLLATE "C" NOT NULL,
     name    text COLLATE "C" NOT NULL,
@@ -148,18 +161,27 @@ CREATE FUNCTION {s}.atriggers_store(
     p_trigger_names text[], p_trigger_kwargs text[],
     p_names text[], p_tasks text[], p_statuses text[], p_resolved boolean[], p_bodies text[],
     p_due_keys text[], p_due_at double precision[], p_due_owners text[], p_due_payloads text[],
-    p_due_gone text[])
+    p_due_gone text[],
+    p_summary text, p_failed boolean, p_stuck boolean, p_waiting boolean, p_task_names text[])
 RETURNS TABLE (r_ok boolean, r_version bigint, r_config text, r_counts text, r_trigger_names text[],
                r_trigger_kwargs text[], r_names text[], r_bodies text[])
 LANGUAGE plpgsql AS $$
 BEGIN
     IF p_expected = 0 THEN
-        INSERT INTO {s}.atriggers_sessions AS s (uid, version, config, counts, updated_at)
-            VALUES (p_uid, p_version, coalesce(p_config, '{{}}'), coalesce(p_counts, '{{}}'), p_now)
+        INSERT INTO {s}.atriggers_sessions AS s
+                (uid, version, config, counts, updated_at, summary, failed, stuck, waiting, tasks)
+            VALUES (p_uid, p_version, coalesce(p_config, '{{}}'), coalesce(p_counts, '{{}}'), p_now,
+                    p_summary, coalesce(p_failed, false), coalesce(p_stuck, false),
+                    coalesce(p_waiting, false), coalesce(p_task_names, '{{}}'))
             ON CONFLICT (uid) DO NOTHING;
     ELSE
+        -- The session index changes with this write (p_summary not NULL): in
+        -- the same row, the same statement.
         UPDATE {s}.atriggers_sessions s SET version = p_version, config = coalesce(p_config, s.config),
-                counts = coalesce(p_counts, s.counts), updated_at = p_now
+                counts = coalesce(p_counts, s.counts), updated_at = p_now,
+                summary = coalesce(p_summary, s.summary), failed = coalesce(p_failed, s.failed),
+                stuck = coalesce(p_stuck, s.stuck), waiting = coalesce(p_waiting, s.waiting),
+                tasks = coalesce(p_task_names, s.tasks)
             WHERE s.uid = p_uid AND s.version = p_expected;
     END IF;
     IF NOT FOUND THEN
@@ -315,6 +337,12 @@ _MIGRATIONS: dict[int, list[str]] = {}
 #: after two writes), the next one re-applies itself under the session's row lock.
 LOCK_AFTER_CONFLICTS = 8
 
+#: The flags of the session index, each a boolean column with a partial index.
+_FLAGS = ("failed", "stuck", "waiting")
+
+#: A session whose summary was never written (a change built without one).
+_NO_SUMMARY = '{"c":{},"t":[]}'
+
 #: Query parameters of a storage URL that are ours, not asyncpg's.
 _OWN_PARAMS = ("schema", "lease", "max_connections")
 
@@ -401,11 +429,14 @@ class PostgresStorage(Storage):
         self._sql_lock_read = f"SELECT * FROM {s}.atriggers_lock_read($1, $2)"
         self._sql_store = (
             f"SELECT * FROM {s}.atriggers_store($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-            "$14, $15, $16, $17, $18)"
+            "$14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         )
         self._sql_claim = f"SELECT * FROM {s}.atriggers_claim($1, $2, $3, $4, $5, $6, $7)"
         self._sql_owner = f"SELECT {s}.atriggers_owner($1, $2, $3, $4)"
         self._sql_sessions = f"SELECT uid FROM {s}.atriggers_sessions ORDER BY uid"
+        self._sql_count = f"SELECT (SELECT count(*) FROM {s}.atriggers_sessions), " + ", ".join(
+            f"(SELECT count(*) FROM {s}.atriggers_sessions WHERE {flag})" for flag in _FLAGS
+        )
 
     @property
     def url(self) -> str:
@@ -663,6 +694,47 @@ class PostgresStorage(Storage):
         rows = await self._fetch("list of sessions", self._sql_sessions)
         return [row[0] for row in rows]
 
+    async def list_summaries(
+        self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
+    ) -> SessionPage:
+        check_page(after, limit)
+        wanted = filter or SessionFilter()
+        # One statement per shape of filter (asyncpg prepares each once): the
+        # flags are literal so that the planner walks the flag's partial index.
+        where = ["uid > $1"]
+        args: list[Any] = [after if after is not None and after >= wanted.prefix else wanted.prefix]
+        if after is None or after < wanted.prefix:
+            where[0] = "uid >= $1"
+        if wanted.prefix:
+            # Uids sort by byte ("C"): U+10FFFF after every other character.
+            args.append(wanted.prefix + "\U0010ffff")
+            where.append(f"uid < ${len(args)}")
+        where += [flag for flag in _FLAGS if getattr(wanted, flag)]
+        if wanted.task is not None:
+            args.append(wanted.task)
+            where.append(f"${len(args)} = ANY(tasks)")
+        args.append(limit + 1)
+        query = (
+            f"SELECT uid, coalesce(summary, '{_NO_SUMMARY}'), version, updated_at "
+            f'FROM "{self.schema}".atriggers_sessions WHERE {" AND ".join(where)} '
+            f"ORDER BY uid LIMIT ${len(args)}"
+        )
+        rows = await self._fetch("index read", query, *args)
+        found: list[SessionSummary] = []
+        for uid, text, version, updated in rows[:limit]:
+            try:
+                summary = SessionSummary.from_json(uid, text, version, updated)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise corrupt(uid, "session index entry", exc) from exc
+            if wanted.matches(summary):
+                found.append(summary)
+        more = len(rows) > limit
+        return SessionPage(tuple(found), rows[limit - 1][0] if more else None)
+
+    async def count_sessions(self) -> SessionCounts:
+        row = await self._fetchrow("index count", self._sql_count)
+        return SessionCounts(*(int(n) for n in row))
+
     def _decode(self, uid: str, row: Any, *, complete: bool) -> SessionState:
         if row is None or row["r_version"] is None:
             return SessionState(uid=uid, complete=complete)
@@ -760,7 +832,15 @@ def _store_args(uid: str, expected_version: int, change: Change) -> tuple[Any, .
         due_owners,
         due_payloads,
         gone,
+        *_index_args(encoded.summary),
     )
+
+
+def _index_args(summary: SessionSummary | None) -> tuple[Any, ...]:
+    """summary, failed, stuck, waiting, tasks (all None: leave them as they are)."""
+    if summary is None:
+        return (None, None, None, None, None)
+    return (summary.to_json(), summary.failed, summary.stuck, summary.waiting, list(summary.tasks))
 
 
 def _pairs(names: Sequence[str] | None, values: Sequence[str] | None) -> list[tuple[str, str]]:
