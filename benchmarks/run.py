@@ -1,7 +1,7 @@
 """Run the benchmark suite and print one table.
 
     python -m benchmarks            # full run (several minutes on 2 cores)
-    python -m benchmarks --quick    # CI smoke run: small sizes, same checks, < 60 s
+    python -m benchmarks --quick    # CI smoke run: small sizes, same checks, < 2 min
     python -m benchmarks --only fire_idle,growth --json out.json
 
 Each scenario runs in its own interpreter (so peak RSS is its own and no cache
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="small sizes for CI (< 2 min)")
     parser.add_argument("--only", help="comma-separated scenarios (default: all): " + ", ".join(SCENARIOS))
     parser.add_argument(
         "--storage", choices=["sqlite", "memory", "redis", "postgres"], help="only this storage"

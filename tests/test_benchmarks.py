@@ -22,7 +22,7 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=240,  # a redis-server and a PostgreSQL cluster start for several scenarios
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -40,8 +40,9 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         served.append("redis")
     if find_bindir() is not None and importlib.util.find_spec("asyncpg"):
         served.append("postgres")
+    scenarios = ("fire_idle", "every_run", "sessions", "growth", "procs", "procs_run", "sweep", "listing", "fire_key")
     for kind in served:
-        for scenario in ("fire_idle", "every_run", "sessions", "growth", "procs", "procs_run", "sweep", "listing"):
+        for scenario in scenarios:
             assert (scenario, kind) in seen
     assert {r["scenario"] for r in report["rows"] if r["storage"] == "-"} == {
         "baseline: aiosqlite SELECT 1",
