@@ -7,6 +7,7 @@ one of its own for the restarts), in a PostgreSQL schema of its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -261,6 +262,7 @@ class RoundTripCounter:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        await self.server.wait_closed()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
@@ -292,8 +294,11 @@ class RoundTripCounter:
         finally:
             for task in tasks:
                 task.cancel()
-            server_w.close()
-            client_w.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for writer in (server_w, client_w):
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
 
 
 async def test_a_steady_fire_is_one_round_trip(postgres_cluster: PostgresCluster, postgres_url: str) -> None:
