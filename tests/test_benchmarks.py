@@ -40,7 +40,17 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         served.append("redis")
     if find_bindir() is not None and importlib.util.find_spec("asyncpg"):
         served.append("postgres")
-    scenarios = ("fire_idle", "every_run", "sessions", "growth", "procs", "procs_run", "sweep", "listing", "fire_key")
+    scenarios = (
+        "fire_idle",
+        "every_run",
+        "sessions",
+        "growth",
+        "procs",
+        "procs_run",
+        "sweep",
+        "listing",
+        "fire_key",
+    )
     for kind in served:
         for scenario in scenarios:
             assert (scenario, kind) in seen

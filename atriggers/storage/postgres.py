@@ -47,7 +47,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict, mask_url
 from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
-from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page
+from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStorage"]
@@ -832,7 +832,7 @@ def _store_args(uid: str, expected_version: int, change: Change) -> tuple[Any, .
         due_owners,
         due_payloads,
         gone,
-        *_index_args(encoded.summary),
+        *_index_args(reindexed(change)),
     )
 
 
