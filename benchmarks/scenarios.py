@@ -2,9 +2,10 @@
 checks the final state and returns raw measurements.
 
 A scenario is ``async def (kind, directory, quick) -> Outcome`` where `kind` is
-``"sqlite"`` (a WAL file in `directory`), ``"memory"`` or ``"redis"`` (a
-redis-server started in `directory` for the scenario; only scenarios that list
-it, and only where redis-server and the redis extra are installed).
+``"sqlite"`` (a WAL file in `directory`), ``"memory"``, ``"redis"`` or
+``"postgres"`` (a redis-server or a PostgreSQL cluster started for the scenario
+by `serve`; only scenarios that list it, and only where the server and the
+extra are installed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from atriggers.config import parse_configuration
 from atriggers.state import Change, Draft, SessionState
 from atriggers.storage import MemoryStorage, SessionFilter, SQLiteStorage
 from atriggers.storage.base import Storage
+from atriggers.testing.postgres import PostgresCluster, find_bindir
 
 from . import _tasks  # noqa: F401 - registers bench.noop
 from .measure import ROOT, baseline_select1, check, child_env, percentile, rss_mb
@@ -56,18 +58,40 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-#: Where the "redis" kind's server listens (set by `redis_server`).
-_REDIS_URL: str | None = None
+#: Where the servers of the "redis" and "postgres" kinds listen (set by `serve`).
+_SERVER_URLS: dict[str, str] = {}
 
 
 def redis_available() -> bool:
     return shutil.which("redis-server") is not None and importlib.util.find_spec("redis") is not None
 
 
+def postgres_available() -> bool:
+    return find_bindir() is not None and importlib.util.find_spec("asyncpg") is not None
+
+
+#: The kinds backed by a server this machine can start, for the scenarios that list them.
+SERVED = tuple(
+    kind for kind, available in (("redis", redis_available), ("postgres", postgres_available)) if available()
+)
+
+
+@contextlib.asynccontextmanager
+async def serve(kind: str, directory: Path) -> AsyncIterator[None]:
+    """The server a kind needs for one scenario (none for sqlite and memory)."""
+    if kind == "redis":
+        async with redis_server(directory):
+            yield
+    elif kind == "postgres":
+        async with postgres_server():
+            yield
+    else:
+        yield
+
+
 @contextlib.asynccontextmanager
 async def redis_server(directory: Path) -> AsyncIterator[str]:
     """A throw-away redis-server (no persistence) on a free local port."""
-    global _REDIS_URL
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -86,12 +110,39 @@ async def redis_server(directory: Path) -> AsyncIterator[str]:
                 writer.close()
                 await writer.wait_closed()
                 break
-        _REDIS_URL = f"redis://127.0.0.1:{port}/0"
-        yield _REDIS_URL
+        _SERVER_URLS["redis"] = f"redis://127.0.0.1:{port}/0"
+        yield _SERVER_URLS["redis"]
     finally:
-        _REDIS_URL = None
+        _SERVER_URLS.pop("redis", None)
         server.terminate()
         await server.wait()
+
+
+@contextlib.asynccontextmanager
+async def postgres_server() -> AsyncIterator[str]:
+    """A throw-away PostgreSQL cluster on a free local port (``fsync=off``: it
+    survives its own crash, not the machine's, like SQLite's NORMAL mode)."""
+    cluster = PostgresCluster.find()
+    check(cluster is not None, "PostgreSQL is not installed")
+    assert cluster is not None
+    await asyncio.to_thread(cluster.start)
+    try:
+        _SERVER_URLS["postgres"] = cluster.url
+        yield cluster.url
+    finally:
+        _SERVER_URLS.pop("postgres", None)
+        await asyncio.to_thread(cluster.destroy)
+
+
+def store_url(kind: str, directory: Path, name: str) -> str:
+    """Where a store is, as a URL (or an SQLite path) other processes can open."""
+    if kind == "sqlite":
+        return str(directory / f"{name}.db")
+    if kind == "redis" and "redis" in _SERVER_URLS:
+        return f"{_SERVER_URLS['redis']}?prefix={name}:"
+    if kind == "postgres" and "postgres" in _SERVER_URLS:
+        return f"{_SERVER_URLS['postgres']}?schema={name}"
+    raise ValueError(f"no shared store for kind {kind!r}")
 
 
 def open_store(kind: str, directory: Path, name: str, **options: Any) -> Storage:
@@ -99,10 +150,14 @@ def open_store(kind: str, directory: Path, name: str, **options: Any) -> Storage
         return SQLiteStorage(directory / f"{name}.db", **options)
     if kind == "memory":
         return MemoryStorage(**options)
-    if kind == "redis" and _REDIS_URL is not None:
+    if kind == "redis" and "redis" in _SERVER_URLS:
         from atriggers.storage.redis import RedisStorage
 
-        return RedisStorage(_REDIS_URL, prefix=f"{name}:", **options)
+        return RedisStorage(_SERVER_URLS["redis"], prefix=f"{name}:", **options)
+    if kind == "postgres" and "postgres" in _SERVER_URLS:
+        from atriggers.storage.postgres import PostgresStorage
+
+        return PostgresStorage(_SERVER_URLS["postgres"], schema=name, **options)
     raise ValueError(f"unknown storage kind {kind!r}")
 
 
@@ -312,9 +367,9 @@ async def growth(kind: str, directory: Path, quick: bool) -> Outcome:
 # -- 6. several OS processes firing into one session -------------------------------------------
 
 
-def _spawn_workers(path: Path, uid: str, processes: int, fires: int, run: bool) -> list[dict[str, Any]]:
+def _spawn_workers(where: str, uid: str, processes: int, fires: int, run: bool) -> list[dict[str, Any]]:
     env = child_env()
-    command = [sys.executable, "-m", "benchmarks.worker", str(path), uid, str(fires)]
+    command = [sys.executable, "-m", "benchmarks.worker", where, uid, str(fires)]
     workers = [
         subprocess.Popen(
             [*command, str(p), "run" if run else "idle"],
@@ -349,19 +404,20 @@ def _spawn_workers(path: Path, uid: str, processes: int, fires: int, run: bool) 
 
 
 async def _processes(kind: str, directory: Path, quick: bool, run: bool) -> Outcome:
-    check(kind == "sqlite", "the multi-process scenario needs a shared file")
+    check(kind != "memory", "the multi-process scenario needs a shared store")
     processes, per = (4, 100) if quick else (4, 250)
-    path = directory / ("procs_run.db" if run else "procs.db")
-    async with SQLiteStorage(path) as store:
+    name = "procs_run" if run else "procs"
+    async with open_store(kind, directory, name) as store:
         manager = TriggerManager(store, "shared")
         await manager.update_configuration(EVERY_RUN if run else IDLE)
         base = (await manager.get_state()).version
     # The workers block this loop while they run: nothing else is on it.
-    reports = await asyncio.to_thread(_spawn_workers, path, "shared", processes, per, run)
+    where = store_url(kind, directory, name)
+    reports = await asyncio.to_thread(_spawn_workers, where, "shared", processes, per, run)
     latencies = [x for report in reports for x in report["latencies"]]
     seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     total = processes * per
-    async with SQLiteStorage(path) as store:
+    async with open_store(kind, directory, name) as store:
         state = await TriggerManager(store, "shared").get_state()
     check(len(latencies) == total, f"{len(latencies)} fires reported, expected {total}")
     if run:
@@ -466,13 +522,6 @@ async def sweep(kind: str, directory: Path, quick: bool) -> Outcome:
     whose ``within`` window closes. Sweeps alternate between the stores: one
     with nothing due, then (the clock moved past the windows) one that must
     expire exactly those 10. The p50s are compared, big store against small."""
-    if kind == "redis":
-        async with redis_server(directory):
-            return await _sweep(kind, directory, quick)
-    return await _sweep(kind, directory, quick)
-
-
-async def _sweep(kind: str, directory: Path, quick: bool) -> Outcome:
     sizes = {"small": 100, "big": 2000 if quick else 100_000}
     rounds = 20 if quick else 100
     # redis-py's pool refuses more than 100 connections at once (so does the storage).
@@ -556,9 +605,6 @@ async def listing(kind: str, directory: Path, quick: bool) -> Outcome:
     them failed in each, spread over the uid range. Listing the failed sessions
     (`list_summaries` filtered to failed) alternates between the stores; the
     p50s are compared, big store against small."""
-    if kind == "redis":
-        async with redis_server(directory):
-            return await _listing(kind, directory, quick)
     return await _listing(kind, directory, quick)
 
 
@@ -633,9 +679,6 @@ async def fire_key(kind: str, directory: Path, quick: bool) -> Outcome:
     the other's none. The p50s are compared (keyed against plain), measured in
     the same run; the keys outnumber what a session keeps (1,000), so the
     oldest are being replaced throughout."""
-    if kind == "redis":
-        async with redis_server(directory):
-            return await _fire_key(kind, directory, quick)
     return await _fire_key(kind, directory, quick)
 
 
@@ -691,15 +734,15 @@ Scenario = Callable[[str, Path, bool], Coroutine[Any, Any, Outcome]]
 
 #: name -> (function, storage kinds it runs on)
 SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
-    "fire_idle": (fire_idle, ("sqlite", "memory")),
+    "fire_idle": (fire_idle, ("sqlite", "memory", *SERVED)),
     "every_idle": (every_idle, ("sqlite", "memory")),
-    "every_run": (every_run, ("sqlite", "memory")),
-    "sessions": (sessions, ("sqlite", "memory")),
-    "growth": (growth, ("sqlite", "memory")),
-    "procs": (procs, ("sqlite",)),
-    "procs_run": (procs_run, ("sqlite",)),
+    "every_run": (every_run, ("sqlite", "memory", *SERVED)),
+    "sessions": (sessions, ("sqlite", "memory", *SERVED)),
+    "growth": (growth, ("sqlite", "memory", *SERVED)),
+    "procs": (procs, ("sqlite", *SERVED)),
+    "procs_run": (procs_run, ("sqlite", *SERVED)),
     "scale": (scale, ("sqlite", "memory")),
-    "sweep": (sweep, ("sqlite", "redis", "memory") if redis_available() else ("sqlite", "memory")),
-    "listing": (listing, ("sqlite", "redis") if redis_available() else ("sqlite",)),
-    "fire_key": (fire_key, ("sqlite", "redis", "memory") if redis_available() else ("sqlite", "memory")),
+    "sweep": (sweep, ("sqlite", "memory", *SERVED)),
+    "listing": (listing, ("sqlite", *SERVED)),
+    "fire_key": (fire_key, ("sqlite", "memory", *SERVED)),
 }

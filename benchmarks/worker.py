@@ -1,7 +1,8 @@
 """One OS process of the multi-process scenario.
 
-``python -m benchmarks.worker DB UID FIRES INDEX idle|run``: opens the file, prints
-"ready", waits for "go" on stdin, fires FIRES times, prints a JSON report.
+``python -m benchmarks.worker STORE UID FIRES INDEX idle|run``: opens the store (an
+SQLite file's path, or a storage URL), prints "ready", waits for "go" on stdin,
+fires FIRES times, prints a JSON report.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from atriggers import TriggerManager
 from atriggers.state import Change, SessionState
-from atriggers.storage import SQLiteStorage
-from atriggers.storage.base import Reapply, VersionConflict
+from atriggers.storage import SQLiteStorage, open_storage
+from atriggers.storage.base import Reapply, Storage, VersionConflict
 
 from . import _tasks  # noqa: F401 - registers bench.noop
 
@@ -44,8 +46,44 @@ class CountingSQLite(SQLiteStorage):
             raise
 
 
-async def main(path: Path, uid: str, fires: int, index: int, run: bool) -> dict[str, Any]:
-    async with CountingSQLite(path) as store:
+def _conflicts(store: Storage) -> Callable[[], int]:
+    """Counts the compare-and-swap conflicts of a storage that is not SQLite: each
+    operation it re-applies itself (`reapply`) or hands back to the manager
+    (`VersionConflict`, a retry)."""
+    count = 0
+    original = store.store_or_reapply
+
+    async def counted(
+        uid: str, expected_version: int, change: Change, reapply: Reapply | None
+    ) -> Change | None:
+        nonlocal count
+        counting = reapply
+        if reapply is not None:
+
+            def counting(current: SessionState) -> Change | None:
+                nonlocal count
+                count += 1
+                return reapply(current)
+
+        try:
+            return await original(uid, expected_version, change, counting)
+        except VersionConflict:
+            count += 1
+            raise
+
+    store.store_or_reapply = counted  # type: ignore[method-assign]
+    return lambda: count
+
+
+async def main(where: str, uid: str, fires: int, index: int, run: bool) -> dict[str, Any]:
+    store = open_storage(where) if "://" in where else CountingSQLite(Path(where))
+    conflicts: Callable[[], int]
+    if isinstance(store, CountingSQLite):
+        sqlite_store = store
+        conflicts = lambda: sqlite_store.conflicts  # noqa: E731
+    else:
+        conflicts = _conflicts(store)
+    async with store:
         manager = TriggerManager(store, uid)
         await manager.get_state()
         print("ready", flush=True)
@@ -66,11 +104,11 @@ async def main(path: Path, uid: str, fires: int, index: int, run: bool) -> dict[
             "start": start,
             "end": end,
             "scheduled": scheduled,
-            "conflicts": store.conflicts,
+            "conflicts": conflicts(),
         }
 
 
 if __name__ == "__main__":
-    db, uid, count, index, mode = sys.argv[1:6]
-    report = asyncio.run(main(Path(db), uid, int(count), int(index), mode == "run"))
+    where, uid, count, index, mode = sys.argv[1:6]
+    report = asyncio.run(main(where, uid, int(count), int(index), mode == "run"))
     print(json.dumps(report), flush=True)

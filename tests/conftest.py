@@ -3,12 +3,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from atriggers.storage import MemoryStorage, SQLiteStorage
+from atriggers.testing.postgres import PostgresCluster
 from atriggers.testing.pytest_plugin import Registries
 
 
@@ -68,3 +70,31 @@ async def sqlite_storage(db_path: Path) -> AsyncIterator[SQLiteStorage]:
 async def memory_storage() -> AsyncIterator[MemoryStorage]:
     async with MemoryStorage() as storage:
         yield storage
+
+
+# -- PostgreSQL: one private cluster for the whole run -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of this test run only (initdb into a temporary
+    directory, 127.0.0.1, a free port), stopped at the end. Tests that need it
+    are skipped where PostgreSQL is not installed (scripts/install installs it),
+    and fail in CI."""
+    cluster = PostgresCluster.find()
+    if cluster is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (scripts/install installs it)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("asyncpg", reason="the postgres extra is not installed")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The URL of a new, empty store: a PostgreSQL schema of this test's own."""
+    return f"{postgres_cluster.url}?schema=t{uuid.uuid4().hex[:12]}"

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from atriggers.testing.postgres import find_bindir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,7 +22,7 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=240,  # a redis-server and a PostgreSQL cluster start for several scenarios
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -33,8 +35,25 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
     assert {("sweep", "sqlite"), ("sweep", "memory")} <= seen
     assert ("listing", "sqlite") in seen
     assert {("fire_key", "sqlite"), ("fire_key", "memory")} <= seen
-    if shutil.which("redis-server") and importlib.util.find_spec("redis"):  # as benchmarks.scenarios
-        assert {("sweep", "redis"), ("listing", "redis"), ("fire_key", "redis")} <= seen
+    served = []  # as benchmarks.scenarios.SERVED
+    if shutil.which("redis-server") and importlib.util.find_spec("redis"):
+        served.append("redis")
+    if find_bindir() is not None and importlib.util.find_spec("asyncpg"):
+        served.append("postgres")
+    scenarios = (
+        "fire_idle",
+        "every_run",
+        "sessions",
+        "growth",
+        "procs",
+        "procs_run",
+        "sweep",
+        "listing",
+        "fire_key",
+    )
+    for kind in served:
+        for scenario in scenarios:
+            assert (scenario, kind) in seen
     assert {r["scenario"] for r in report["rows"] if r["storage"] == "-"} == {
         "baseline: aiosqlite SELECT 1",
         "baseline: aiosqlite insert+commit",

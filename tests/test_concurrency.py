@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from atriggers import ConcurrencyError, Status, TaskContext, TriggerManager, task
 from atriggers.state import Change
-from atriggers.storage import MemoryStorage, SQLiteStorage, VersionConflict
+from atriggers.storage import MemoryStorage, SQLiteStorage, VersionConflict, open_storage
 
 runs: Counter[str] = Counter()
 
@@ -219,6 +221,69 @@ def test_several_processes_fire_into_one_sqlite_session(tmp_path: Path) -> None:
     assert len(ran) == 240 and set(ran.values()) == {1}  # each instance ran exactly once
     fired = sorted((i.kwargs["tick"]["pid"], i.kwargs["tick"]["n"]) for i in state.instances.values())
     assert len(set(fired)) == 240
+
+
+@pytest.fixture
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where the processes of a multi-process test meet: an SQLite file, a Redis
+    server or a PostgreSQL cluster (each test in a store of its own)."""
+    kind = request.param
+    if kind == "sqlite":
+        yield str(tmp_path / "shared.db")
+    elif kind == "postgres":
+        cluster = request.getfixturevalue("postgres_cluster")
+        yield f"{cluster.url}?schema=cc{uuid.uuid4().hex[:10]}"
+    else:
+        pytest.importorskip("redis", reason="the redis extra is not installed")
+        sys.path.insert(0, str(Path(__file__).with_name("faults")))
+        from fault_helpers import RedisProcess
+
+        server = RedisProcess(tmp_path)
+        server.start()
+        try:
+            yield f"{server.url}?prefix=cc{uuid.uuid4().hex[:10]}:"
+        finally:
+            server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared_store", ["sqlite", "redis", "postgres"], indirect=True)
+def test_four_processes_with_250_concurrent_fires_each(shared_store: str, tmp_path: Path) -> None:
+    """4 OS processes fire 250 times each into one session, all 250 of a process
+    in flight at once: no fire is lost and each instance runs exactly once."""
+    runs_file = tmp_path / "runs.txt"
+    setup = (
+        "import asyncio\n"
+        "from atriggers import TriggerManager\n"
+        "from atriggers.storage import SQLiteStorage, open_storage\n"
+        f"where = {shared_store!r}\n"
+        "async def main():\n"
+        "    async with (open_storage(where) if '://' in where else SQLiteStorage(where)) as s:\n"
+        "        await TriggerManager(s, 'shared').update_configuration("
+        "{'t': {'after': [], 'andEvery': 'tick', 'run': 'worker.record'}})\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", setup], check=True, timeout=60)
+    worker = Path(__file__).with_name("fire_worker.py")
+    processes = [
+        subprocess.Popen([sys.executable, str(worker), shared_store, "shared", "250", str(runs_file), "250"])
+        for _ in range(4)
+    ]
+    for process in processes:
+        assert process.wait(timeout=240) == 0
+
+    async def read() -> Any:
+        storage = open_storage(shared_store) if "://" in shared_store else SQLiteStorage(shared_store)
+        async with storage:
+            return await TriggerManager(storage, "shared").get_state()
+
+    state = asyncio.run(read())
+    assert len(state.instances) == 1000  # no fire lost
+    assert {i.status for i in state.instances.values()} == {Status.FINISHED}
+    ran = Counter(runs_file.read_text().split())
+    assert len(ran) == 1000 and set(ran.values()) == {1}  # each instance ran exactly once
+    fired = {(i.kwargs["tick"]["pid"], i.kwargs["tick"]["n"]) for i in state.instances.values()}
+    assert len(fired) == 1000 and len({pid for pid, _ in fired}) == 4
 
 
 async def test_an_uncached_session_costs_one_hand_off_per_fire(db_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Recovery against real faults: an app process SIGKILLed mid-stream, on an
-SQLite file and on a real redis-server. Another process's sweeper (this test
-process) recovers every instance it held, by its task's ``onLost`` policy,
-within lease + sweep interval, and performs its durable timers on time."""
+SQLite file, on a real redis-server and on a real PostgreSQL server. Another
+process's sweeper (this test process) recovers every instance it held, by its
+task's ``onLost`` policy, within lease + sweep interval, and performs its
+durable timers on time."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from atriggers import SessionState, Status, Sweeper, TriggerManager
 from atriggers.clock import from_iso
 from atriggers.storage import SQLiteStorage
 from atriggers.storage.base import Storage
+from atriggers.testing.postgres import PostgresCluster
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +54,12 @@ def open_storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> t
     if kind == "sqlite":
         path = tmp_path / "state.db"
         return str(path), SQLiteStorage(path, lease=LEASE)
+    if kind == "postgres":
+        from atriggers.storage.postgres import PostgresStorage
+
+        cluster = request.getfixturevalue("postgres_cluster")
+        schema = f"r{uuid.uuid4().hex[:8]}"
+        return f"{cluster.url}?schema={schema}", PostgresStorage(cluster.url, schema=schema, lease=LEASE)
     pytest.importorskip("redis")
     from atriggers.storage.redis import RedisStorage
 
@@ -75,7 +83,7 @@ def stamp(state: SessionState, name: str, status: str) -> float:
     return from_iso(state.instances[name].timestamps[status])
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
 async def test_killed_app_is_recovered_by_policy(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,7 +287,7 @@ async def test_zombie_outcome_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
 # -- a Redis outage while a run stores its outcome -------------------------------------
 
 
-@pytest.mark.parametrize(
+OUTAGES = pytest.mark.parametrize(
     ("case", "lease", "outage", "directives"),
     [
         # Longer than the lease: the owner lapsed meanwhile, recovered by the lease.
@@ -290,6 +298,9 @@ async def test_zombie_outcome_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
         ("short", 4.0, 1.5, {}),
     ],
 )
+
+
+@OUTAGES
 async def test_redis_outage_during_the_outcome_write(
     case: str,
     lease: float,
@@ -307,54 +318,113 @@ async def test_redis_outage_during_the_outcome_write(
     pytest.importorskip("redis")
     from atriggers.storage.redis import RedisStorage
 
+    server = RedisProcess(tmp_path, persistent=True)
+    server.start()
+    try:
+        storage = RedisStorage(server.url, lease=lease, socket_timeout=0.5)
+        await outage_during_the_outcome_write(
+            "Redis", server, storage, case, lease, outage, directives, tmp_path, monkeypatch, caplog
+        )
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_of_this_module() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster to stop and start without disturbing other tests."""
+    cluster = PostgresCluster.find()
+    if cluster is None:
+        pytest.skip("PostgreSQL is not installed")
+    pytest.importorskip("asyncpg")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@OUTAGES
+async def test_postgres_outage_during_the_outcome_write(
+    case: str,
+    lease: float,
+    outage: float,
+    directives: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    postgres_of_this_module: PostgresCluster,
+) -> None:
+    """The same with PostgreSQL (fast shutdown: it keeps every committed write)."""
+    from atriggers.storage.postgres import PostgresStorage
+
+    server = postgres_of_this_module
+    if server.process is None:
+        server.start()
+    storage = PostgresStorage(server.url, schema=f"o{uuid.uuid4().hex[:8]}", lease=lease, timeout=0.5)
+    try:
+        await outage_during_the_outcome_write(
+            "PostgreSQL", server, storage, case, lease, outage, directives, tmp_path, monkeypatch, caplog
+        )
+    finally:
+        if server.process is None:
+            server.start()
+
+
+async def outage_during_the_outcome_write(
+    name: str,
+    server: RedisProcess | PostgresCluster,
+    storage: Storage,
+    case: str,
+    lease: float,
+    outage: float,
+    directives: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     runs_db = tmp_path / "runs.sqlite3"
     recovery_tasks.create_runs_table(runs_db)
     monkeypatch.setenv(recovery_tasks.RUNS_DB, str(runs_db))
     recovery_tasks.register()
     recovery_tasks.released.clear()
-    server = RedisProcess(tmp_path, persistent=True)
-    server.start()
-    try:
-        async with RedisStorage(server.url, lease=lease, socket_timeout=0.5) as storage:
-            manager = TriggerManager(storage, "outage")
-            await manager.update_configuration(
-                {
-                    "t_gate": {"after": ["go"], "run": "rec.gate", **directives},
-                    "t_next": {"after": ["t_gate"], "run": "rec.quick"},
-                }
+    async with storage:
+        manager = TriggerManager(storage, "outage")
+        await manager.update_configuration(
+            {
+                "t_gate": {"after": ["go"], "run": "rec.gate", **directives},
+                "t_next": {"after": ["t_gate"], "run": "rec.quick"},
+            }
+        )
+        await manager.fire("go", {})
+        await wait_until(
+            storage, "outage", lambda s: s.instances["t_gate#0"].status is Status.RUNNING, 5, "running"
+        )
+        server.stop()  # the append-only file (Redis), the WAL (PostgreSQL) keep what was written
+        recovery_tasks.released.set()  # the body returns: its outcome write fails
+        await asyncio.sleep(outage)
+        server.start()
+        back = time.time()
+        async with Sweeper(storage, interval=INTERVAL):
+            state = await wait_until(
+                storage,
+                "outage",
+                lambda s: s.instances["t_gate#0"].status not in (Status.RUNNING, Status.SCHEDULED),
+                lease + 2 + INTERVAL + SLACK,
+                "recovering the run",
             )
-            await manager.fire("go", {})
-            await wait_until(
-                storage, "outage", lambda s: s.instances["t_gate#0"].status is Status.RUNNING, 5, "running"
-            )
-            server.stop()  # SIGTERM: the append-only file keeps what was written
-            recovery_tasks.released.set()  # the body returns: its outcome write fails
-            await asyncio.sleep(outage)
-            server.start()
-            back = time.time()
-            async with Sweeper(storage, interval=INTERVAL):
-                state = await wait_until(
-                    storage,
-                    "outage",
-                    lambda s: s.instances["t_gate#0"].status not in (Status.RUNNING, Status.SCHEDULED),
-                    lease + 2 + INTERVAL + SLACK,
-                    "recovering the run",
-                )
-                await manager.join()
-                await asyncio.sleep(0.3)
-                state = await storage.load_all("outage")
-    finally:
-        server.stop()
+            await manager.join()
+            await asyncio.sleep(0.3)
+            state = await storage.load_all("outage")
     # The outcome write did fail (the outage outlasted the client's retries).
     assert any("storing the outcome of run" in r.getMessage() for r in caplog.records), caplog.text
     run = state.instances["t_gate#0"]
     resolved = stamp(state, "t_gate#0", run.status.value) - back
-    print(f"\n[redis outage, {case}] t_gate#0 {run.status.value} {resolved:.2f}s after Redis returned")
+    print(f"\n[{name} outage, {case}] t_gate#0 {run.status.value} {resolved:.2f}s after {name} returned")
     if case == "short":
         # Before the fix it stayed running for good: the live process kept its lease.
         assert run.status is Status.FINISHED
     if run.status is Status.FINISHED:
-        # The outcome was stored once Redis returned: its cascade ran.
+        # The outcome was stored once the server returned: its cascade ran.
         assert state.instances["t_next#0"].status is Status.FINISHED
     else:
         assert run.status is Status.FAILED

@@ -14,6 +14,7 @@ from .runs import RunTracker
 from .sqlite import SQLiteStorage
 
 if TYPE_CHECKING:
+    from .postgres import PostgresStorage as PostgresStorage
     from .redis import RedisStorage as RedisStorage
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MemoryStorage",
     "SQLiteStorage",
     "RedisStorage",
+    "PostgresStorage",
     "open_storage",
     "register_storage",
     "storages",
@@ -51,9 +53,13 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     # Imported on first use only: `import atriggers.storage` must work without
-    # the redis extra.
+    # the redis and postgres extras.
     if name == "RedisStorage":
         from .redis import RedisStorage
 
         return RedisStorage
+    if name == "PostgresStorage":
+        from .postgres import PostgresStorage
+
+        return PostgresStorage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

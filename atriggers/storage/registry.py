@@ -48,8 +48,9 @@ def open_storage(url: str) -> Storage:
 
     ``memory://``, ``sqlite:///relative/path``, ``sqlite:////absolute/path``, and
     any scheme registered with `register_storage` or the ``atriggers.storages``
-    entry-point group (``redis://`` with the ``redis`` extra). An unknown scheme
-    raises `UnknownStorage` (a ``ValueError``).
+    entry-point group (``redis://`` with the ``redis`` extra, ``postgresql://`` and
+    ``postgres://`` with the ``postgres`` extra). An unknown scheme raises
+    `UnknownStorage` (a ``ValueError``).
     """
     if not isinstance(url, str) or "://" not in url:
         raise ValueError(f"storage URL must look like scheme://..., not {url!r}")

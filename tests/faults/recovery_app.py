@@ -31,6 +31,11 @@ from atriggers.storage.base import Storage
 def make_storage(kind: str, where: str, lease: float) -> Storage:
     if kind == "sqlite":
         return SQLiteStorage(where, lease=lease)
+    if kind == "postgres":
+        from atriggers.storage.postgres import PostgresStorage
+
+        found = PostgresStorage.from_url(where)
+        return PostgresStorage(found.postgres_url, schema=found.schema, lease=lease)
     from atriggers.storage.redis import RedisStorage
 
     storage = RedisStorage.from_url(where)

@@ -1,5 +1,6 @@
 """Fixtures shared by the storage tests: real redis-server processes, and the
-factories the conformance suite runs against (memory, SQLite, Redis)."""
+factories the conformance suite runs against (memory, SQLite, Redis,
+PostgreSQL: its cluster is the `postgres_cluster` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def redis_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def storage_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFactory:
     """A new, empty store per test, on each backend."""
     if request.param == "memory":
@@ -128,6 +129,11 @@ def storage_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFa
     if request.param == "sqlite":
         path = tmp_path / "sessions.sqlite3"
         return StorageFactory(lambda: SQLiteStorage(path))
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        from atriggers.storage.postgres import PostgresStorage
+
+        return StorageFactory(lambda: PostgresStorage.from_url(url))
     pytest.importorskip("redis", reason="the redis extra is not installed")
     server: RedisServer = request.getfixturevalue("redis_server")
     prefix: str = request.getfixturevalue("redis_prefix")
