@@ -179,16 +179,17 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     await m.update_configuration(WAITING)
     index = [f"{storage.prefix}index{part}" for part in ("", ":all", ":failed", ":stuck", ":waiting")]
     keys = [*storage.keys("s1"), f"{storage.prefix}due", f"{storage.prefix}due:data", *index]
+    keys.append(storage.lock_key("s1"))
     owners = f"{storage.prefix}owner:"
-    # uid, summary ('': none), summary flags, then the trigger.
-    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tick", "{}"]
+    # uid, summary ('': none), summary flags, lock token ('': none), then the trigger.
+    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tick", "{}"]
     assert await storage._store_script(keys=keys, args=args) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
-    other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tick", "{}"]
+    other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tick", "{}"]
     assert (await storage._store_script(keys=keys, args=other))[0] == "conflict"
     assert (await storage.load("s1")).version == 2
     # Another writer lands in between: the resent write is still recognised.
-    later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tock", "{}"]
+    later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tock", "{}"]
     assert await storage._store_script(keys=keys, args=later) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
     assert (await storage.load("s1")).version == 3
