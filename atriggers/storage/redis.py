@@ -10,6 +10,7 @@ Key layout, for a session ``uid`` and the storage's ``prefix`` (default
     {prefix}{<uid>}:triggers    hash  trigger name -> latest kwargs (JSON); idempotency key slots
     {prefix}{<uid>}:instances   hash  instance name -> instance (JSON)
     {prefix}{<uid>}:unresolved  set   names of the unresolved instances
+    {prefix}{<uid>}:lock        str   fairness lock: the token of a starved writer (ttl)
     {prefix}due                 zset  due-index entries by time (+inf: owner-bound)
     {prefix}due:data            hash  entry -> owner, newline, payload
     {prefix}owners              zset  owner id -> lease expiry
@@ -30,6 +31,14 @@ is one Lua script, so one round trip and atomic: a write checks the session's
 version first (compare-and-swap) and then writes only the header fields, triggers
 and instances the change touched; a read fetches only the unresolved instances
 plus those asked for by name, so neither grows with a session's history.
+
+A process whose writes to a session lost to other writers 8 times in a row
+(`LOCK_AFTER_CONFLICTS`) sets the session's ``lock`` key (``SET NX PX``, waiting
+while another holds it) and writes with its token; every write script refuses, as
+a conflict, a write to a session locked by another token, and the holder's landed
+write deletes the key. The key expires after `lock_ttl` seconds, so a holder that
+died blocks the session that long at most. Without a lock a write costs one GET
+more inside its script, no round trip.
 """
 
 from __future__ import annotations
