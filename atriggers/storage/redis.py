@@ -44,6 +44,7 @@ more inside its script, no round trip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -644,10 +645,8 @@ class RedisStorage(Storage):
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             if not landed:
-                try:
+                with contextlib.suppress(StorageError):  # then it expires after lock_ttl
                     await self._call(self._script(self._unlock_script)(keys=[key], args=[token]), "unlock")
-                except StorageError:
-                    pass  # it expires after lock_ttl
 
     async def _store(self, uid: str, expected_version: int, change: Change, token: str) -> None:
         encoded = encode_change(change)
