@@ -164,6 +164,9 @@ if current ~= expected or (lock and lock ~= ARGV[14]) then
     -- reply), possibly with other writers' changes after it.
     return {'applied'}
   end
+  if current == expected then
+    return {'conflict', read_state(false, {}), 'locked'}
+  end
   return {'conflict', read_state(false, {})}
 end
 -- The tokens of the last 16 changes, newest first (32 hex digits and a space each).
@@ -238,6 +241,17 @@ end
 -- The holder's write landed: the others may go again.
 if lock then redis.call('DEL', KEYS[12]) end
 return {'ok'}
+"""
+)
+
+# The working view of a session, once its fairness lock is free. KEYS = session,
+# triggers, instances, unresolved, lock. ARGV = instance names wanted whatever
+# their status. Returns {state} (state {} if no such session), or {} while locked.
+_LOAD_UNLOCKED = (
+    _READ_STATE
+    + """
+if redis.call('EXISTS', KEYS[5]) == 1 then return {} end
+return {read_state(false, ARGV)}
 """
 )
 
@@ -368,6 +382,10 @@ return 1
 """
 
 
+class _Refused(VersionConflict):
+    """A write refused only because another writer holds the session's fairness lock."""
+
+
 #: The session index's flags, in the order of its zsets and of script arguments.
 _FLAGS = ("failed", "stuck", "waiting")
 
@@ -458,6 +476,7 @@ class RedisStorage(Storage):
         # take turns on a session: `Storage.lock`).
         self._contended: dict[str, int] = {}
         self._unlock_script: Any = None
+        self._load_unlocked_script: Any = None
         self.prefix = prefix
         self.ttl = ttl
         self.socket_timeout = socket_timeout
@@ -567,10 +586,11 @@ class RedisStorage(Storage):
         self._owner_script = client.register_script(_OWNER)
         self._list_script = client.register_script(_LIST_INDEX)
         self._unlock_script = client.register_script(_UNLOCK)
+        self._load_unlocked_script = client.register_script(_LOAD_UNLOCKED)
 
     async def disconnect(self) -> None:
         self._load_script = self._store_script = self._claim_script = self._owner_script = None
-        self._list_script = self._unlock_script = None
+        self._list_script = self._unlock_script = self._load_unlocked_script = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -593,24 +613,60 @@ class RedisStorage(Storage):
     async def store_or_reapply(
         self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
     ) -> Change | None:
-        """Write `change`; a conflict goes to the manager, which re-reads and
-        retries. A process whose writes to a session keep losing (each just too
-        late, others out-writing it) takes the session's fairness lock instead:
-        while it holds it every other write to the session is refused as a
-        conflict, so its own write, re-applied to the current state, lands. Not
-        sooner: the lock costs round trips and makes the other writers wait."""
-        if reapply is not None and self._contended.get(uid, 0) >= LOCK_AFTER_CONFLICTS:
-            return await self._store_locked(uid, expected_version, change, reapply)
-        try:
+        """Write `change`; a lost race goes to the manager, which re-reads and
+        retries. A process whose writes to a session lost 8 times in a row (each
+        just too late, others out-writing it) takes the session's fairness lock
+        instead: while it holds it every other write to the session is refused,
+        so its own, re-applied to the current state, lands. Not sooner: the lock
+        costs a round trip and makes the other writers wait.
+
+        A write refused by another process's lock waits here for its release and
+        re-applies itself then, without the manager's growing pauses: the
+        writers it waited for must not fall behind the holder for good."""
+        if reapply is None:
             await self.store(uid, expected_version, change)
-        except VersionConflict:
-            self._contended[uid] = self._contended.get(uid, 0) + 1
-            raise
-        self._contended.pop(uid, None)
-        return change
+            return change
+        names = [i.name for i in change.instances]
+        if self._contended.get(uid, 0) >= LOCK_AFTER_CONFLICTS:
+            return await self._store_locked(uid, expected_version, names, reapply)
+        for _ in range(LOCK_AFTER_CONFLICTS):
+            try:
+                await self.store(uid, expected_version, change)
+            except _Refused:
+                # Not a lost race: another starved writer is being served.
+                current = await self._load_unlocked(uid, names)
+                if current is None:
+                    raise  # still locked: the manager retries later
+                redo = reapply(current)
+                if redo is None:
+                    return None
+                expected_version, change = current.version, redo
+                continue
+            except VersionConflict:
+                self._contended[uid] = self._contended.get(uid, 0) + 1
+                raise
+            self._contended.pop(uid, None)
+            return change
+        # Refused again and again (a rotation of starved writers): the manager's turn.
+        raise VersionConflict(uid, expected_version, None)
+
+    async def _load_unlocked(self, uid: str, names: list[str]) -> SessionState | None:
+        """The session once no writer holds its fairness lock (None if one still
+        does after a few holders' turns)."""
+        keys = [*self.keys(uid), self.lock_key(uid)]
+        deadline = time.monotonic() + 4 * self.lock_ttl
+        pause = 0.001
+        while True:
+            reply = await self._call(self._script(self._load_unlocked_script)(keys=keys, args=names), "read")
+            if reply:
+                return self._decode(uid, reply[0], complete=False)
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(random.uniform(0, pause))
+            pause = min(2 * pause, 0.005)
 
     async def _store_locked(
-        self, uid: str, expected_version: int, change: Change, reapply: Reapply
+        self, uid: str, expected_version: int, names: list[str], reapply: Reapply
     ) -> Change | None:
         client = self._require()
         key, token = self.lock_key(uid), uuid.uuid4().hex
@@ -618,30 +674,30 @@ class RedisStorage(Storage):
         # Other starved writers of the session may hold it: wait for them, a
         # few of their turns at most, then leave it to the manager's retries.
         deadline = time.monotonic() + 4 * self.lock_ttl
-        pause = 0.002
+        pause = 0.001
         while not await self._call(client.set(key, token, nx=True, px=ttl_ms), "fairness lock"):
             if time.monotonic() >= deadline:
                 raise VersionConflict(uid, expected_version, None)
             await asyncio.sleep(random.uniform(0, pause))
-            pause = min(2 * pause, 0.02)
+            pause = min(2 * pause, 0.005)
         landed = False
         try:
-            # The change was computed before the lock: it may conflict once more,
-            # then its re-application lands (unless the lock expired meanwhile).
             for attempt in range(3):
+                # Nobody else writes now: read, re-apply, write. (Another write
+                # can land only if the lock expired under a slow holder.)
+                current = await self.load(uid, names)
+                redo = reapply(current)
+                if redo is None:
+                    return None
                 try:
-                    await self._store(uid, expected_version, change, token)
-                except VersionConflict as conflict:
-                    if attempt == 2 or conflict.fresh is None:
+                    await self._store(uid, current.version, redo, token)
+                except VersionConflict:
+                    if attempt == 2:
                         raise
-                    redo = reapply(conflict.fresh)
-                    if redo is None:
-                        return None
-                    expected_version, change = conflict.fresh.version, redo
                     continue
                 landed = True  # and the script released the lock
                 self._contended.pop(uid, None)
-                return change
+                return redo
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             if not landed:
@@ -683,6 +739,8 @@ class RedisStorage(Storage):
         reply = await self._call(self._script(self._store_script)(keys=keys, args=args), "write")
         if _text(reply[0]) == "conflict":
             fresh = self._decode(uid, reply[1], complete=False)
+            if len(reply) > 2:
+                raise _Refused(uid, expected_version, fresh)
             raise VersionConflict(uid, expected_version, fresh)
 
     async def claim_due(
