@@ -36,8 +36,9 @@ A process whose writes to a session lost to other writers 8 times in a row
 (`LOCK_AFTER_CONFLICTS`) sets the session's ``lock`` key (``SET NX PX``, waiting
 while another holds it) and writes with its token; every write script refuses, as
 a conflict, a write to a session locked by another token (that writer waits for
-the release, then re-applies), and the holder's landed write deletes the key. The key expires after `lock_ttl` seconds, so a holder that
-died blocks the session that long at most. Without a lock a write costs one GET
+the release, then re-applies), and the holder's landed write deletes the key.
+The key expires after `lock_ttl` seconds, so a holder that died blocks the
+session that long at most. Without a lock a write costs one GET
 more inside its script, no round trip.
 """
 
