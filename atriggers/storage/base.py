@@ -36,11 +36,16 @@ from .lease import DEFAULT_LEASE, OwnerLease
 from .locks import SessionLocks
 from .runs import RunTracker
 
-__all__ = ["Reapply", "SessionLocks", "Storage", "VersionConflict", "mask_url"]
+__all__ = ["LOCK_AFTER_CONFLICTS", "Reapply", "SessionLocks", "Storage", "VersionConflict", "mask_url"]
 
 #: Recomputes an operation's change against the session's current state (None:
 #: nothing to change). Pure and quick: it may run in a storage's worker thread.
 Reapply = Callable[[SessionState], Change | None]
+
+#: After this many writes of one process to one session in a row lost to other
+#: writers, a backend that can (PostgreSQL's row lock, Redis's fairness lock)
+#: makes the next one under a lock that cannot lose: no writer starves.
+LOCK_AFTER_CONFLICTS = 8
 
 
 class VersionConflict(TriggerError):

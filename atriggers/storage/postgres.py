@@ -45,7 +45,7 @@ from ..clock import Clock
 from ..due import DueEntry
 from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
-from .base import Reapply, Storage, VersionConflict, mask_url
+from .base import LOCK_AFTER_CONFLICTS, Reapply, Storage, VersionConflict, mask_url
 from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
 from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
@@ -332,10 +332,6 @@ _SCHEMA = [_TABLES, _READ, _STORE, _LOCK_READ, _CLAIM, _OWNER]
 #: change is dropped and created again, as `_SCHEMA` now creates it) and update
 #: `_SCHEMA`, used for new schemas.
 _MIGRATIONS: dict[int, list[str]] = {}
-
-#: After this many operations on a session in a row ended in a conflict (each
-#: after two writes), the next one re-applies itself under the session's row lock.
-LOCK_AFTER_CONFLICTS = 8
 
 #: The flags of the session index, each a boolean column with a partial index.
 _FLAGS = ("failed", "stuck", "waiting")

@@ -10,6 +10,7 @@ Key layout, for a session ``uid`` and the storage's ``prefix`` (default
     {prefix}{<uid>}:triggers    hash  trigger name -> latest kwargs (JSON); idempotency key slots
     {prefix}{<uid>}:instances   hash  instance name -> instance (JSON)
     {prefix}{<uid>}:unresolved  set   names of the unresolved instances
+    {prefix}{<uid>}:lock        str   fairness lock: the token of a starved writer (ttl)
     {prefix}due                 zset  due-index entries by time (+inf: owner-bound)
     {prefix}due:data            hash  entry -> owner, newline, payload
     {prefix}owners              zset  owner id -> lease expiry
@@ -30,10 +31,22 @@ is one Lua script, so one round trip and atomic: a write checks the session's
 version first (compare-and-swap) and then writes only the header fields, triggers
 and instances the change touched; a read fetches only the unresolved instances
 plus those asked for by name, so neither grows with a session's history.
+
+A process whose writes to a session lost to other writers 8 times in a row
+(`LOCK_AFTER_CONFLICTS`) sets the session's ``lock`` key (``SET NX PX``, waiting
+while another holds it) and writes with its token; every write script refuses, as
+a conflict, a write to a session locked by another token (that writer waits for
+the release, then re-applies), and the holder's landed write deletes the key.
+The key expires after `lock_ttl` seconds, so a holder that died blocks the
+session that long at most. Without a lock a write costs one GET
+more inside its script, no round trip.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Collection, Sequence
@@ -56,7 +69,7 @@ from ..clock import Clock
 from ..due import DueEntry
 from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
-from .base import Storage, VersionConflict, mask_url
+from .base import LOCK_AFTER_CONFLICTS, Reapply, Storage, VersionConflict, mask_url
 from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
 from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
@@ -64,6 +77,10 @@ from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
 
 DEFAULT_PREFIX = "atriggers:"
+
+#: How long a session's fairness lock lives at most (seconds): a holder that
+#: crashed blocks the session's other writers no longer than this.
+DEFAULT_LOCK_TTL = 2.0
 
 # Shared by both scripts: the working view of a session, as
 # {version, config, counts, {trigger, kwargs...}, {instance, body...}}, or {} when
@@ -125,8 +142,10 @@ return read_state(ARGV[1] == '1', names)
 # number of due entries, owner-set key prefix, uid, summary ('' none), summary
 # flags (failed, stuck, waiting as three '0'/'1'), then trigger/kwargs pairs, then
 # member/score/owner/payload quads of due entries (score '': delete), then
-# name/resolved/body triples. KEYS 5 and 6: the due index's zset and data hash;
-# 7 to 11: the session index's hash, and its all, failed, stuck, waiting zsets.
+# name/resolved/body triples; ARGV[14], between the summary flags and the pairs, is
+# the writer's fairness-lock token ('' none). KEYS 5 and 6: the due index's zset
+# and data hash; 7 to 11: the session index's hash, and its all, failed, stuck,
+# waiting zsets; 12: the session's fairness lock.
 #
 # Everything that can fail is checked before the first write: Redis does not roll
 # a script back, so a script must not stop half-way.
@@ -137,11 +156,17 @@ local expected = tonumber(ARGV[1])
 local header = redis.call('HMGET', KEYS[1], 'version', 'recent')
 local current = tonumber(header[1] or '0')
 local recent = header[2] or ''
-if current ~= expected then
+-- A session whose fairness lock another writer holds refuses the write like a
+-- conflict: the holder, starved so far, goes first. (One GET when no lock.)
+local lock = redis.call('GET', KEYS[12])
+if current ~= expected or (lock and lock ~= ARGV[14]) then
   if string.find(recent, ARGV[3], 1, true) then
     -- This very change already landed (the client resent it after losing the
     -- reply), possibly with other writers' changes after it.
     return {'applied'}
+  end
+  if current == expected then
+    return {'conflict', read_state(false, {}), 'locked'}
   end
   return {'conflict', read_state(false, {})}
 end
@@ -179,7 +204,7 @@ if ARGV[12] ~= '' then
 end
 local n_triggers = tonumber(ARGV[8])
 local n_due = tonumber(ARGV[9])
-local i = 14
+local i = 15
 for _ = 1, n_triggers do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -214,9 +239,28 @@ local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ttl) end
 end
+-- The holder's write landed: the others may go again.
+if lock then redis.call('DEL', KEYS[12]) end
 return {'ok'}
 """
 )
+
+# The working view of a session, once its fairness lock is free. KEYS = session,
+# triggers, instances, unresolved, lock. ARGV = instance names wanted whatever
+# their status. Returns {state} (state {} if no such session), or {} while locked.
+_LOAD_UNLOCKED = (
+    _READ_STATE
+    + """
+if redis.call('EXISTS', KEYS[5]) == 1 then return {} end
+return {read_state(false, ARGV)}
+"""
+)
+
+# Release a session's fairness lock if this token still holds it. KEYS = lock.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 # Claim due entries. KEYS = due zset, due data hash, owners zset. ARGV = now,
 # until, limit, owner-set key prefix, forget lapsed owners expired before this,
@@ -339,6 +383,10 @@ return 1
 """
 
 
+class _Refused(VersionConflict):
+    """A write refused only because another writer holds the session's fairness lock."""
+
+
 #: The session index's flags, in the order of its zsets and of script arguments.
 _FLAGS = ("failed", "stuck", "waiting")
 
@@ -409,6 +457,7 @@ class RedisStorage(Storage):
         close_timeout: float = 30.0,
         lease: float = DEFAULT_LEASE,
         clock: Clock | None = None,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
     ) -> None:
         super().__init__(cache_size=cache_size, close_timeout=close_timeout, lease=lease, clock=clock)
         parts = urlsplit(url)
@@ -419,7 +468,16 @@ class RedisStorage(Storage):
             raise ValueError(f"the key prefix must be a string without braces, not {prefix!r}")
         if ttl is not None and not ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+        if not lock_ttl > 0:
+            raise ValueError(f"lock_ttl must be a positive number of seconds, not {lock_ttl!r}")
         self.redis_url = url
+        #: Lifetime of a session's fairness lock (see `store_or_reapply`).
+        self.lock_ttl = lock_ttl
+        # Writes to a session lost in a row, by uid (this process's managers
+        # take turns on a session: `Storage.lock`).
+        self._contended: dict[str, int] = {}
+        self._unlock_script: Any = None
+        self._load_unlocked_script: Any = None
         self.prefix = prefix
         self.ttl = ttl
         self.socket_timeout = socket_timeout
@@ -489,6 +547,10 @@ class RedisStorage(Storage):
         base = f"{self.prefix}{{{uid}}}:"
         return [base + "session", base + "triggers", base + "instances", base + "unresolved"]
 
+    def lock_key(self, uid: str) -> str:
+        """The key of session `uid`'s fairness lock (present only while held)."""
+        return f"{self.prefix}{{{uid}}}:lock"
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -524,10 +586,12 @@ class RedisStorage(Storage):
         self._claim_script = client.register_script(_CLAIM)
         self._owner_script = client.register_script(_OWNER)
         self._list_script = client.register_script(_LIST_INDEX)
+        self._unlock_script = client.register_script(_UNLOCK)
+        self._load_unlocked_script = client.register_script(_LOAD_UNLOCKED)
 
     async def disconnect(self) -> None:
         self._load_script = self._store_script = self._claim_script = self._owner_script = None
-        self._list_script = None
+        self._list_script = self._unlock_script = self._load_unlocked_script = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -545,6 +609,103 @@ class RedisStorage(Storage):
         return self._decode(uid, reply, complete=True)
 
     async def store(self, uid: str, expected_version: int, change: Change) -> None:
+        await self._store(uid, expected_version, change, "")
+
+    async def store_or_reapply(
+        self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
+    ) -> Change | None:
+        """Write `change`; a lost race goes to the manager, which re-reads and
+        retries. A process whose writes to a session lost 8 times in a row (each
+        just too late, others out-writing it) takes the session's fairness lock
+        instead: while it holds it every other write to the session is refused,
+        so its own, re-applied to the current state, lands. Not sooner: the lock
+        costs a round trip and makes the other writers wait.
+
+        A write refused by another process's lock waits here for its release and
+        re-applies itself then, without the manager's growing pauses: the
+        writers it waited for must not fall behind the holder for good."""
+        if reapply is None:
+            await self.store(uid, expected_version, change)
+            return change
+        names = [i.name for i in change.instances]
+        if self._contended.get(uid, 0) >= LOCK_AFTER_CONFLICTS:
+            return await self._store_locked(uid, expected_version, names, reapply)
+        for _ in range(LOCK_AFTER_CONFLICTS):
+            try:
+                await self.store(uid, expected_version, change)
+            except _Refused:
+                # Not a lost race: another starved writer is being served.
+                current = await self._load_unlocked(uid, names)
+                if current is None:
+                    raise  # still locked: the manager retries later
+                redo = reapply(current)
+                if redo is None:
+                    return None
+                expected_version, change = current.version, redo
+                continue
+            except VersionConflict:
+                self._contended[uid] = self._contended.get(uid, 0) + 1
+                raise
+            self._contended.pop(uid, None)
+            return change
+        # Refused again and again (a rotation of starved writers): the manager's turn.
+        raise VersionConflict(uid, expected_version, None)
+
+    async def _load_unlocked(self, uid: str, names: list[str]) -> SessionState | None:
+        """The session once no writer holds its fairness lock (None if one still
+        does after a few holders' turns)."""
+        keys = [*self.keys(uid), self.lock_key(uid)]
+        deadline = time.monotonic() + 4 * self.lock_ttl
+        pause = 0.001
+        while True:
+            reply = await self._call(self._script(self._load_unlocked_script)(keys=keys, args=names), "read")
+            if reply:
+                return self._decode(uid, reply[0], complete=False)
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(random.uniform(0, pause))
+            pause = min(2 * pause, 0.005)
+
+    async def _store_locked(
+        self, uid: str, expected_version: int, names: list[str], reapply: Reapply
+    ) -> Change | None:
+        client = self._require()
+        key, token = self.lock_key(uid), uuid.uuid4().hex
+        ttl_ms = max(1, round(self.lock_ttl * 1000))
+        # Other starved writers of the session may hold it: wait for them, a
+        # few of their turns at most, then leave it to the manager's retries.
+        deadline = time.monotonic() + 4 * self.lock_ttl
+        pause = 0.001
+        while not await self._call(client.set(key, token, nx=True, px=ttl_ms), "fairness lock"):
+            if time.monotonic() >= deadline:
+                raise VersionConflict(uid, expected_version, None)
+            await asyncio.sleep(random.uniform(0, pause))
+            pause = min(2 * pause, 0.005)
+        landed = False
+        try:
+            for attempt in range(3):
+                # Nobody else writes now: read, re-apply, write. (Another write
+                # can land only if the lock expired under a slow holder.)
+                current = await self.load(uid, names)
+                redo = reapply(current)
+                if redo is None:
+                    return None
+                try:
+                    await self._store(uid, current.version, redo, token)
+                except VersionConflict:
+                    if attempt == 2:
+                        raise
+                    continue
+                landed = True  # and the script released the lock
+                self._contended.pop(uid, None)
+                return redo
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            if not landed:
+                with contextlib.suppress(StorageError):  # then it expires after lock_ttl
+                    await self._call(self._script(self._unlock_script)(keys=[key], args=[token]), "unlock")
+
+    async def _store(self, uid: str, expected_version: int, change: Change, token: str) -> None:
         encoded = encode_change(change)
         ttl_ms = 0 if self.ttl is None else max(1, round(self.ttl * 1000))
         args: list[str | int] = [
@@ -565,6 +726,7 @@ class RedisStorage(Storage):
             args += ("", "000")
         else:
             args += (summary.to_json(), "".join("1" if getattr(summary, f) else "0" for f in _FLAGS))
+        args.append(token)
         for name, kwargs in encoded.triggers:
             args += (name, kwargs)
         for key, due in encoded.due:
@@ -574,10 +736,12 @@ class RedisStorage(Storage):
                 args += (_member(uid, key), _score(due.at), due.owner or "", due.payload or "")
         for name, _task, _status, resolved, body in encoded.instances:
             args += (name, "1" if resolved else "0", body)
-        keys = [*self.keys(uid), *self._due_keys[:2], *self._index_keys]
+        keys = [*self.keys(uid), *self._due_keys[:2], *self._index_keys, self.lock_key(uid)]
         reply = await self._call(self._script(self._store_script)(keys=keys, args=args), "write")
         if _text(reply[0]) == "conflict":
             fresh = self._decode(uid, reply[1], complete=False)
+            if len(reply) > 2:
+                raise _Refused(uid, expected_version, fresh)
             raise VersionConflict(uid, expected_version, fresh)
 
     async def claim_due(

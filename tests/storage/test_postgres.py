@@ -32,6 +32,7 @@ from atriggers.instance import Status
 from atriggers.state import Draft
 from atriggers.storage import Storage, open_storage
 from atriggers.storage import postgres as postgres_module
+from atriggers.storage.base import LOCK_AFTER_CONFLICTS
 from atriggers.storage.postgres import DEFAULT_SCHEMA, SCHEMA_VERSION, PostgresStorage
 from atriggers.tasks import TaskRegistry
 from atriggers.testing.postgres import PASSWORD, PostgresCluster
@@ -355,7 +356,7 @@ async def test_a_writer_that_keeps_losing_takes_the_row_lock(postgres_url: str) 
             m = manager(storage)
             await m.get_state()  # cached: its first write is stale at once
             assert await m.fire("tick", {"n": 1}) == []
-        assert rival_fires == 2 * postgres_module.LOCK_AFTER_CONFLICTS
+        assert rival_fires == 2 * LOCK_AFTER_CONFLICTS
         rival_storage.forget("s1")
         state = await rival_storage.load_all("s1")
     assert state.latest_kwargs["tick"] == {"n": 1}

@@ -25,9 +25,12 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from atriggers import InvalidInput, StorageError, Sweeper, TriggerManager
+from atriggers import _rules as rules
 from atriggers.clock import FakeClock
 from atriggers.instance import Status
+from atriggers.state import Draft
 from atriggers.storage import open_storage
+from atriggers.storage.base import LOCK_AFTER_CONFLICTS
 from atriggers.storage.redis import DEFAULT_PREFIX, RedisStorage
 from atriggers.tasks import TaskRegistry
 
@@ -179,16 +182,17 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     await m.update_configuration(WAITING)
     index = [f"{storage.prefix}index{part}" for part in ("", ":all", ":failed", ":stuck", ":waiting")]
     keys = [*storage.keys("s1"), f"{storage.prefix}due", f"{storage.prefix}due:data", *index]
+    keys.append(storage.lock_key("s1"))
     owners = f"{storage.prefix}owner:"
-    # uid, summary ('': none), summary flags, then the trigger.
-    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tick", "{}"]
+    # uid, summary ('': none), summary flags, lock token ('': none), then the trigger.
+    args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tick", "{}"]
     assert await storage._store_script(keys=keys, args=args) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
-    other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tick", "{}"]
+    other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tick", "{}"]
     assert (await storage._store_script(keys=keys, args=other))[0] == "conflict"
     assert (await storage.load("s1")).version == 2
     # Another writer lands in between: the resent write is still recognised.
-    later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "tock", "{}"]
+    later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tock", "{}"]
     assert await storage._store_script(keys=keys, args=later) == ["ok"]
     assert await storage._store_script(keys=keys, args=args) == ["applied"]
     assert (await storage.load("s1")).version == 3
@@ -432,3 +436,117 @@ async def test_a_remote_worker_rebuilds_the_storage_from_its_url(
             assert (worker_storage.prefix, worker_storage.ttl) == (redis_prefix, 600)
     finally:
         await pool.aclose()
+
+
+# -- fairness lock: a writer that keeps losing cannot starve --------------------------------
+
+
+class Outwritten(RedisStorage):
+    """A storage whose every plain write is preceded by a rival's landed write to
+    the same session (a real fire through another storage), so it loses each time.
+    Writes under the fairness lock can block on `gate` (a slow holder)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rival: TriggerManager | None = None
+        self.gate: asyncio.Event | None = None
+        self.holding = asyncio.Event()
+        self.tokens: list[str] = []
+        self.landed: list[int] = []
+
+    async def _store(self, uid: str, expected_version: int, change: Any, token: str) -> None:
+        self.tokens.append(token)
+        if not token and self.rival is not None:
+            await self.rival.fire("tick", {"by": "rival"})
+        if token and self.gate is not None:
+            self.holding.set()
+            await self.gate.wait()
+        await super()._store(uid, expected_version, change, token)
+        self.landed.append(expected_version)
+
+
+async def test_a_writer_that_keeps_losing_takes_the_lock_and_lands(
+    redis_server: RedisServer, redis_prefix: str, storage: RedisStorage, raw: aioredis.Redis
+) -> None:
+    await manager(storage).update_configuration(WAITING)
+    async with Outwritten(redis_server.url, prefix=redis_prefix) as loser:
+        loser.rival = manager(storage)
+        # Without the lock this fire would lose all its 48 attempts: ConcurrencyError.
+        await manager(loser).fire("tick", {"by": "loser"})
+        assert loser.tokens[:LOCK_AFTER_CONFLICTS] == [""] * LOCK_AFTER_CONFLICTS
+        assert len(loser.tokens) == LOCK_AFTER_CONFLICTS + 1 and loser.tokens[-1] != ""
+        assert loser._contended == {}
+    assert not await raw.exists(storage.lock_key("s1"))
+    state = await storage.load("s1")
+    # The configuration, the rival's 8 fires, then the loser's.
+    assert state.version == 2 + LOCK_AFTER_CONFLICTS
+    assert state.latest_kwargs["tick"] == {"by": "loser"}
+    # Back to normal: the next write is a plain one and lands at once.
+    await manager(storage).fire("tick", {"by": "rival"})
+    assert (await storage.load("s1")).version == 3 + LOCK_AFTER_CONFLICTS
+
+
+async def test_writers_are_refused_while_the_lock_is_held_and_land_after(
+    redis_server: RedisServer, redis_prefix: str, storage: RedisStorage, raw: aioredis.Redis
+) -> None:
+    await manager(storage).update_configuration(WAITING)
+    before = (await storage.load("s1")).version
+    async with (
+        Outwritten(redis_server.url, prefix=redis_prefix, lock_ttl=5.0) as holder,
+        RedisStorage(redis_server.url, prefix=redis_prefix) as other1,
+        RedisStorage(redis_server.url, prefix=redis_prefix) as other2,
+    ):
+        holder.gate = asyncio.Event()
+        holder._contended["s1"] = LOCK_AFTER_CONFLICTS  # as after 8 lost writes
+        held = asyncio.create_task(manager(holder).fire("tick", {"by": "holder"}))
+        await holder.holding.wait()
+        assert 0 < await raw.pttl(holder.lock_key("s1")) <= 5000
+        others = [
+            asyncio.create_task(manager(s).fire("tick", {"by": f"other{n}"}))
+            for n, s in enumerate((other1, other2, other1))
+        ]
+        await asyncio.sleep(0.3)
+        # They kept trying, and every attempt was refused.
+        assert (await storage.load("s1")).version == before
+        assert not any(t.done() for t in others)
+        holder.gate.set()
+        await held
+        await asyncio.gather(*others)
+    # The holder's write landed on the version it expected, nothing in between.
+    assert holder.landed == [before]
+    assert (await storage.load("s1")).version == before + 4
+    assert not await raw.exists(storage.lock_key("s1"))
+
+
+async def test_a_lock_left_by_a_crashed_holder_expires(storage: RedisStorage, raw: aioredis.Redis) -> None:
+    await manager(storage).update_configuration(WAITING)
+    before = (await storage.load("s1")).version
+    # What a holder sets, left behind by a process that died holding it.
+    await raw.set(storage.lock_key("s1"), "crashed-holder", nx=True, px=400)
+    fire = asyncio.create_task(manager(storage).fire("tick", {"n": 1}))
+    await asyncio.sleep(0.1)
+    assert not fire.done() and (await storage.load("s1")).version == before
+    await asyncio.wait_for(fire, 10)
+    assert (await storage.load("s1")).version == before + 1
+    assert not await raw.exists(storage.lock_key("s1"))
+
+
+async def test_a_failing_reapplication_releases_the_lock(storage: RedisStorage, raw: aioredis.Redis) -> None:
+    await manager(storage).update_configuration(WAITING)
+    state = await storage.load("s1")
+    await manager(storage).fire("tick", {"n": 1})  # `state` is now stale
+    storage._contended["s1"] = LOCK_AFTER_CONFLICTS
+
+    def reapply(current: Any) -> Any:
+        raise InvalidInput("refused on re-application")
+
+    draft = Draft(state, at=time.time())
+    rules.fire(draft, "tick", {"n": 2})
+    with pytest.raises(InvalidInput, match="on re-application"):
+        await storage.store_or_reapply("s1", state.version, draft.changes(), reapply)
+    assert not await raw.exists(storage.lock_key("s1"))
+
+
+def test_lock_ttl_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="lock_ttl"):
+        RedisStorage("redis://x", lock_ttl=0)
