@@ -190,6 +190,7 @@ async def test_trace_context_is_stored_as_json_and_older_states_still_load(
         db.execute(
             "INSERT INTO atriggers_triggers (uid, name, kwargs) VALUES ('stored', 'old', '{\"y\": 2}')"
         )
+    db.close()  # (`with` commits, it does not close: Python 3.13 warns of the leak)
     assert TRACE_KEY in rows["a"]  # the fire's context, inside the kwargs' JSON object
     fire_a = otel.one("fire a")
 
