@@ -389,8 +389,18 @@ class Draft:
         # Carried forward, so that no write counts every instance (the session
         # index's summary reads them).
         by_status = self.base.by_status()
+        # One pass over what changed: status counts, whether the session index
+        # moves (a status changed), and the due-index entries that differ.
+        moved = False
+        due = dict(self._due)
         for name, instance in self._changed.items():
             before = self.base.instances.get(name)
+            if before is None or before.status is not instance.status:
+                moved = True
+            if name not in due and (_may_be_due(instance) or (before is not None and _may_be_due(before))):
+                entry = due_of_cached(instance)
+                if entry != (due_of_cached(before) if before is not None else None):
+                    due[name] = entry
             was = None if before is None or before.is_resolved else before.status.value
             now = None if instance.is_resolved else instance.status.value
             if was != now:
@@ -413,21 +423,7 @@ class Draft:
             unresolved_counts=by_status,
         )
         counts_changed = self._counts is not self.base.instance_counts
-        reindex = self.base.version == 0 or self._tasks_changed or counts_changed
-        if not reindex:
-            for name, instance in self._changed.items():
-                before = self.base.instances.get(name)
-                if before is None or before.status is not instance.status:
-                    reindex = True
-                    break
-        due = dict(self._due)
-        for name, instance in self._changed.items():
-            before = self.base.instances.get(name)
-            if name in due or not (_may_be_due(instance) or (before is not None and _may_be_due(before))):
-                continue
-            entry = due_of_cached(instance)
-            if entry != (due_of_cached(before) if before is not None else None):
-                due[name] = entry
+        reindex = moved or self.base.version == 0 or self._tasks_changed or counts_changed
         return Change(
             tasks=self.tasks if self._tasks_changed else None,
             triggers=self._fired,

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any, ClassVar, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from ..clock import Clock, SystemClock
 from ..due import DueEntry
@@ -36,7 +36,15 @@ from .lease import DEFAULT_LEASE, OwnerLease
 from .locks import SessionLocks
 from .runs import RunTracker
 
-__all__ = ["LOCK_AFTER_CONFLICTS", "Reapply", "SessionLocks", "Storage", "VersionConflict", "mask_url"]
+__all__ = [
+    "LOCK_AFTER_CONFLICTS",
+    "Reapply",
+    "SessionLocks",
+    "Storage",
+    "VersionConflict",
+    "mask_url",
+    "with_params",
+]
 
 #: Recomputes an operation's change against the session's current state (None:
 #: nothing to change). Pure and quick: it may run in a storage's worker thread.
@@ -352,3 +360,13 @@ def mask_url(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def with_params(url: str, params: list[tuple[str, str]]) -> str:
+    """`url` with `params` added to its query (a backend's own options, as its
+    `Storage.url` gives them back after the driver's)."""
+    if not params:
+        return url
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit(parts._replace(query=query))

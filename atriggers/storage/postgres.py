@@ -45,7 +45,7 @@ from ..clock import Clock
 from ..due import DueEntry
 from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
-from .base import LOCK_AFTER_CONFLICTS, Reapply, Storage, VersionConflict, mask_url
+from .base import LOCK_AFTER_CONFLICTS, Reapply, Storage, VersionConflict, mask_url, with_params
 from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
 from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
@@ -441,11 +441,7 @@ class PostgresStorage(Storage):
             params.append(("schema", self.schema))
         if self.lease.duration != DEFAULT_LEASE:
             params.append(("lease", format(self.lease.duration, "g")))
-        if not params:
-            return self.postgres_url
-        parts = urlsplit(self.postgres_url)
-        query = "&".join(q for q in (parts.query, urlencode(params)) if q)
-        return urlunsplit(parts._replace(query=query))
+        return with_params(self.postgres_url, params)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStorage:
