@@ -337,3 +337,29 @@ async def test_reapplied_operation_sees_the_resolved_instance_it_names(db_path: 
         stored = (await manager.get_state()).instances["t#0"]
         assert stored.status is Status.FINISHED and stored.metadata["note"] == 1
         assert "x" in (await manager.get_state()).latest_kwargs
+
+
+async def test_an_operation_runs_as_its_own_task_not_the_callers() -> None:
+    """A storage's timeout scope (``asyncio.timeout``) bounds the operation: when it
+    expires, the operation fails with it and the caller hears the failure; the
+    caller's own task is never cancelled by it, however the operation was started."""
+    seen: list[asyncio.Task[Any] | None] = []
+
+    class SlowOnce(MemoryStorage):
+        async def store_or_reapply(self, uid: str, expected: int, change: Change, reapply: Any) -> Any:
+            seen.append(asyncio.current_task())
+            if len(seen) == 1:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(5)
+            return await super().store_or_reapply(uid, expected, change, reapply)
+
+    async with SlowOnce() as storage:
+        manager = TriggerManager(storage, "own-task")
+        caller = asyncio.current_task()
+        with pytest.raises(TimeoutError):
+            await manager.fire("tick", {"n": 0})
+        assert caller is not None and not caller.cancelling()
+        await manager.fire("tick", {"n": 1})
+        state = await manager.get_state()
+    assert seen[0] is not None and seen[0] is not caller
+    assert state.latest_kwargs["tick"] == {"n": 1}
