@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._json import dumps, loads
+from .._table import InstanceTable
 from .._tracecontext import TRACE_KEY, traced, untraced
 from ..config import TaskConfig
 from ..due import Due
@@ -147,7 +148,8 @@ def decode_state(
         uid=uid,
         version=version,
         tasks=tasks,
-        instances=decoded,
+        # A working view is indexed for the rules (once, when a fire first asks).
+        instances=decoded if complete else InstanceTable(decoded),
         latest_kwargs=latest,
         instance_counts=instance_counts,
         complete=complete,
