@@ -196,12 +196,18 @@ class InstanceTable(Mapping[str, TaskInstance]):
             data.head = node
         return data
 
-    def derive(self, changes: Mapping[str, Any]) -> InstanceTable:
-        """The next version: these rows set (or, with `ABSENT`, removed)."""
+    def derive(self, changes: dict[str, Any], *, drop_resolved: bool = False) -> InstanceTable:
+        """The next version: these rows set (or, with `ABSENT`, removed); with
+        `drop_resolved`, the resolved instances it held removed too (`changes`
+        is the caller's to give away)."""
         new = InstanceTable.__new__(InstanceTable)
         new._diff = new._next = None
         with self._data.lock:
             data = self._reroot()
+            if drop_resolved:
+                data.build()
+                for name in data.resolved:
+                    changes.setdefault(name, ABSENT)
             new._data = data
             self._diff = {name: data.put(name, value) for name, value in changes.items()}
             self._next = new
@@ -243,27 +249,39 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     # -- the indexes --------------------------------------------------------------------
 
-    def _indexed(self, which: str, key: Any) -> list[TaskInstance]:
+    def unstarted(self, task: str) -> list[TaskInstance]:
+        """The task's unstarted instances."""
         with self._data.lock:
             data = self._reroot()
             data.build()
-            names = getattr(data, which).get(key)
+            names = data.unstarted.get(task)
             return [data.rows[n] for n in names] if names else []
-
-    def unstarted(self, task: str) -> list[TaskInstance]:
-        """The task's unstarted instances."""
-        return self._indexed("unstarted", task)
 
     def waiting(self, task: str, trigger: str) -> list[TaskInstance]:
         """The task's unstarted instances that still take `trigger` (an ``after``
         trigger they have no kwargs of, an ``unless`` trigger not yet applied)."""
-        return self._indexed("waiting", (task, trigger))
+        with self._data.lock:
+            data = self._reroot()
+            data.build()
+            names = data.waiting.get((task, trigger))
+            return [data.rows[n] for n in names] if names else []
 
     def ready(self, task: str) -> list[TaskInstance]:
         """The task's unstarted instances that can run or be abandoned now (none,
         usually: a fire schedules or abandons them; a new configuration or an
         operator's change may leave some for the next fire of the task)."""
-        return self._indexed("ready", task)
+        with self._data.lock:
+            data = self._reroot()
+            data.build()
+            names = data.ready.get(task)
+            return [data.rows[n] for n in names] if names else []
+
+    def holds_resolved(self) -> bool:
+        """Whether it holds any resolved instance (one loaded by name)."""
+        with self._data.lock:
+            data = self._reroot()
+            data.build()
+            return bool(data.resolved)
 
     def resolved(self) -> list[str]:
         """The names of the resolved instances held."""

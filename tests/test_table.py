@@ -151,3 +151,18 @@ def test_a_working_view_drops_resolved_instances_loaded_by_name() -> None:
     assert "a#0" not in after.instances and "b#0" in after.instances
     # The snapshot the draft started from is unchanged.
     assert list(state.instances) == ["a#0"] and "b#0" not in state.instances
+
+
+def test_snapshots_and_changes_built_by_drafts_are_whole() -> None:
+    # Drafts build them without __init__: every field must still be set.
+    from dataclasses import fields
+
+    draft = Draft(SessionState(uid="u"))
+    rules.configure(draft, TASKS)
+    change = draft.changes()
+    for obj in (change, change.state):
+        for field in fields(obj):
+            getattr(obj, field.name)
+    assert change.state == SessionState(
+        uid="u", version=1, tasks=change.state.tasks, instances={}, complete=True
+    )
