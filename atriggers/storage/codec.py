@@ -124,10 +124,13 @@ def decode_state(
         for count in instance_counts.values():
             if type(count) is not int:
                 raise ValueError("not an object of task name -> count")
+        # One instance per unresolved instance of the session: the part is
+        # named only if one turns out corrupt.
+        part, name = "instance", ""
+        from_dict, config_of = TaskInstance.from_dict, tasks.get
         for name, text in instances:
-            part = f"instance {name!r}"
             data: dict[str, Any] = loads(text)
-            decoded[name] = TaskInstance.from_dict(name, data, tasks.get(data["task"]))
+            decoded[name] = from_dict(name, data, config_of(data["task"]))
         latest: dict[str, Any] = {}
         keys: list[tuple[str, str]] = []
         for name, text in triggers:
@@ -143,7 +146,7 @@ def decode_state(
         part = "idempotency keys"
         fire_keys = decode_rows(keys) if keys else NO_KEYS
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise corrupt(uid, part, exc) from exc
+        raise corrupt(uid, f"instance {name!r}" if part == "instance" else part, exc) from exc
     return SessionState(
         uid=uid,
         version=version,
