@@ -34,6 +34,8 @@ class Status(StrEnum):
 
 
 _BY_VALUE = {status.value: status for status in Status}
+#: (``Status.value`` is a property, a few times dearer than a lookup.)
+_VALUE_OF = {status: status.value for status in Status}
 _NOTHING: frozenset[str] = frozenset()
 RESOLVED = frozenset({Status.FINISHED, Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
 #: Statuses in which the instance's log level no longer matters.
@@ -255,9 +257,9 @@ class TaskInstance:
         """JSON-ready form, as stored."""
         return {
             "task": self.task_name,
-            "status": self.status.value,
+            "status": _VALUE_OF[self.status],
             "kwargs": self.kwargs,
-            "abandonState": sorted(self.abandon_state),
+            "abandonState": sorted(self.abandon_state) if self.abandon_state else [],
             "metadata": self.metadata,
         }
 

@@ -23,7 +23,7 @@ from ..config import TaskConfig
 from ..due import Due
 from ..errors import StorageError
 from ..idempotency import NO_KEYS, decode_rows, encode_row, is_key_row, key_row_name
-from ..instance import TaskInstance
+from ..instance import RESOLVED, Status, TaskInstance
 from ..state import Change, SessionState
 
 __all__ = [
@@ -63,16 +63,29 @@ def encode_change(change: Change) -> EncodedChange:
     triggers = [(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()]
     if change.keys:
         triggers += [(key_row_name(slot), encode_row(record)) for slot, record in change.keys.items()]
-    return EncodedChange(
-        version=change.version,
-        tasks=encode_tasks(change.tasks) if change.tasks is not None else None,
-        counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
-        triggers=triggers,
-        instances=[
-            (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
+    # Built field by field (every write encodes one): the same object as
+    # EncodedChange(...) would make, without a frozen dataclass's __init__.
+    encoded: EncodedChange = _new(EncodedChange)
+    _set(encoded, "version", change.state.version)
+    _set(encoded, "tasks", encode_tasks(change.tasks) if change.tasks is not None else None)
+    _set(encoded, "counts", dumps(change.instance_counts) if change.instance_counts is not None else None)
+    _set(encoded, "triggers", triggers)
+    _set(
+        encoded,
+        "instances",
+        [
+            (i.name, i.task_name, _VALUES[i.status], i.status in RESOLVED, dumps(i.to_dict()))
+            for i in change.instances
         ],
-        due=list(change.due.items()),
     )
+    _set(encoded, "due", list(change.due.items()))
+    return encoded
+
+
+_new = object.__new__
+_set = object.__setattr__
+#: Status -> its value as a plain string (``Status.value`` is a slow property).
+_VALUES = {status: status.value for status in Status}
 
 
 class ConfigCache:
