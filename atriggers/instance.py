@@ -33,10 +33,12 @@ class Status(StrEnum):
         return self in RESOLVED
 
 
-_BY_VALUE = {status.value: status for status in Status}
+#: Status value -> status (a lookup: cheaper than calling the enum).
+STATUS_OF = {status.value: status for status in Status}
 #: (``Status.value`` is a property, a few times dearer than a lookup.)
 _VALUE_OF = {status: status.value for status in Status}
-_NOTHING: frozenset[str] = frozenset()
+#: The empty ``abandonState`` (shared: most instances have it).
+NO_TRIGGERS: frozenset[str] = frozenset()
 RESOLVED = frozenset({Status.FINISHED, Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
 #: Statuses in which the instance's log level no longer matters.
 _LOGS_IRRELEVANT = frozenset({Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
@@ -282,8 +284,8 @@ class TaskInstance:
                 raise ValueError("its abandonState is not a list")
             abandon_state = frozenset(abandon)
         else:
-            abandon_state = _NOTHING
-        status = _BY_VALUE.get(data["status"]) if type(data["status"]) is str else None
+            abandon_state = NO_TRIGGERS
+        status = STATUS_OF.get(data["status"]) if type(data["status"]) is str else None
         if status is None:
             raise ValueError(f"{data['status']!r} is not a valid Status")
         return cls(name, task, status, kwargs, abandon_state, metadata, config)

@@ -50,3 +50,46 @@ def test_big_integers_stay_integers() -> None:
 def test_text_holding_a_lone_surrogate_reads_as_before() -> None:
     text = '{"a": "\udc80"}'
     assert _json.loads(text) == json.loads(text)
+
+
+STORED = [
+    '{"task":"t","status":"unstarted","kwargs":{"a":{"i":5}},"abandonState":["u"],"metadata":{"x":[1]}}',
+    '{"task":"t","status":"finished"}',
+    '{"task":"t","status":"failed","kwargs":null,"abandonState":null,"metadata":null}',
+    '{"task":"t","status":"running","abandonState":[1, 2],"extra":true}',
+    '{"task":"t","status":"running","kwargs":{"a":{"n":123456789012345678901234567890, "f":NaN}}}',
+    '{"task":"t","status":"running","metadata":{"s":"\\udc80"}}',
+    '{"status":"unstarted","task":"t","kwargs":{},"abandonState":[],"metadata":{}}',
+]
+BROKEN = [
+    '{"task":"t","status":"nope"}',
+    '{"task":1,"status":"unstarted"}',
+    '{"task":"t","status":"unstarted","kwargs":{"a":1}}',
+    '{"task":"t","status":"unstarted","abandonState":"ab"}',
+    '{"task":"t","status":"unstarted","abandonState":[{}]}',
+    '{"status":"unstarted"}',
+    "[1]",
+    "{bad",
+]
+
+
+@pytest.mark.parametrize("text", STORED)
+def test_instances_decode_as_from_dict_decodes_them(text: str) -> None:
+    from atriggers.storage import codec
+
+    config = {"t": None}.get
+    fast = codec._decode_instance("t#0", text, config)
+    general = codec._decode_generic("t#0", text, config)
+    assert _same(fast.to_dict(), general.to_dict()) and fast == general
+
+
+@pytest.mark.parametrize("text", BROKEN)
+def test_broken_instances_fail_as_from_dict_fails(text: str) -> None:
+    from atriggers.storage import codec
+
+    errors = []
+    for decode in (codec._decode_instance, codec._decode_generic):
+        with pytest.raises((ValueError, KeyError, TypeError)) as raised:
+            decode("t#0", text, {"t": None}.get)
+        errors.append((type(raised.value), str(raised.value)))
+    assert errors[0] == errors[1]
