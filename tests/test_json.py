@@ -93,3 +93,23 @@ def test_broken_instances_fail_as_from_dict_fails(text: str) -> None:
             decode("t#0", text, {"t": None}.get)
         errors.append((type(raised.value), str(raised.value)))
     assert errors[0] == errors[1]
+
+
+def test_without_msgspec_the_standard_library_reads_state() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["msgspec"] = None  # as if the fast extra were not installed
+from atriggers import _json
+from atriggers.storage import codec
+assert _json.loads is _json.stdlib_loads
+assert codec._decode_instance is codec._decode_generic
+state = codec.decode_state(
+    "u", 1, {}, '{"t": 1}', [("go", '{"n": 1}')],
+    [("t#0", '{"task":"t","status":"unstarted","kwargs":{"go":{"n":1}}}')], complete=False,
+)
+assert state.instances["t#0"].kwargs == {"go": {"n": 1}} and state.latest_kwargs == {"go": {"n": 1}}
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
