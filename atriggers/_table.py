@@ -247,6 +247,11 @@ class InstanceTable(Mapping[str, TaskInstance]):
     def __repr__(self) -> str:
         return f"InstanceTable({dict(self.items())!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copied or pickled as the rows of this version alone (not the shared
+        # data of every version, nor its lock).
+        return (InstanceTable, (dict(self.items()),))
+
     # -- the indexes --------------------------------------------------------------------
 
     def unstarted(self, task: str) -> list[TaskInstance]:

@@ -166,3 +166,16 @@ def test_snapshots_and_changes_built_by_drafts_are_whole() -> None:
     assert change.state == SessionState(
         uid="u", version=1, tasks=change.state.tasks, instances={}, complete=True
     )
+
+
+def test_a_table_copies_and_pickles_as_its_own_rows() -> None:
+    import copy
+    import pickle
+
+    state = _accumulated(3)
+    older = state.instances
+    assert isinstance(older, InstanceTable)
+    newer = older.derive({"b#0": ABSENT})
+    for table, names in ((older, {"b#0", "b#1", "b#2"}), (newer, {"b#1", "b#2"})):
+        for clone in (copy.deepcopy(table), pickle.loads(pickle.dumps(table)), copy.copy(table)):
+            assert set(clone) == names and {i.name for i in clone.unstarted("b")} == names
