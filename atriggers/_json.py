@@ -19,6 +19,7 @@ __all__ = [
     "jsonable",
     "kwargs_by_trigger",
     "loads",
+    "stdlib_loads",
     "non_string_key",
     "object_arg",
 ]
@@ -29,7 +30,37 @@ __all__ = [
 MAX_DEPTH = 64
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-loads = json.loads
+
+try:  # the ``fast`` extra
+    import msgspec
+except ImportError:  # pragma: no cover - depends on the installation
+    msgspec = None  # type: ignore[assignment]
+
+
+def stdlib_loads(text: str | bytes) -> Any:
+    """The standard library's parser: what `loads` does without msgspec, and
+    where msgspec refuses what the standard library accepts."""
+    return json.loads(text)
+
+
+def _fast_loads(text: str | bytes) -> Any:
+    try:
+        return _decode(text)
+    except (_DecodeError, UnicodeEncodeError):
+        # msgspec refuses some JSON the standard library reads (NaN, infinities,
+        # numbers too large for a float, lone surrogates, escaped or in `text`
+        # itself): read it as before, or fail with the standard library's error.
+        return json.loads(text)
+
+
+if msgspec is not None:
+    # msgspec, not orjson: orjson turns integers beyond 64 bits into floats.
+    _decode, _DecodeError = msgspec.json.Decoder().decode, msgspec.DecodeError
+    #: Parse JSON text: with msgspec installed about four times faster (a cold
+    #: read parses one document per unresolved instance), with the same results.
+    loads = _fast_loads
+else:  # pragma: no cover - depends on the installation
+    loads = stdlib_loads
 
 
 def _not_json(value: object) -> Any:

@@ -49,22 +49,26 @@ def configure(draft: Draft, tasks: Mapping[str, TaskConfig]) -> None:
 
 
 def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInstance]:
-    """Fire `trigger`; returns the instances it moved to ``scheduled``."""
+    """Fire `trigger`; returns the instances it moved to ``scheduled``.
+
+    It touches only the instances concerned (the draft's indexes find them): the
+    task's unstarted instances that still take `trigger`, and those that may now
+    be ready to run or be abandoned; with ``within``, its unstarted instances, to
+    expire those whose window closed. Its cost does not grow with the instances
+    that wait for other triggers.
+    """
     ready: list[TaskInstance] = []
     for task in draft.tasks_using(trigger):
-        unstarted = [
-            i for i in draft.instances() if i.task_name == task.name and i.status is Status.UNSTARTED
-        ]
         if task.within is not None:
             # A window that closed is closed, whether or not a sweeper saw it yet.
-            for instance in [i for i in unstarted if _expired(i, draft.at)]:
-                expire(draft, instance.name)
-                unstarted.remove(instance)
+            for instance in draft.unstarted(task.name):
+                if _expired(instance, draft.at):
+                    expire(draft, instance.name)
         if draft.count(task.name):
             # A new instance only for the task's `andEvery`, and only when no
             # waiting instance took this firing: one firing, one new instance.
             create = trigger == task.and_every
-            for instance in unstarted:
+            for instance in draft.waiting(task.name, trigger):
                 if _takes(instance, task, trigger):
                     _apply(draft.edit(instance.name), task, trigger, kwargs)
                     create = False
@@ -78,10 +82,10 @@ def fire(draft: Draft, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInst
                 abandon_state=frozenset(t for t in task.unless if t != trigger and t in latest),
             )
             _apply(instance, task, trigger, kwargs)
-            unstarted.append(instance)
         made_ready: list[TaskInstance] = []
-        for instance in unstarted:
-            current = draft.get(instance.name)
+        # Only an instance this operation changed, or one the snapshot already
+        # held ready, can be ready: the others are as unready as they were.
+        for current in draft.maybe_ready(task.name):
             if current.can_abandon:
                 draft.set_status(draft.edit(current.name), Status.ABANDONED)
             elif current.can_run:

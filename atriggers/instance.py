@@ -33,6 +33,12 @@ class Status(StrEnum):
         return self in RESOLVED
 
 
+#: Status value -> status (a lookup: cheaper than calling the enum).
+STATUS_OF = {status.value: status for status in Status}
+#: (``Status.value`` is a property, a few times dearer than a lookup.)
+_VALUE_OF = {status: status.value for status in Status}
+#: The empty ``abandonState`` (shared: most instances have it).
+NO_TRIGGERS: frozenset[str] = frozenset()
 RESOLVED = frozenset({Status.FINISHED, Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
 #: Statuses in which the instance's log level no longer matters.
 _LOGS_IRRELEVANT = frozenset({Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
@@ -253,9 +259,9 @@ class TaskInstance:
         """JSON-ready form, as stored."""
         return {
             "task": self.task_name,
-            "status": self.status.value,
+            "status": _VALUE_OF[self.status],
             "kwargs": self.kwargs,
-            "abandonState": sorted(self.abandon_state),
+            "abandonState": sorted(self.abandon_state) if self.abandon_state else [],
             "metadata": self.metadata,
         }
 
@@ -263,23 +269,26 @@ class TaskInstance:
     def from_dict(cls, name: str, data: dict[str, Any], config: TaskConfig | None = None) -> TaskInstance:
         """The inverse of `to_dict`; `ValueError` (or `KeyError`) for data of
         the wrong shape."""
+        # A cold read builds one instance per unresolved instance: no enum call,
+        # no empty frozenset built, positional arguments.
         kwargs, metadata = data.get("kwargs") or {}, data.get("metadata") or {}
-        if type(data["task"]) is not str or type(kwargs) is not dict or type(metadata) is not dict:
+        task = data["task"]
+        if type(task) is not str or type(kwargs) is not dict or type(metadata) is not dict:
             raise ValueError("its task, kwargs or metadata have the wrong type")
         for inner in kwargs.values():
             if type(inner) is not dict:
                 raise ValueError("its kwargs are not an object of trigger -> kwargs")
-        if type(data.get("abandonState") or []) is not list:
-            raise ValueError("its abandonState is not a list")
-        return cls(
-            name=name,
-            task_name=data["task"],
-            status=Status(data["status"]),
-            kwargs=kwargs,
-            abandon_state=frozenset(data.get("abandonState") or ()),
-            metadata=metadata,
-            config=config,
-        )
+        abandon = data.get("abandonState")
+        if abandon:
+            if type(abandon) is not list:
+                raise ValueError("its abandonState is not a list")
+            abandon_state = frozenset(abandon)
+        else:
+            abandon_state = NO_TRIGGERS
+        status = STATUS_OF.get(data["status"]) if type(data["status"]) is str else None
+        if status is None:
+            raise ValueError(f"{data['status']!r} is not a valid Status")
+        return cls(name, task, status, kwargs, abandon_state, metadata, config)
 
     def snapshot(self) -> TaskInstance:
         """A deep copy: what atriggers hands to callers, hooks, runners and tasks,

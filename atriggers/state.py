@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ._table import ABSENT, InstanceTable, waits_for
 from .clock import iso
 from .config import TaskConfig
 from .due import Due, due_of, due_of_cached
@@ -89,6 +90,8 @@ class SessionState:
         working view holds all the unresolved instances)."""
         if self.unresolved_counts is not None:
             return self.unresolved_counts
+        if type(self.instances) is InstanceTable:
+            return self.instances.unresolved_counts()
         counts: dict[str, int] = {}
         for instance in self.instances.values():
             if not instance.is_resolved:
@@ -217,11 +220,14 @@ class Draft:
         self.uid = state.uid
         #: The time of the operation: epoch seconds, and as stored (ISO 8601).
         self.at = at if at is not None else (datetime.fromisoformat(now).timestamp() if now else time.time())
-        self.now = now or iso(self.at)
+        self._now = now
         self.placement = placement or Placement()
         self._due: dict[str, Due | None] = {}
         self.tasks: Mapping[str, TaskConfig] = state.tasks
-        self._instances: dict[str, TaskInstance] = dict(state.instances)
+        # The base's instances, and those this draft changed or gave a new
+        # configuration (looked up first): nothing is copied per operation.
+        self._base: Mapping[str, TaskInstance] = state.instances
+        self._instances: dict[str, TaskInstance] = {}
         self._latest: Mapping[str, Mapping[str, Any]] = state.latest_kwargs
         self._counts: Mapping[str, int] = state.instance_counts
         self._changed: dict[str, TaskInstance] = {}
@@ -231,6 +237,15 @@ class Draft:
         #: record, None: blank): `atriggers.idempotency.fire_once` sets both.
         self.fire_keys = state.fire_keys
         self.key_rows: dict[int, FireKey | None] = {}
+
+    @property
+    def now(self) -> str:
+        """The time of the operation as stored (ISO 8601), worked out when first
+        needed (most fires stamp nothing)."""
+        now = self._now
+        if now is None:
+            now = self._now = iso(self.at)
+        return now
 
     # -- reading -----------------------------------------------------------------
 
@@ -242,17 +257,60 @@ class Draft:
         return self._counts.get(task, 0)
 
     def get(self, name: str) -> TaskInstance:
-        try:
-            return self._instances[name]
-        except KeyError:
-            raise InstanceNotFound(name, self.uid) from None
+        instance = self._instances.get(name)
+        if instance is None:
+            instance = self._base.get(name)
+            if instance is None:
+                raise InstanceNotFound(name, self.uid)
+        return instance
 
     def find(self, name: str) -> TaskInstance | None:
         """The named instance, or None if the draft has no such instance."""
-        return self._instances.get(name)
+        instance = self._instances.get(name)
+        return self._base.get(name) if instance is None else instance
 
     def instances(self) -> Iterator[TaskInstance]:
-        return iter(self._instances.values())
+        mine = self._instances
+        for name, instance in self._base.items():
+            yield mine.get(name, instance)
+        for name, instance in mine.items():
+            if name not in self._base:
+                yield instance
+
+    # -- the indexes the rules query (see `atriggers._table`) -------------------------
+
+    def _table(self) -> InstanceTable:
+        base = self._base
+        if type(base) is not InstanceTable:
+            # A snapshot built by hand, or complete: index a copy, once.
+            base = self._base = InstanceTable(dict(base))
+        return base
+
+    def _merged(self, found: list[TaskInstance], task: str) -> list[TaskInstance]:
+        """`found` in the base, as this draft has them, then this draft's other
+        instances of `task` (for the caller to check)."""
+        mine = self._instances
+        if not mine:
+            return found
+        merged = [i for i in found if i.name not in mine]
+        merged += [i for i in mine.values() if i.task_name == task]
+        return merged
+
+    def unstarted(self, task: str) -> list[TaskInstance]:
+        """The task's unstarted instances."""
+        found = self._merged(self._table().unstarted(task), task)
+        return [i for i in found if i.status is Status.UNSTARTED]
+
+    def waiting(self, task: str, trigger: str) -> list[TaskInstance]:
+        """The task's unstarted instances that still take `trigger`."""
+        found = self._merged(self._table().waiting(task, trigger), task)
+        return [i for i in found if i.status is Status.UNSTARTED and trigger in waits_for(i)]
+
+    def maybe_ready(self, task: str) -> list[TaskInstance]:
+        """The task's instances that may have become ready to run or be
+        abandoned: those this draft changed, and those the base holds ready
+        (an instance nobody changed stays as ready as it was)."""
+        return self._merged(self._table().ready(task), task)
 
     def tasks_using(self, trigger: str) -> list[TaskConfig]:
         return [t for t in self.tasks.values() if t.uses_trigger(trigger)]
@@ -357,16 +415,16 @@ class Draft:
         self.tasks = tasks
         self._tasks_changed = True
         # Loaded instances follow their task's new configuration.
-        for name, instance in self._instances.items():
+        for instance in list(self.instances()):
             config = tasks.get(instance.task_name)
             if config is None or instance.config is config:
                 continue
-            if name in self._changed:
+            if instance.name in self._changed:
                 instance.config = config
             else:
                 copy = instance.copy()
                 copy.config = config
-                self._instances[name] = copy
+                self._instances[instance.name] = copy
 
     @property
     def fired(self) -> Mapping[str, Mapping[str, Any]]:
@@ -385,53 +443,98 @@ class Draft:
 
     def changes(self) -> Change:
         """What to write, and the snapshot that results."""
-        active = {name: i for name, i in self._instances.items() if self.base.complete or not i.is_resolved}
-        # Carried forward, so that no write counts every instance (the session
-        # index's summary reads them).
-        by_status = self.base.by_status()
-        # One pass over what changed: status counts, whether the session index
-        # moves (a status changed), and the due-index entries that differ.
+        complete = self.base.complete
+        # The next version of the table holds what this draft changed; a working
+        # view drops resolved instances (changed now, or loaded by name).
+        rows: dict[str, Any] = {
+            name: instance if complete or not instance.is_resolved else ABSENT
+            for name, instance in self._instances.items()
+        }
+        # One pass over what changed: whether the session index moves (a status
+        # changed), and the due-index entries that differ.
         moved = False
         due = dict(self._due)
+        base = self._base
         for name, instance in self._changed.items():
-            before = self.base.instances.get(name)
+            before = base.get(name)
             if before is None or before.status is not instance.status:
                 moved = True
             if name not in due and (_may_be_due(instance) or (before is not None and _may_be_due(before))):
                 entry = due_of_cached(instance)
                 if entry != (due_of_cached(before) if before is not None else None):
                     due[name] = entry
-            was = None if before is None or before.is_resolved else before.status.value
-            now = None if instance.is_resolved else instance.status.value
-            if was != now:
-                if by_status is self.base.unresolved_counts:
-                    by_status = dict(by_status)
-                assert isinstance(by_status, dict)
-                if was is not None:
-                    by_status[was] = by_status.get(was, 0) - 1
-                if now is not None:
-                    by_status[now] = by_status.get(now, 0) + 1
-        state = SessionState(
-            uid=self.uid,
-            version=self.base.version + 1,
-            tasks=self.tasks,
-            instances=active,
-            latest_kwargs=self._latest,
-            instance_counts=self._counts,
-            complete=self.base.complete,
-            fire_keys=self.fire_keys,
-            unresolved_counts=by_status,
+        state = _snapshot(
+            self.uid,
+            self.base.version + 1,
+            self.tasks,
+            self._table().derive(rows, drop_resolved=not complete),
+            self._latest,
+            self._counts,
+            complete,
+            self.fire_keys,
         )
         counts_changed = self._counts is not self.base.instance_counts
-        reindex = moved or self.base.version == 0 or self._tasks_changed or counts_changed
-        return Change(
-            tasks=self.tasks if self._tasks_changed else None,
-            triggers=self._fired,
-            instance_counts=self._counts if counts_changed else None,
-            instances=tuple(self._changed.values()),
-            state=state,
-            due=due,
-            at=self.at,
-            reindex=reindex,
-            keys=self.key_rows,
+        return _change(
+            self.tasks if self._tasks_changed else None,
+            self._fired,
+            self._counts if counts_changed else None,
+            tuple(self._changed.values()),
+            state,
+            due,
+            self.at,
+            moved or self.base.version == 0 or self._tasks_changed or counts_changed,
+            self.key_rows,
         )
+
+
+# Every write builds one snapshot and one change: these set their fields
+# directly, at half the cost of a frozen dataclass's __init__ (same objects).
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _snapshot(
+    uid: str,
+    version: int,
+    tasks: Mapping[str, TaskConfig],
+    instances: Mapping[str, TaskInstance],
+    latest_kwargs: Mapping[str, Mapping[str, Any]],
+    instance_counts: Mapping[str, int],
+    complete: bool,
+    fire_keys: FireKeys,
+) -> SessionState:
+    state: SessionState = _new(SessionState)
+    _set(state, "uid", uid)
+    _set(state, "version", version)
+    _set(state, "tasks", tasks)
+    _set(state, "instances", instances)
+    _set(state, "latest_kwargs", latest_kwargs)
+    _set(state, "instance_counts", instance_counts)
+    _set(state, "complete", complete)
+    _set(state, "fire_keys", fire_keys)
+    _set(state, "unresolved_counts", None)
+    return state
+
+
+def _change(
+    tasks: Mapping[str, TaskConfig] | None,
+    triggers: Mapping[str, Mapping[str, Any]],
+    instance_counts: Mapping[str, int] | None,
+    instances: tuple[TaskInstance, ...],
+    state: SessionState,
+    due: Mapping[str, Due | None],
+    at: float | None,
+    reindex: bool,
+    keys: Mapping[int, FireKey | None],
+) -> Change:
+    change: Change = _new(Change)
+    _set(change, "tasks", tasks)
+    _set(change, "triggers", triggers)
+    _set(change, "instance_counts", instance_counts)
+    _set(change, "instances", instances)
+    _set(change, "state", state)
+    _set(change, "due", due)
+    _set(change, "at", at)
+    _set(change, "reindex", reindex)
+    _set(change, "keys", keys)
+    return change

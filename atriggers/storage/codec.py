@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._json import dumps, loads
+from .._table import InstanceTable
 from .._tracecontext import TRACE_KEY, traced, untraced
 from ..config import TaskConfig
 from ..due import Due
 from ..errors import StorageError
 from ..idempotency import NO_KEYS, decode_rows, encode_row, is_key_row, key_row_name
-from ..instance import TaskInstance
+from ..instance import NO_TRIGGERS, RESOLVED, STATUS_OF, Status, TaskInstance
 from ..state import Change, SessionState
+
+try:  # the ``fast`` extra (see atriggers._json)
+    import msgspec
+except ImportError:  # pragma: no cover - depends on the installation
+    msgspec = None  # type: ignore[assignment]
 
 __all__ = [
     "ConfigCache",
@@ -62,16 +68,29 @@ def encode_change(change: Change) -> EncodedChange:
     triggers = [(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()]
     if change.keys:
         triggers += [(key_row_name(slot), encode_row(record)) for slot, record in change.keys.items()]
-    return EncodedChange(
-        version=change.version,
-        tasks=encode_tasks(change.tasks) if change.tasks is not None else None,
-        counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
-        triggers=triggers,
-        instances=[
-            (i.name, i.task_name, i.status.value, i.is_resolved, dumps(i.to_dict())) for i in change.instances
+    # Built field by field (every write encodes one): the same object as
+    # EncodedChange(...) would make, without a frozen dataclass's __init__.
+    encoded: EncodedChange = _new(EncodedChange)
+    _set(encoded, "version", change.state.version)
+    _set(encoded, "tasks", encode_tasks(change.tasks) if change.tasks is not None else None)
+    _set(encoded, "counts", dumps(change.instance_counts) if change.instance_counts is not None else None)
+    _set(encoded, "triggers", triggers)
+    _set(
+        encoded,
+        "instances",
+        [
+            (i.name, i.task_name, _VALUES[i.status], i.status in RESOLVED, dumps(i.to_dict()))
+            for i in change.instances
         ],
-        due=list(change.due.items()),
     )
+    _set(encoded, "due", list(change.due.items()))
+    return encoded
+
+
+_new = object.__new__
+_set = object.__setattr__
+#: Status -> its value as a plain string (``Status.value`` is a slow property).
+_VALUES = {status: status.value for status in Status}
 
 
 class ConfigCache:
@@ -123,10 +142,12 @@ def decode_state(
         for count in instance_counts.values():
             if type(count) is not int:
                 raise ValueError("not an object of task name -> count")
+        # One instance per unresolved instance of the session: the part is
+        # named only if one turns out corrupt.
+        part, name = "instance", ""
+        config_of = tasks.get
         for name, text in instances:
-            part = f"instance {name!r}"
-            data: dict[str, Any] = loads(text)
-            decoded[name] = TaskInstance.from_dict(name, data, tasks.get(data["task"]))
+            decoded[name] = _decode_instance(name, text, config_of)
         latest: dict[str, Any] = {}
         keys: list[tuple[str, str]] = []
         for name, text in triggers:
@@ -142,17 +163,63 @@ def decode_state(
         part = "idempotency keys"
         fire_keys = decode_rows(keys) if keys else NO_KEYS
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise corrupt(uid, part, exc) from exc
+        raise corrupt(uid, f"instance {name!r}" if part == "instance" else part, exc) from exc
     return SessionState(
         uid=uid,
         version=version,
         tasks=tasks,
-        instances=decoded,
+        # A working view is indexed for the rules (once, when a fire first asks).
+        instances=decoded if complete else InstanceTable(decoded),
         latest_kwargs=latest,
         instance_counts=instance_counts,
         complete=complete,
         fire_keys=fire_keys,
     )
+
+
+def _decode_generic(name: str, text: str, config_of: Callable[[str], TaskConfig | None]) -> TaskInstance:
+    data: dict[str, Any] = loads(text)
+    return TaskInstance.from_dict(name, data, config_of(data["task"]))
+
+
+if msgspec is not None:
+
+    class _Stored(msgspec.Struct):
+        """An instance as stored (`TaskInstance.to_dict`), for msgspec to parse
+        straight into fields: a third cheaper than a dict and `from_dict`."""
+
+        task: str
+        status: str
+        kwargs: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+        abandonState: list[str] = msgspec.field(default_factory=list)  # noqa: N815 - the stored key
+        metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    _parse_stored = msgspec.json.Decoder(_Stored).decode
+
+    def _decode_instance(name: str, text: str, config_of: Callable[[str], TaskConfig | None]) -> TaskInstance:
+        try:
+            row = _parse_stored(text)
+        except (msgspec.DecodeError, UnicodeEncodeError):
+            # Anything unusual (null kwargs, an abandonState of numbers, NaN,
+            # a corrupt row...) takes the general path: the same result, or
+            # the same error, as without msgspec.
+            return _decode_generic(name, text, config_of)
+        status = STATUS_OF.get(row.status)
+        if status is None:
+            return _decode_generic(name, text, config_of)
+        abandon = row.abandonState
+        return TaskInstance(
+            name,
+            row.task,
+            status,
+            row.kwargs,
+            frozenset(abandon) if abandon else NO_TRIGGERS,
+            row.metadata,
+            config_of(row.task),
+        )
+
+else:  # pragma: no cover - depends on the installation
+    _decode_instance = _decode_generic
 
 
 def decode_tasks(configs: ConfigCache, text: str, uid: str) -> Mapping[str, TaskConfig]:
