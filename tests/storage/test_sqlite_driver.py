@@ -21,7 +21,7 @@ import pytest
 
 from atriggers import StorageError
 from atriggers.storage import SQLiteStorage
-from atriggers.storage.sqlite import _AIOSQLITE_CLOSED
+from atriggers.storage.sqlite_commit import AIOSQLITE_CLOSED as _AIOSQLITE_CLOSED
 
 
 @contextmanager
