@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from time import monotonic, sleep
 from typing import Any, Protocol
 
 import aiosqlite
@@ -112,13 +112,13 @@ def run_batch(
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 raise
-            now = time.monotonic()
+            now = monotonic()
             if deadline is None:
                 deadline = now + patience
             if now >= deadline:
                 raise
         # Jitter: waiters that found the lock held together do not all come back together.
-        time.sleep(pause * (0.5 + random.random()))
+        sleep(pause * (0.5 + random.random()))
         pause = min(pause * 2, LONGEST_PAUSE)
 
 
