@@ -165,8 +165,32 @@ class _Refused:
     error: Exception
 
 
-def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange) -> bool:
-    """Write `c` if the session is at `expected`; False (nothing written) if not."""
+# Upserts, not INSERT OR REPLACE: a replaced row is deleted and inserted again,
+# which rewrites every index of the table, while an upsert changes the existing
+# row in place and only the indexes of the columns it sets: fewer pages for the
+# commit to write.
+_UPSERT_TRIGGER = (
+    "INSERT INTO atriggers_triggers (uid, name, kwargs) VALUES (?, ?, ?) "
+    "ON CONFLICT (uid, name) DO UPDATE SET kwargs = excluded.kwargs"
+)
+_UPSERT_INSTANCE = (
+    "INSERT INTO atriggers_instances (uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (uid, name) DO UPDATE SET task = excluded.task, status = excluded.status, "
+    "resolved = excluded.resolved, body = excluded.body"
+)
+#: An instance whose status did not change: its indexed columns stay as they are.
+_UPDATE_BODY = "UPDATE atriggers_instances SET body = ? WHERE uid = ? AND name = ? AND status = ?"
+_UPSERT_DUE = (
+    "INSERT INTO atriggers_due (uid, key, at, owner, payload) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (uid, key) DO UPDATE SET at = excluded.at, owner = excluded.owner, "
+    "payload = excluded.payload"
+)
+
+
+def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange, reindex: bool) -> bool:
+    """Write `c` if the session is at `expected`; False (nothing written) if not.
+    Unless `reindex` (see `Change.reindex`), `c` creates no instance and changes
+    no instance's status."""
     if expected == 0:
         cursor = db.execute(
             "INSERT OR IGNORE INTO atriggers_sessions "
@@ -182,24 +206,23 @@ def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedCha
     if cursor.rowcount != 1:
         return False
     if c.triggers:
-        db.executemany(
-            "INSERT OR REPLACE INTO atriggers_triggers (uid, name, kwargs) VALUES (?, ?, ?)",
-            [(uid, name, kwargs) for name, kwargs in c.triggers],
-        )
+        db.executemany(_UPSERT_TRIGGER, [(uid, name, kwargs) for name, kwargs in c.triggers])
     if c.instances:
-        db.executemany(
-            "INSERT OR REPLACE INTO atriggers_instances "
-            "(uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?)",
-            [(uid, *row) for row in c.instances],
+        # The session is at the version `c` was computed from, so every instance
+        # it changes without reindexing is there with the status it keeps.
+        kept = not reindex and (
+            db.executemany(
+                _UPDATE_BODY, [(body, uid, name, status) for name, _, status, _, body in c.instances]
+            ).rowcount
+            == len(c.instances)
         )
+        if not kept:
+            db.executemany(_UPSERT_INSTANCE, [(uid, *row) for row in c.instances])
     for key, due in c.due:
         if due is None:
             db.execute("DELETE FROM atriggers_due WHERE uid = ? AND key = ?", (uid, key))
         else:
-            db.execute(
-                "INSERT OR REPLACE INTO atriggers_due (uid, key, at, owner, payload) VALUES (?, ?, ?, ?, ?)",
-                (uid, key, due.at, due.owner, due.payload),
-            )
+            db.execute(_UPSERT_DUE, (uid, key, due.at, due.owner, due.payload))
     return True
 
 
@@ -208,13 +231,15 @@ class _Write:
     uid: str
     expected: int
     change: EncodedChange
+    #: `Change.reindex` of the change encoded.
+    reindex: bool
     reapply: Reapply | None
     decode: Callable[[str, _Rows], SessionState]
 
     writes = True
 
     def __call__(self, db: sqlite3.Connection) -> _Conflict | _Reapplied | _Refused | None:
-        if _write_change(db, self.uid, self.expected, self.change):
+        if _write_change(db, self.uid, self.expected, self.change, self.reindex):
             return None
         # Another process wrote first. We hold the database's write lock, so the
         # current state cannot move: re-apply the operation to it right here.
@@ -230,7 +255,7 @@ class _Write:
         except Exception as exc:  # noqa: BLE001 - belongs to this operation only
             return _Refused(exc)
         if change is not None:
-            written = _write_change(db, self.uid, current.version, encode_change(change))
+            written = _write_change(db, self.uid, current.version, encode_change(change), change.reindex)
             assert written, "the session cannot change while we hold the write lock"
         return _Reapplied(change)
 
@@ -617,7 +642,9 @@ class SQLiteStorage(Storage):
     async def store_or_reapply(
         self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
     ) -> Change | None:
-        op = _Write(uid, expected_version, encode_change(change), reapply, self._decode_working)
+        op = _Write(
+            uid, expected_version, encode_change(change), change.reindex, reapply, self._decode_working
+        )
         outcome = await self._submit(op)
         if outcome is None:
             return change

@@ -5,6 +5,8 @@ is waited for."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,8 +15,11 @@ from pathlib import Path
 import pytest
 
 import atriggers.storage.sqlite_commit as sqlite_commit
-from atriggers import StorageError, TriggerManager
-from atriggers.storage import SQLiteStorage
+from atriggers import Status, StorageError, TriggerManager
+from atriggers import _rules as rules
+from atriggers.config import parse_configuration
+from atriggers.state import Change, Draft, SessionState
+from atriggers.storage import SessionFilter, SQLiteStorage
 
 IDLE = {"t": {"after": ["a", "never"], "run": "gc.noop"}}
 
@@ -162,3 +167,69 @@ async def test_pauses_grow_to_a_bound_while_the_lock_stays_held(
         assert len(pauses) == 30
         assert max(pauses) <= 1.5 * sqlite_commit.LONGEST_PAUSE
         assert min(pauses[-10:]) >= 0.5 * sqlite_commit.LONGEST_PAUSE
+
+
+# -- what a write rewrites ---------------------------------------------------------------
+
+
+def _kwargs_only(state: SessionState, value: int) -> Change:
+    """A change to t#0's stored body that keeps its status (as recording kwargs does)."""
+    draft = Draft(state)
+    draft.edit("t#0").metadata["note"] = value
+    return draft.changes()
+
+
+async def _configured(storage: SQLiteStorage) -> SessionState:
+    draft = Draft(SessionState(uid="s"))
+    rules.configure(draft, parse_configuration(IDLE))
+    rules.fire(draft, "a", {"i": 0})
+    change = draft.changes()
+    await storage.store("s", 0, change)
+    return change.state
+
+
+async def test_a_change_keeping_every_status_rewrites_only_instance_bodies(db_path: Path) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        state = await _configured(storage)
+        change = _kwargs_only(state, 1)
+        assert not change.reindex
+        await storage.store("s", state.version, change)
+        stored = await storage.load_all("s")
+        assert stored.instances["t#0"].metadata["note"] == 1
+        assert stored.instances["t#0"].status is Status.UNSTARTED
+        assert (await storage.list_summaries(SessionFilter(waiting=True))).summaries[0].uid == "s"
+
+
+async def test_a_change_wrongly_claiming_no_status_moved_is_still_written_whole(db_path: Path) -> None:
+    """The body-only update finds the row with another status: the whole row is
+    written after all (what the change says is what is stored)."""
+    async with SQLiteStorage(db_path) as storage:
+        state = await _configured(storage)
+        draft = Draft(state)
+        draft.set_status(draft.edit("t#0"), Status.FAILED)
+        change = dataclasses.replace(draft.changes(), reindex=False)
+        await storage.store("s", state.version, change)
+        stored = await storage.load("s", ["t#0"])
+        assert stored.instances["t#0"].status is Status.FAILED
+        assert (await storage.count_sessions()).failed == 1
+        assert not (await storage.list_summaries(SessionFilter(waiting=True))).summaries
+
+
+def wal_frames(path: Path) -> float:
+    """Pages written to the WAL so far (each frame: a 24-byte header and a page)."""
+    return (os.path.getsize(f"{path}-wal") - 32) / (4096 + 24)
+
+
+async def test_a_fire_recording_kwargs_writes_two_pages(db_path: Path) -> None:
+    """The session's row and the trigger's: an upsert leaves the trigger table's
+    primary-key index alone (INSERT OR REPLACE rewrote it, and every index of a
+    replaced instance)."""
+    async with SQLiteStorage(db_path) as storage:
+        await storage._call(storage._require(), lambda db: db.execute("PRAGMA wal_autocheckpoint = 0"))
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        await manager.fire("a", {"i": 0})
+        before = wal_frames(db_path)
+        for i in range(10):
+            await manager.fire("a", {"i": i})
+        assert wal_frames(db_path) - before <= 2 * 10
