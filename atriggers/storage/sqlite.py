@@ -3,8 +3,9 @@
 Cost model: handing work to aiosqlite's thread and back costs far more than a
 whole SQLite transaction, so every operation here is one hand-off, and operations
 that arrive while one is in flight share the next hand-off and its transaction
-(group commit: `atriggers.storage.sqlite_commit`). Several processes may share one file: WAL lets readers proceed
-while one writer holds the lock, and each write checks the session's version.
+(group commit: `atriggers.storage.sqlite_commit`). Several processes may share
+one file: WAL lets readers proceed while one writer holds the lock, and each
+write checks the session's version.
 """
 
 from __future__ import annotations
