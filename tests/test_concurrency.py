@@ -57,30 +57,16 @@ async def test_hundreds_of_concurrent_fires_on_one_session(db_path: Path, storag
 
 
 async def test_concurrent_fires_across_sessions_share_hand_offs(db_path: Path) -> None:
-    class CountingStorage(SQLiteStorage):
-        hand_offs = 0
-
-        async def load(self, uid: str, names: Any = ()) -> Any:
-            return await super().load(uid, names)
-
-    calls = 0
-    original = SQLiteStorage._call
-
-    async def counting_call(conn: Any, fn: Any, *args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return await original(conn, fn, *args)
-
     async with SQLiteStorage(db_path) as storage:
-        storage._call = counting_call  # type: ignore[method-assign]
+        assert storage._commit is not None
         managers = [TriggerManager(storage, f"s{n}") for n in range(200)]
         await asyncio.gather(
             *(m.update_configuration({"t": {"after": ["a", "b"], "run": "cc.count"}}) for m in managers)
         )
-        calls = 0
+        before = storage._commit.hand_offs
         await asyncio.gather(*(m.fire("a") for m in managers))
         # 200 fires, every snapshot cached: far fewer thread hand-offs than fires.
-        assert calls < 50, calls
+        assert storage._commit.hand_offs - before < 50, storage._commit.hand_offs - before
 
 
 async def test_no_lock_or_cache_entry_outlives_its_sessions(db_path: Path) -> None:
@@ -292,20 +278,13 @@ async def test_an_uncached_session_costs_one_hand_off_per_fire(db_path: Path) ->
         await manager.update_configuration({"t": {"after": ["a", "b", "c"], "run": "cc.ok"}})
         await manager.fire("a", {"v": 1})
     async with SQLiteStorage(db_path) as second:
-        calls = 0
-        original = SQLiteStorage._call
-
-        async def counting_call(conn: Any, fn: Any, *args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return await original(conn, fn, *args)
-
-        second._call = counting_call  # type: ignore[method-assign]
+        assert second._commit is not None
+        before = second._commit.hand_offs
         manager = TriggerManager(second, "cold")
         # Nothing cached: the fire is written as if the session were new, and
         # re-applied to the stored session inside the same transaction.
         assert await manager.fire("b", {"v": 2}) == []
-        assert calls == 1
+        assert second._commit.hand_offs - before == 1
         assert [i.name for i in await manager.fire("c", {"v": 3})] == ["t#0"]
         await manager.join()
         state = await manager.get_state()

@@ -3,13 +3,13 @@
 Cost model: handing work to aiosqlite's thread and back costs far more than a
 whole SQLite transaction, so every operation here is one hand-off, and operations
 that arrive while one is in flight share the next hand-off and its transaction
-(group commit). Several processes may share one file: WAL lets readers proceed
-while one writer holds the lock, and each write checks the session's version.
+(group commit: `atriggers.storage.sqlite_commit`). Several processes may share
+one file: WAL lets readers proceed while one writer holds the lock, and each
+write checks the session's version.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
@@ -24,7 +24,7 @@ import aiosqlite
 
 from ..clock import Clock
 from ..due import DueEntry
-from ..errors import InvalidInput, StorageError
+from ..errors import StorageError
 from ..state import Change, SessionState
 from .base import Reapply, Storage, VersionConflict
 from .codec import ConfigCache, EncodedChange, corrupt, decode_state, decode_tasks, encode_change
@@ -38,6 +38,7 @@ from .index import (
     check_page,
 )
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
+from .sqlite_commit import GroupCommit, Op, call, run_batch
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -97,11 +98,10 @@ CREATE TABLE atriggers_owners (
 _MIGRATIONS: dict[int, str] = {1: _DUE_SCHEMA}
 
 
-Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+#: Seconds to wait for another connection's lock, unless told otherwise.
+_DEFAULT_TIMEOUT = 30.0
 
-#: aiosqlite's ValueError messages once its connection is closed (from `_conn`
-#: and from `_execute`).
-_AIOSQLITE_CLOSED = frozenset({"no active connection", "Connection closed"})
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 # -- work done in aiosqlite's thread -----------------------------------------------
 
@@ -166,8 +166,32 @@ class _Refused:
     error: Exception
 
 
-def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange) -> bool:
-    """Write `c` if the session is at `expected`; False (nothing written) if not."""
+# Upserts, not INSERT OR REPLACE: a replaced row is deleted and inserted again,
+# which rewrites every index of the table, while an upsert changes the existing
+# row in place and only the indexes of the columns it sets: fewer pages for the
+# commit to write.
+_UPSERT_TRIGGER = (
+    "INSERT INTO atriggers_triggers (uid, name, kwargs) VALUES (?, ?, ?) "
+    "ON CONFLICT (uid, name) DO UPDATE SET kwargs = excluded.kwargs"
+)
+_UPSERT_INSTANCE = (
+    "INSERT INTO atriggers_instances (uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (uid, name) DO UPDATE SET task = excluded.task, status = excluded.status, "
+    "resolved = excluded.resolved, body = excluded.body"
+)
+#: An instance whose status did not change: its indexed columns stay as they are.
+_UPDATE_BODY = "UPDATE atriggers_instances SET body = ? WHERE uid = ? AND name = ? AND status = ?"
+_UPSERT_DUE = (
+    "INSERT INTO atriggers_due (uid, key, at, owner, payload) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (uid, key) DO UPDATE SET at = excluded.at, owner = excluded.owner, "
+    "payload = excluded.payload"
+)
+
+
+def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedChange, reindex: bool) -> bool:
+    """Write `c` if the session is at `expected`; False (nothing written) if not.
+    Unless `reindex` (see `Change.reindex`), `c` creates no instance and changes
+    no instance's status."""
     if expected == 0:
         cursor = db.execute(
             "INSERT OR IGNORE INTO atriggers_sessions "
@@ -183,24 +207,23 @@ def _write_change(db: sqlite3.Connection, uid: str, expected: int, c: EncodedCha
     if cursor.rowcount != 1:
         return False
     if c.triggers:
-        db.executemany(
-            "INSERT OR REPLACE INTO atriggers_triggers (uid, name, kwargs) VALUES (?, ?, ?)",
-            [(uid, name, kwargs) for name, kwargs in c.triggers],
-        )
+        db.executemany(_UPSERT_TRIGGER, [(uid, name, kwargs) for name, kwargs in c.triggers])
     if c.instances:
-        db.executemany(
-            "INSERT OR REPLACE INTO atriggers_instances "
-            "(uid, name, task, status, resolved, body) VALUES (?, ?, ?, ?, ?, ?)",
-            [(uid, *row) for row in c.instances],
+        # The session is at the version `c` was computed from, so every instance
+        # it changes without reindexing is there with the status it keeps.
+        kept = not reindex and (
+            db.executemany(
+                _UPDATE_BODY, [(body, uid, name, status) for name, _, status, _, body in c.instances]
+            ).rowcount
+            == len(c.instances)
         )
+        if not kept:
+            db.executemany(_UPSERT_INSTANCE, [(uid, *row) for row in c.instances])
     for key, due in c.due:
         if due is None:
             db.execute("DELETE FROM atriggers_due WHERE uid = ? AND key = ?", (uid, key))
         else:
-            db.execute(
-                "INSERT OR REPLACE INTO atriggers_due (uid, key, at, owner, payload) VALUES (?, ?, ?, ?, ?)",
-                (uid, key, due.at, due.owner, due.payload),
-            )
+            db.execute(_UPSERT_DUE, (uid, key, due.at, due.owner, due.payload))
     return True
 
 
@@ -209,13 +232,15 @@ class _Write:
     uid: str
     expected: int
     change: EncodedChange
+    #: `Change.reindex` of the change encoded.
+    reindex: bool
     reapply: Reapply | None
     decode: Callable[[str, _Rows], SessionState]
 
     writes = True
 
     def __call__(self, db: sqlite3.Connection) -> _Conflict | _Reapplied | _Refused | None:
-        if _write_change(db, self.uid, self.expected, self.change):
+        if _write_change(db, self.uid, self.expected, self.change, self.reindex):
             return None
         # Another process wrote first. We hold the database's write lock, so the
         # current state cannot move: re-apply the operation to it right here.
@@ -231,7 +256,7 @@ class _Write:
         except Exception as exc:  # noqa: BLE001 - belongs to this operation only
             return _Refused(exc)
         if change is not None:
-            written = _write_change(db, self.uid, current.version, encode_change(change))
+            written = _write_change(db, self.uid, current.version, encode_change(change), change.reindex)
             assert written, "the session cannot change while we hold the write lock"
         return _Reapplied(change)
 
@@ -415,24 +440,48 @@ class _CountIndex:
         return SessionCounts(sessions=total, **flags)
 
 
-_Op = _Read | _Write | _Claim | _Owner | _ListIndex | _CountIndex
+@dataclass(slots=True)
+class _ListUids:
+    writes = False
+
+    def __call__(self, db: sqlite3.Connection) -> list[str]:
+        return [uid for (uid,) in db.execute("SELECT uid FROM atriggers_sessions ORDER BY uid")]
 
 
-def _run_batch(db: sqlite3.Connection, ops: list[_Op], same_file: Callable[[], None]) -> list[Any]:
-    """One transaction for the whole batch. A database error aborts all of it.
-    A batch that writes first checks that the file is still the one opened."""
-    writes = any(op.writes for op in ops)
-    if writes:
-        same_file()
-    db.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
-    try:
-        results = [op(db) for op in ops]
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return results
+_Op = _Read | _Write | _Claim | _Owner | _ListIndex | _CountIndex | _ListUids
+
+
+class _Opened:
+    """The database file a storage opened, as its batches need it in the thread.
+
+    Calling it refuses to write when the file was deleted or replaced since it
+    was opened: the writes would land in a file nobody will read again.
+    """
+
+    __slots__ = ("file", "path", "patience", "shown")
+
+    def __init__(self, path: Path, shown: Path, patience: float) -> None:
+        #: The file SQLite opened (resolved now: a later chdir must not change it).
+        self.path = path.resolve()
+        self.file = _identity(self.path)
+        #: The path as the application gave it, for messages.
+        self.shown = shown
+        #: Seconds a batch waits for another connection's lock before failing.
+        self.patience = patience
+
+    def __call__(self) -> None:
+        if _identity(self.path) != self.file:
+            raise StorageError(
+                f"the SQLite database {str(self.shown)!r} was deleted or replaced while open: "
+                f"nothing was written; reopen the storage"
+            )
+
+
+def _run_batch(db: sqlite3.Connection, ops: list[Op], same_file: Callable[[], None]) -> list[Any]:
+    """The batch's operations in one transaction (see `run_batch`), waiting for
+    another connection's lock as long as the storage's `timeout` says."""
+    patience = same_file.patience if isinstance(same_file, _Opened) else _DEFAULT_TIMEOUT
+    return run_batch(db, ops, same_file, patience)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -478,6 +527,9 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    # From now on a lock held by another connection is waited for by
+    # `run_batch`, in short steps, not by SQLite's coarse busy handler.
+    db.execute("PRAGMA busy_timeout = 0")
 
 
 class SQLiteStorage(Storage):
@@ -495,7 +547,7 @@ class SQLiteStorage(Storage):
         self,
         path: str | Path,
         *,
-        timeout: float = 30.0,
+        timeout: float = _DEFAULT_TIMEOUT,
         synchronous: Synchronous = "NORMAL",
         cache_size: int = 1024,
         close_timeout: float = 30.0,
@@ -510,10 +562,7 @@ class SQLiteStorage(Storage):
         self.synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
         self._configs = ConfigCache()
-        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._file: tuple[int, int] | None = None
-        self._file_path = self.path
+        self._commit: GroupCommit | None = None
 
     @property
     def url(self) -> str:
@@ -567,13 +616,13 @@ class SQLiteStorage(Storage):
             await conn.close()
             raise
         self._conn = conn
-        # The file SQLite opened (resolved now: a later chdir must not change it).
-        self._file_path = self.path.resolve()
-        self._file = _identity(self._file_path)
+        opened = _Opened(self.path, self.path, self.timeout)
+        # `_run_batch` looked up at each batch: a profiler may wrap it.
+        self._commit = GroupCommit(conn, lambda db, ops: _run_batch(db, ops, opened))
 
     async def disconnect(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        if self._commit is not None:
+            await self._commit.wait_idle()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
@@ -594,7 +643,9 @@ class SQLiteStorage(Storage):
     async def store_or_reapply(
         self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
     ) -> Change | None:
-        op = _Write(uid, expected_version, encode_change(change), reapply, self._decode_working)
+        op = _Write(
+            uid, expected_version, encode_change(change), change.reindex, reapply, self._decode_working
+        )
         outcome = await self._submit(op)
         if outcome is None:
             return change
@@ -625,11 +676,8 @@ class SQLiteStorage(Storage):
         await self._submit(_Owner(owner, float("-inf"), float("inf"), True))
 
     async def list_sessions(self) -> list[str]:
-        conn = self._require()
-        rows = await self._call(
-            conn, lambda db: db.execute("SELECT uid FROM atriggers_sessions ORDER BY uid").fetchall()
-        )
-        return [uid for (uid,) in rows]
+        uids: list[str] = await self._submit(_ListUids())
+        return uids
 
     async def list_summaries(
         self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
@@ -667,15 +715,6 @@ class SQLiteStorage(Storage):
             complete=complete,
         )
 
-    def _same_file(self) -> None:
-        """Refuse to write when the database file was deleted or replaced since it
-        was opened: the writes would land in a file nobody will read again."""
-        if _identity(self._file_path) != self._file:
-            raise StorageError(
-                f"the SQLite database {str(self.path)!r} was deleted or replaced while open: "
-                f"nothing was written; reopen the storage"
-            )
-
     # -- group commit -------------------------------------------------------------------
 
     def _require(self) -> aiosqlite.Connection:
@@ -687,72 +726,11 @@ class SQLiteStorage(Storage):
 
     async def _submit(self, op: _Op) -> Any:
         self._require()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future))
-        if self._flusher is None:
-            # The flush runs in its own task so that a cancelled caller can never
-            # strand the other operations of its batch.
-            flusher = asyncio.get_running_loop().create_task(self._flush())
-            # Under an eager task factory the flush may have run to its end inside
-            # create_task (a batch that failed at once): only one still going may
-            # stand for "a flush is in flight", or later operations wait forever.
-            if not flusher.done():
-                self._flusher = flusher
-        return await future
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await self._call(
-                        self._require(), _run_batch, [op for op, _ in batch], self._same_file
-                    )
-                except Exception as exc:  # noqa: BLE001 - handed to the callers
-                    if len(batch) == 1:
-                        if not batch[0][1].done():
-                            batch[0][1].set_exception(exc)
-                        continue
-                    # One operation's failure must not fail the others that shared
-                    # its transaction: each goes again in a transaction of its own.
-                    for op, future in batch:
-                        try:
-                            [result] = await self._call(self._require(), _run_batch, [op], self._same_file)
-                        except Exception as alone:  # noqa: BLE001 - this caller's error
-                            if not future.done():
-                                future.set_exception(alone)
-                        else:
-                            if not future.done():
-                                future.set_result(result)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self._flusher = None
+        assert self._commit is not None
+        return await self._commit.submit(op)
 
     @staticmethod
     async def _call(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(sqlite3_connection, *args)` in aiosqlite's thread: one hand-off.
-
-        aiosqlite's public methods cost one hand-off per statement; a transaction
-        of several statements needs its private `Connection._conn` and
-        `Connection._execute`. This is the only place that touches them, and the
-        only place driver errors become `StorageError`; pyproject.toml pins
-        aiosqlite to the releases tests/storage/test_sqlite_driver.py checked.
-        """
-        try:
-            db = conn._conn
-            return await conn._execute(fn, db, *args)  # type: ignore[no-untyped-call]
-        except sqlite3.Error as exc:
-            raise StorageError(f"SQLite error: {exc}") from exc
-        except UnicodeEncodeError as exc:
-            # A name or text that is not valid Unicode reached a query (callers of
-            # the storage API itself; managers refuse it earlier).
-            raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
-        except ValueError as exc:
-            # How aiosqlite says its connection was closed under us; a ValueError
-            # from `fn` itself is a bug of ours and keeps its type.
-            if str(exc) not in _AIOSQLITE_CLOSED:
-                raise
-            raise StorageError("the SQLite connection was closed") from exc
+        """Run `fn(sqlite3_connection, *args)` in aiosqlite's thread, outside the
+        group commit (setting the connection up): one hand-off."""
+        return await call(conn, fn, *args)

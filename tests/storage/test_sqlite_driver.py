@@ -1,9 +1,12 @@
 """What `SQLiteStorage` needs from aiosqlite beyond its public API.
 
 `SQLiteStorage._call` runs a whole transaction in one hand-off to aiosqlite's
-thread through the private `Connection._conn` and `Connection._execute`.
+thread through the private `Connection._conn` and `Connection._execute`; the
+group commit (atriggers.storage.sqlite_commit) queues its batches on the
+private `Connection._tx` itself, with a reply object in place of a future.
 pyproject.toml pins aiosqlite to the releases these tests passed on; when a new
-release fails here, fix `_call` (and these tests) before widening the pin.
+release fails here, fix `_call` or `GroupCommit` (and these tests) before
+widening the pin.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 
 from atriggers import StorageError
 from atriggers.storage import SQLiteStorage
-from atriggers.storage.sqlite import _AIOSQLITE_CLOSED
+from atriggers.storage.sqlite_commit import AIOSQLITE_CLOSED as _AIOSQLITE_CLOSED
 
 
 @contextmanager
@@ -58,6 +61,48 @@ async def test_execute_runs_a_function_with_the_sqlite3_connection_in_its_thread
             # The point of the private call: the sqlite3 connection is used in
             # aiosqlite's own thread, never in the event loop's.
             assert thread != threading.get_ident(), "fn ran in the event loop's thread"
+
+
+async def test_the_thread_answers_a_queued_function_through_the_reply_it_is_given(db_path: Path) -> None:
+    """`GroupCommit._send` queues ``(reply, fn)`` on `Connection._tx`; the thread
+    calls ``fn()``, then ``reply.get_loop().call_soon_threadsafe(set_result,
+    reply, result)``, where aiosqlite's `set_result` checks ``reply.done()``."""
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+    class Reply:
+        def get_loop(self) -> asyncio.AbstractEventLoop:
+            return loop
+
+        def done(self) -> bool:
+            return False
+
+        def set_result(self, result: tuple[int, int]) -> None:
+            assert threading.get_ident() == loop_thread, "answered outside the loop's thread"
+            answered.set_result(result)
+
+        def set_exception(self, exc: BaseException) -> None:
+            answered.set_exception(exc)
+
+    loop_thread = threading.get_ident()
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        with private_api("Connection._running and Connection._connection"):
+            assert conn._running is True
+            db = conn._connection
+            assert isinstance(db, sqlite3.Connection)
+
+        def work() -> tuple[int, int]:
+            (one,) = db.execute("SELECT 1").fetchone()
+            return threading.get_ident(), one
+
+        with private_api("Connection._tx and the worker's reply protocol"):
+            conn._tx.put_nowait((Reply(), work))  # type: ignore[arg-type]
+            thread, one = await asyncio.wait_for(answered, timeout=10)
+            assert one == 1
+            assert thread != loop_thread, "the function ran in the event loop's thread"
+        await conn.close()
+        with private_api("Connection._running once closed"):
+            assert conn._running is False and conn._connection is None
 
 
 async def test_a_closed_connection_raises_the_value_errors_we_translate(db_path: Path) -> None:

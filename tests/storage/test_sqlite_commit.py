@@ -1,0 +1,235 @@
+"""The SQLite group commit: what an operation costs in hand-offs and loop
+iterations, how callers share batches, and how another connection's write lock
+is waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import atriggers.storage.sqlite_commit as sqlite_commit
+from atriggers import Status, StorageError, TriggerManager
+from atriggers import _rules as rules
+from atriggers.config import parse_configuration
+from atriggers.state import Change, Draft, SessionState
+from atriggers.storage import SessionFilter, SQLiteStorage
+
+IDLE = {"t": {"after": ["a", "never"], "run": "gc.noop"}}
+
+
+def hand_offs(storage: SQLiteStorage) -> int:
+    assert storage._commit is not None
+    return storage._commit.hand_offs
+
+
+@contextmanager
+def counting_iterations(loop: asyncio.AbstractEventLoop) -> Iterator[list[int]]:
+    """Counts the loop's iterations (`_run_once` calls) while inside."""
+    count = [0]
+    original = loop._run_once  # type: ignore[attr-defined]
+
+    def counted() -> None:
+        count[0] += 1
+        original()
+
+    loop._run_once = counted  # type: ignore[attr-defined]
+    try:
+        yield count
+    finally:
+        del loop._run_once  # type: ignore[attr-defined]
+
+
+async def test_a_warm_fire_is_one_hand_off_and_a_read_two_loop_iterations(db_path: Path) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        await manager.fire("a", {"i": 0})  # the session is cached from here on
+        before = hand_offs(storage)
+        for i in range(10):
+            await manager.fire("a", {"i": i})
+        assert hand_offs(storage) - before == 10
+        # The storage's share of the loop's iterations: what a fire costs on
+        # SQLite beyond what it costs in memory, where nothing is handed off.
+        loop = asyncio.get_running_loop()
+        with counting_iterations(loop) as count:
+            await storage.load("s")
+        # One iteration for the thread's answer, one for the caller to resume:
+        # no flush task and no future relaying the answer.
+        assert count[0] == 2, count[0]
+
+
+async def test_operations_arriving_during_a_batch_share_the_next(db_path: Path) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        before = hand_offs(storage)
+        await asyncio.gather(*(storage.load(f"s{i}") for i in range(100)))
+        # The first goes at once, the 99 others together while it is in the thread.
+        assert hand_offs(storage) - before == 2
+
+
+async def test_a_cancelled_caller_leaves_its_batch_be(db_path: Path) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        loads = [asyncio.ensure_future(storage.load(f"s{i}")) for i in range(5)]
+        await asyncio.sleep(0)  # all submitted: the first batch is in the thread
+        loads[0].cancel()
+        loads[3].cancel()
+        done = await asyncio.gather(*loads, return_exceptions=True)
+        assert isinstance(done[0], asyncio.CancelledError)
+        assert isinstance(done[3], asyncio.CancelledError)
+        assert [state.uid for state in done if not isinstance(state, BaseException)] == ["s1", "s2", "s4"]
+        assert (await asyncio.wait_for(storage.load("later"), timeout=5)).uid == "later"
+
+
+async def test_closing_waits_for_the_batch_in_the_thread(db_path: Path) -> None:
+    storage = SQLiteStorage(db_path)
+    await storage.open()
+    manager = TriggerManager(storage, "s")
+    await manager.update_configuration(IDLE)
+    fires = [asyncio.ensure_future(manager.fire("a", {"i": i})) for i in range(20)]
+    await asyncio.sleep(0)
+    await storage.aclose()
+    await asyncio.gather(*fires)
+    async with SQLiteStorage(db_path) as again:
+        assert (await TriggerManager(again, "s").get_state()).version == 21
+
+
+@contextmanager
+def write_lock_held(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection (as another process would) holding the write lock."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_a_writer_finding_the_lock_held_looks_again_after_a_short_pause(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        pauses: list[float] = []
+        with write_lock_held(db_path) as other:
+
+            def pause(seconds: float) -> None:
+                # In aiosqlite's thread, where the batch waits: the other
+                # connection lets go during the second pause.
+                pauses.append(seconds)
+                if len(pauses) == 2:
+                    other.execute("COMMIT")
+
+            monkeypatch.setattr(sqlite_commit, "sleep", pause)
+            await manager.fire("a", {"i": 1})
+        monkeypatch.undo()
+        # SQLite's own busy handler would have slept 1 ms, then 2 ms.
+        assert len(pauses) == 2
+        assert pauses[0] <= 1.5 * sqlite_commit.FIRST_PAUSE
+        assert pauses[1] <= 3 * sqlite_commit.FIRST_PAUSE
+        assert (await manager.get_state()).latest_kwargs["a"] == {"i": 1}
+
+
+async def test_the_lock_is_waited_for_at_most_timeout_seconds(db_path: Path) -> None:
+    async with SQLiteStorage(db_path, timeout=0.0) as storage:
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        with write_lock_held(db_path), pytest.raises(StorageError, match="locked"):
+            await manager.fire("a", {"i": 1})
+        await manager.fire("a", {"i": 2})
+        assert (await manager.get_state()).latest_kwargs["a"] == {"i": 2}
+
+
+async def test_pauses_grow_to_a_bound_while_the_lock_stays_held(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteStorage(db_path, timeout=3600) as storage:
+        await storage.load("s")
+        pauses: list[float] = []
+        with write_lock_held(db_path) as other:
+
+            def pause(seconds: float) -> None:
+                pauses.append(seconds)
+                if len(pauses) == 30:
+                    other.execute("COMMIT")
+
+            monkeypatch.setattr(sqlite_commit, "sleep", pause)
+            await storage.claim_due(0.0, 1.0)
+        monkeypatch.undo()
+        assert len(pauses) == 30
+        assert max(pauses) <= 1.5 * sqlite_commit.LONGEST_PAUSE
+        assert min(pauses[-10:]) >= 0.5 * sqlite_commit.LONGEST_PAUSE
+
+
+# -- what a write rewrites ---------------------------------------------------------------
+
+
+def _kwargs_only(state: SessionState, value: int) -> Change:
+    """A change to t#0's stored body that keeps its status (as recording kwargs does)."""
+    draft = Draft(state)
+    draft.edit("t#0").metadata["note"] = value
+    return draft.changes()
+
+
+async def _configured(storage: SQLiteStorage) -> SessionState:
+    draft = Draft(SessionState(uid="s"))
+    rules.configure(draft, parse_configuration(IDLE))
+    rules.fire(draft, "a", {"i": 0})
+    change = draft.changes()
+    await storage.store("s", 0, change)
+    return change.state
+
+
+async def test_a_change_keeping_every_status_rewrites_only_instance_bodies(db_path: Path) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        state = await _configured(storage)
+        change = _kwargs_only(state, 1)
+        assert not change.reindex
+        await storage.store("s", state.version, change)
+        stored = await storage.load_all("s")
+        assert stored.instances["t#0"].metadata["note"] == 1
+        assert stored.instances["t#0"].status is Status.UNSTARTED
+        assert (await storage.list_summaries(SessionFilter(waiting=True))).summaries[0].uid == "s"
+
+
+async def test_a_change_wrongly_claiming_no_status_moved_is_still_written_whole(db_path: Path) -> None:
+    """The body-only update finds the row with another status: the whole row is
+    written after all (what the change says is what is stored)."""
+    async with SQLiteStorage(db_path) as storage:
+        state = await _configured(storage)
+        draft = Draft(state)
+        draft.set_status(draft.edit("t#0"), Status.FAILED)
+        change = dataclasses.replace(draft.changes(), reindex=False)
+        await storage.store("s", state.version, change)
+        stored = await storage.load("s", ["t#0"])
+        assert stored.instances["t#0"].status is Status.FAILED
+        assert (await storage.count_sessions()).failed == 1
+        assert not (await storage.list_summaries(SessionFilter(waiting=True))).summaries
+
+
+def wal_frames(path: Path) -> float:
+    """Pages written to the WAL so far (each frame: a 24-byte header and a page)."""
+    return (os.path.getsize(f"{path}-wal") - 32) / (4096 + 24)
+
+
+async def test_a_fire_recording_kwargs_writes_two_pages(db_path: Path) -> None:
+    """The session's row and the trigger's: an upsert leaves the trigger table's
+    primary-key index alone (INSERT OR REPLACE rewrote it, and every index of a
+    replaced instance)."""
+    async with SQLiteStorage(db_path) as storage:
+        await storage._call(storage._require(), lambda db: db.execute("PRAGMA wal_autocheckpoint = 0"))
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        await manager.fire("a", {"i": 0})
+        before = wal_frames(db_path)
+        for i in range(10):
+            await manager.fire("a", {"i": i})
+        assert wal_frames(db_path) - before <= 2 * 10
