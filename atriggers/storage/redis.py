@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Collection, Sequence
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
@@ -58,8 +59,11 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from ._redis_channel import Channel
+    from ._redis_wire import Arg, pack
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "RedisStorage needs the redis client: install the extra with `pip install 'atriggers[redis]'`"
@@ -488,6 +492,7 @@ class RedisStorage(Storage):
         self.max_connections = max_connections
         self._client = client
         self._owns_client = client is None
+        self._channel: Channel | None = None
         self._configs = ConfigCache()
         self._load_script: Any = None
         self._store_script: Any = None
@@ -570,24 +575,35 @@ class RedisStorage(Storage):
             )
             self._client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         client = self._client
+        # Every command goes over one pipelined connection of ours (see
+        # `_redis_channel`); redis-py opens it, with everything the URL says.
+        channel = Channel(
+            client.connection_pool.make_connection, timeout=self.socket_timeout, retries=self.retries
+        )
+        self._channel = channel
         try:
-            await self._call(cast(Awaitable[Any], client.ping()), "connect")
+            await self._command(("PING",), "connect")
         except BaseException:
+            channel.close()
+            self._channel = None
             if self._owns_client:
                 self._client = None
                 await client.aclose()
             raise
-        self._load_script = client.register_script(_LOAD)
-        self._store_script = client.register_script(_STORE)
-        self._claim_script = client.register_script(_CLAIM)
-        self._owner_script = client.register_script(_OWNER)
-        self._list_script = client.register_script(_LIST_INDEX)
-        self._unlock_script = client.register_script(_UNLOCK)
-        self._load_unlocked_script = client.register_script(_LOAD_UNLOCKED)
+        self._load_script = _Script(self, _LOAD)
+        self._store_script = _Script(self, _STORE)
+        self._claim_script = _Script(self, _CLAIM)
+        self._owner_script = _Script(self, _OWNER)
+        self._list_script = _Script(self, _LIST_INDEX)
+        self._unlock_script = _Script(self, _UNLOCK)
+        self._load_unlocked_script = _Script(self, _LOAD_UNLOCKED)
 
     async def disconnect(self) -> None:
         self._load_script = self._store_script = self._claim_script = self._owner_script = None
         self._list_script = self._unlock_script = self._load_unlocked_script = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -665,14 +681,13 @@ class RedisStorage(Storage):
     async def _store_locked(
         self, uid: str, expected_version: int, names: list[str], reapply: Reapply
     ) -> Change | None:
-        client = self._require()
         key, token = self.lock_key(uid), uuid.uuid4().hex
         ttl_ms = max(1, round(self.lock_ttl * 1000))
         # Other starved writers of the session may hold it: wait for them, a
         # few of their turns at most, then leave it to the manager's retries.
         deadline = time.monotonic() + 4 * self.lock_ttl
         pause = 0.001
-        while not await self._call(client.set(key, token, nx=True, px=ttl_ms), "fairness lock"):
+        while not await self._command(("SET", key, token, "NX", "PX", ttl_ms), "fairness lock"):
             if time.monotonic() >= deadline:
                 raise VersionConflict(uid, expected_version, None)
             await asyncio.sleep(random.uniform(0, pause))
@@ -789,15 +804,15 @@ class RedisStorage(Storage):
     async def list_sessions(self) -> list[str]:
         """Every session's uid, found by scanning for session keys: O(keys in the
         database), meant for tools, not for requests."""
-        client = self._require()
         pattern = _glob_escape(self.prefix) + "{*}:session"
         start, end = len(self.prefix) + 1, -len("}:session")
-
-        async def scan() -> list[str]:
-            return sorted({_text(key)[start:end] async for key in client.scan_iter(pattern, 1000)})
-
-        result: list[str] = await self._call(scan(), "scan")
-        return result
+        found: set[str] = set()
+        cursor = "0"
+        while True:
+            cursor, keys = await self._command(("SCAN", cursor, "MATCH", pattern, "COUNT", 1000), "scan")
+            found.update(_text(key)[start:end] for key in keys)
+            if _text(cursor) == "0":
+                return sorted(found)
 
     async def list_summaries(
         self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
@@ -830,15 +845,11 @@ class RedisStorage(Storage):
         return SessionPage(tuple(found), None)
 
     async def count_sessions(self) -> SessionCounts:
-        client = self._require()
-
-        async def count() -> list[int]:
-            async with client.pipeline(transaction=False) as pipe:
-                for key in self._index_keys[1:]:
-                    pipe.zcard(key)
-                return [int(n) for n in await pipe.execute()]
-
-        total, *flags = await self._call(count(), "index count")
+        # Sent together: the channel pipelines them in one round trip.
+        counts = await asyncio.gather(
+            *(self._command(("ZCARD", key), "index count") for key in self._index_keys[1:])
+        )
+        total, *flags = (int(n) for n in counts)
         return SessionCounts(total, *flags)
 
     def _decode(self, uid: str, reply: Sequence[Any], *, complete: bool) -> SessionState:
@@ -857,16 +868,22 @@ class RedisStorage(Storage):
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _require(self) -> aioredis.Redis:
-        if self._client is None or self._load_script is None:
+    def _require(self) -> Channel:
+        if self._channel is None or self._load_script is None:
             raise StorageError(
                 f"{self!r} is not open: use `async with RedisStorage(...)` or `await storage.open()`"
             )
-        return self._client
+        return self._channel
 
-    def _script(self, script: Any) -> Any:
+    def _script(self, script: _Script | None) -> _Script:
         self._require()
+        assert script is not None
         return script
+
+    async def _command(self, args: Sequence[Arg], what: str) -> Any:
+        """One Redis command's reply; its error reply raised as `StorageError`."""
+        channel = self._channel if self._channel is not None else self._require()
+        return await self._call(_execute(channel, args), what)
 
     async def _call(self, operation: Awaitable[Any], what: str) -> Any:
         try:
@@ -877,3 +894,30 @@ class RedisStorage(Storage):
             raise StorageError(
                 f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+async def _execute(channel: Channel, args: Sequence[Arg]) -> Any:
+    reply = await channel.execute(pack(args))
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+class _Script:
+    """A Lua script run by EVALSHA (its text is sent only when the server lacks it)."""
+
+    def __init__(self, storage: RedisStorage, text: str) -> None:
+        self._storage = storage
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """The script's reply; an error reply raised as redis-py's `ResponseError`."""
+        channel = self._storage._require()
+        reply = await channel.execute(pack(("EVALSHA", self.sha, len(keys), *keys, *args)))
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            # A restarted or flushed server: EVAL sends the text, and caches it again.
+            reply = await channel.execute(pack(("EVAL", self.text, len(keys), *keys, *args)))
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
