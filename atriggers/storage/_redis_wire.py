@@ -33,6 +33,20 @@ class Reader(Protocol):
 def pack(args: Sequence[Arg]) -> bytes:
     """One command as RESP bytes. Text that is not valid Unicode (lone surrogates)
     raises UnicodeEncodeError here, in its caller, before anything is sent."""
+    # Commands are mostly ASCII (keys, numbers, JSON with escapes): built as one
+    # str and encoded once, where lengths in characters are lengths in bytes.
+    parts = [f"*{len(args)}\r\n"]
+    for arg in args:
+        if type(arg) is not str:
+            if isinstance(arg, bytes):
+                return _pack_bytes(args)
+            arg = str(arg)
+        parts.append(f"${len(arg)}\r\n{arg}\r\n")
+    text = "".join(parts)
+    return text.encode() if text.isascii() else _pack_bytes(args)
+
+
+def _pack_bytes(args: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, str):

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import random
 import time
 import uuid
@@ -722,7 +723,8 @@ class RedisStorage(Storage):
         args: list[str | int] = [
             expected_version,
             encoded.version,
-            uuid.uuid4().hex,
+            # The change's token: 32 hex digits, as random as uuid4's (and cheaper).
+            os.urandom(16).hex(),
             ttl_ms,
             repr(time.time()),
             encoded.tasks or "",
