@@ -77,7 +77,9 @@ class WriteCounter:
         transport.write = counted  # type: ignore[method-assign]
 
 
-async def test_operations_of_many_sessions_share_round_trips(storage: RedisStorage, raw: aioredis.Redis) -> None:
+async def test_operations_of_many_sessions_share_round_trips(
+    storage: RedisStorage, raw: aioredis.Redis
+) -> None:
     managers = [manager(storage, f"s{n}") for n in range(200)]
     await asyncio.gather(*(m.update_configuration(WAITING) for m in managers))
     counter = WriteCounter(storage)
@@ -131,7 +133,9 @@ async def test_a_cancelled_operation_leaves_the_others_their_replies(storage: Re
     assert (await storage.count_sessions()).sessions == 1
 
 
-async def test_scripts_flushed_from_the_server_are_sent_again(storage: RedisStorage, raw: aioredis.Redis) -> None:
+async def test_scripts_flushed_from_the_server_are_sent_again(
+    storage: RedisStorage, raw: aioredis.Redis
+) -> None:
     m = manager(storage, "s1")
     await m.update_configuration(WAITING)
     await raw.script_flush()
