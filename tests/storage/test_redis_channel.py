@@ -142,7 +142,7 @@ async def test_scripts_flushed_from_the_server_are_sent_again(
     await m.fire("tick", {"n": 1})  # EVALSHA refused (NOSCRIPT): EVAL, then cached again
     storage.forget("s1")
     assert (await storage.load("s1")).version == 2
-    assert await raw.script_exists(storage._store_script.sha) == [True]  # type: ignore[union-attr]
+    assert await raw.script_exists(storage._store_script.sha) == [True]
 
 
 async def test_a_server_that_stops_answering_times_out_and_the_storage_recovers(
