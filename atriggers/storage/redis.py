@@ -51,7 +51,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -87,9 +87,11 @@ DEFAULT_PREFIX = "atriggers:"
 #: crashed blocks the session's other writers no longer than this.
 DEFAULT_LOCK_TTL = 2.0
 
-# Shared by both scripts: the working view of a session, as
-# {version, config, counts, {trigger, kwargs...}, {instance, body...}}, or {} when
-# the session does not exist. KEYS = session, triggers, instances, unresolved.
+# Shared by the scripts: the working view of a session, as
+# {version, config, counts, {trigger, kwargs...}, {instance, body...}} (everything),
+# or {version, config, counts, {trigger, kwargs...}, {instance...}, {body...}} (the
+# unresolved and named instances), or {} when the session does not exist.
+# KEYS = session, triggers, instances, unresolved.
 _READ_STATE = """
 local function hmget_chunked(key, names)
   -- unpack() is bounded by Lua's C stack: fetch in slices.
@@ -106,11 +108,11 @@ local function read_state(everything, names)
   local header = redis.call('HMGET', KEYS[1], 'version', 'config', 'counts')
   if not header[1] then return {} end
   local triggers = redis.call('HGETALL', KEYS[2])
-  local instances
   if everything then
-    instances = redis.call('HGETALL', KEYS[3])
-  else
-    local wanted = redis.call('SMEMBERS', KEYS[4])
+    return {header[1], header[2], header[3], triggers, redis.call('HGETALL', KEYS[3])}
+  end
+  local wanted = redis.call('SMEMBERS', KEYS[4])
+  if #names > 0 then
     local seen = {}
     for _, name in ipairs(wanted) do seen[name] = true end
     for _, name in ipairs(names) do
@@ -119,16 +121,10 @@ local function read_state(everything, names)
         wanted[#wanted + 1] = name
       end
     end
-    instances = {}
-    local bodies = hmget_chunked(KEYS[3], wanted)
-    for i, name in ipairs(wanted) do
-      if bodies[i] then
-        instances[#instances + 1] = name
-        instances[#instances + 1] = bodies[i]
-      end
-    end
   end
-  return {header[1], header[2], header[3], triggers, instances}
+  -- Names and bodies side by side (a body is nil, false in the reply, for a
+  -- name asked for that does not exist): the client pairs them.
+  return {header[1], header[2], header[3], triggers, wanted, hmget_chunked(KEYS[3], wanted)}
 end
 """
 
@@ -419,8 +415,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
-    return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+def _pairs(flat: list[str]) -> Iterable[tuple[str, str]]:
+    """A flat reply of names and values as pairs (replies are `str` already: the
+    channel's parser decodes them)."""
+    return zip(flat[::2], flat[1::2], strict=True)
 
 
 def _glob_escape(text: str) -> str:
@@ -857,14 +855,19 @@ class RedisStorage(Storage):
     def _decode(self, uid: str, reply: Sequence[Any], *, complete: bool) -> SessionState:
         if not reply:
             return SessionState(uid=uid, complete=complete)
-        version, config, counts, triggers, instances = reply
+        version, config, counts, triggers, *instances = reply
+        if len(instances) == 1:
+            found: Iterable[tuple[str, str]] = _pairs(instances[0])
+        else:
+            # Lua's false (a name asked for that has no instance) arrives as None.
+            found = [(name, body) for name, body in zip(*instances, strict=True) if body is not None]
         return decode_state(
             uid,
             int(version),
-            decode_tasks(self._configs, _text(config), uid),
-            _text(counts),
+            decode_tasks(self._configs, config, uid),
+            counts,
             _pairs(triggers),
-            _pairs(instances),
+            found,
             complete=complete,
         )
 
