@@ -110,6 +110,11 @@ class _Link(asyncio.Protocol):
         else:
             self._watchdog = self._loop.call_later(self._timeout - quiet, self._check)
 
+    def eof_received(self) -> bool:
+        # The server closed its side: nothing more will be answered.
+        self._fail(RedisConnectionError("Connection to Redis lost: closed by the server"))
+        return False  # and the transport closes ours
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"Connection to Redis lost: {exc or 'closed by the server'}"))
         self._previous.connection_lost(exc)

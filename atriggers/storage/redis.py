@@ -434,9 +434,11 @@ class RedisStorage(Storage):
 
     `prefix` starts every key (give each application its own). `ttl` (seconds, the
     original library's ``timeout``) makes a session expire that long after its last
-    write; None keeps sessions forever. At most `max_connections` connections are
-    opened; more concurrent operations wait for a free one (up to
-    ``socket_timeout + 5`` seconds, then `StorageError`).
+    write; None keeps sessions forever. Every operation goes over one pipelined
+    connection, so operations of any number of sessions share round trips (and
+    never more than `max_connections` connections are open). `socket_timeout`
+    bounds the wait for a reply; `retries` resends an operation after a lost
+    connection.
 
     A write that cannot reach Redis raises `StorageError` and either landed
     entirely or not at all. Durability across a Redis crash is Redis's: use
