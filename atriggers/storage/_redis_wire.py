@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import InvalidResponse, ResponseError
 
-__all__ = ["Arg", "Reader", "make_reader", "pack"]
+__all__ = ["Arg", "Reader", "make_reader", "pack", "pack_args"]
 
 #: What a command's argument may be (numbers are sent as their text).
 Arg = str | bytes | int | float
@@ -33,9 +33,15 @@ class Reader(Protocol):
 def pack(args: Sequence[Arg]) -> bytes:
     """One command as RESP bytes. Text that is not valid Unicode (lone surrogates)
     raises UnicodeEncodeError here, in its caller, before anything is sent."""
+    return b"*%d\r\n%b" % (len(args), pack_args(args))
+
+
+def pack_args(args: Sequence[Arg]) -> bytes:
+    """A command's arguments without the array header: parts packed once (a
+    session's keys) are joined to the rest as they are."""
     # Commands are mostly ASCII (keys, numbers, JSON with escapes): built as one
     # str and encoded once, where lengths in characters are lengths in bytes.
-    parts = [f"*{len(args)}\r\n"]
+    parts = []
     for arg in args:
         if type(arg) is not str:
             if isinstance(arg, bytes):
@@ -47,7 +53,7 @@ def pack(args: Sequence[Arg]) -> bytes:
 
 
 def _pack_bytes(args: Sequence[Arg]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+    parts = []
     for arg in args:
         if isinstance(arg, str):
             raw = arg.encode()

@@ -51,7 +51,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -64,7 +64,7 @@ try:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from ._redis_channel import Channel
-    from ._redis_wire import Arg, pack
+    from ._redis_wire import Arg, pack, pack_args
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "RedisStorage needs the redis client: install the extra with `pip install 'atriggers[redis]'`"
@@ -549,6 +549,9 @@ class RedisStorage(Storage):
         base = f"{self.prefix}{{{uid}}}:"
         return [base + "session", base + "triggers", base + "instances", base + "unresolved"]
 
+    def _store_keys(self, uid: str) -> list[str]:
+        return [*self.keys(uid), *self._due_keys[:2], *self._index_keys, self.lock_key(uid)]
+
     def lock_key(self, uid: str) -> str:
         """The key of session `uid`'s fairness lock (present only while held)."""
         return f"{self.prefix}{{{uid}}}:lock"
@@ -591,8 +594,8 @@ class RedisStorage(Storage):
                 self._client = None
                 await client.aclose()
             raise
-        self._load_script = _Script(self, _LOAD)
-        self._store_script = _Script(self, _STORE)
+        self._load_script = _Script(self, _LOAD, self.keys)
+        self._store_script = _Script(self, _STORE, self._store_keys)
         self._claim_script = _Script(self, _CLAIM)
         self._owner_script = _Script(self, _OWNER)
         self._list_script = _Script(self, _LIST_INDEX)
@@ -612,13 +615,11 @@ class RedisStorage(Storage):
     # -- reads and writes -------------------------------------------------------------
 
     async def load(self, uid: str, names: Collection[str] = ()) -> SessionState:
-        reply = await self._call(
-            self._script(self._load_script)(keys=self.keys(uid), args=["0", *names]), "read"
-        )
+        reply = await self._eval(self._script(self._load_script), uid, ["0", *names], "read")
         return self._decode(uid, reply, complete=False)
 
     async def load_all(self, uid: str) -> SessionState:
-        reply = await self._call(self._script(self._load_script)(keys=self.keys(uid), args=["1"]), "read")
+        reply = await self._eval(self._script(self._load_script), uid, ["1"], "read")
         return self._decode(uid, reply, complete=True)
 
     async def store(self, uid: str, expected_version: int, change: Change) -> None:
@@ -671,7 +672,7 @@ class RedisStorage(Storage):
         deadline = time.monotonic() + 4 * self.lock_ttl
         pause = 0.001
         while True:
-            reply = await self._call(self._script(self._load_unlocked_script)(keys=keys, args=names), "read")
+            reply = await self._eval(self._script(self._load_unlocked_script), None, names, "read", keys=keys)
             if reply:
                 return self._decode(uid, reply[0], complete=False)
             if time.monotonic() >= deadline:
@@ -715,7 +716,7 @@ class RedisStorage(Storage):
         finally:
             if not landed:
                 with contextlib.suppress(StorageError):  # then it expires after lock_ttl
-                    await self._call(self._script(self._unlock_script)(keys=[key], args=[token]), "unlock")
+                    await self._eval(self._script(self._unlock_script), None, [token], "unlock", keys=[key])
 
     async def _store(self, uid: str, expected_version: int, change: Change, token: str) -> None:
         encoded = encode_change(change)
@@ -749,8 +750,7 @@ class RedisStorage(Storage):
                 args += (_member(uid, key), _score(due.at), due.owner or "", due.payload or "")
         for name, _task, _status, resolved, body in encoded.instances:
             args += (name, "1" if resolved else "0", body)
-        keys = [*self.keys(uid), *self._due_keys[:2], *self._index_keys, self.lock_key(uid)]
-        reply = await self._call(self._script(self._store_script)(keys=keys, args=args), "write")
+        reply = await self._eval(self._script(self._store_script), uid, args, "write")
         if _text(reply[0]) == "conflict":
             fresh = self._decode(uid, reply[1], complete=False)
             if len(reply) > 2:
@@ -771,8 +771,8 @@ class RedisStorage(Storage):
             if not keys:
                 return []
             args += [_member(uid, key) for uid, key in keys]
-        reply = await self._call(
-            self._script(self._claim_script)(keys=self._due_keys, args=args), "claim of due entries"
+        reply = await self._eval(
+            self._script(self._claim_script), None, args, "claim of due entries", keys=self._due_keys
         )
         claimed = []
         for member, score, owner, payload, lapsed in reply:
@@ -792,15 +792,18 @@ class RedisStorage(Storage):
 
     async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
         args = [owner, repr(expires_at), repr(time.time()), "1" if create else "0"]
-        reply = await self._call(
-            self._script(self._owner_script)(keys=self._due_keys[2:], args=args), "owner lease"
+        reply = await self._eval(
+            self._script(self._owner_script), None, args, "owner lease", keys=self._due_keys[2:]
         )
         return int(reply) == 1
 
     async def release_owner(self, owner: str) -> None:
-        await self._call(
-            self._script(self._owner_script)(keys=self._due_keys[2:], args=[owner, "0", "0", "1"]),
+        await self._eval(
+            self._script(self._owner_script),
+            None,
+            [owner, "0", "0", "1"],
             "owner release",
+            keys=self._due_keys[2:],
         )
 
     async def list_sessions(self) -> list[str]:
@@ -830,7 +833,7 @@ class RedisStorage(Storage):
         others = "".join("1" if getattr(wanted, f) and f != flag else "0" for f in _FLAGS)
         keys = [self._index_keys[0], walked, *self._index_keys[2:], self._index_keys[1]]
         args: list[Any] = [start, end, limit, max(1000, 20 * limit), self.prefix, others, wanted.task or ""]
-        reply = await self._call(self._script(self._list_script)(keys=keys, args=args), "index read")
+        reply = await self._eval(self._script(self._list_script), None, args, "index read", keys=keys)
         flat, how = reply[0], _text(reply[1])
         found: list[SessionSummary] = []
         for i in range(0, len(flat), 4):
@@ -887,14 +890,44 @@ class RedisStorage(Storage):
         assert script is not None
         return script
 
-    async def _command(self, args: Sequence[Arg], what: str) -> Any:
-        """One Redis command's reply; its error reply raised as `StorageError`."""
-        channel = self._channel if self._channel is not None else self._require()
-        return await self._call(_execute(channel, args), what)
-
-    async def _call(self, operation: Awaitable[Any], what: str) -> Any:
+    async def _eval(
+        self, script: _Script, uid: str | None, args: Sequence[Arg], what: str, *, keys: Sequence[str] = ()
+    ) -> Any:
+        """Run `script` on session `uid`'s keys (or on `keys`): its reply, or
+        `StorageError` (`InvalidInput` for text that is not Unicode)."""
+        channel = self._channel
+        if channel is None or self._load_script is None:
+            self._require()
+        assert channel is not None
         try:
-            return await operation
+            if uid is None:
+                count, head = len(keys), pack_args((len(keys), *keys))
+            else:
+                count, head = script.head(uid)
+            tail = pack_args(args)
+            total = b"*%d\r\n" % (3 + count + len(args))
+            reply = await channel.execute(b"".join((total, script.sha_head, head, tail)))
+            if type(reply) is ResponseError and str(reply).startswith("NOSCRIPT"):
+                # A restarted or flushed server: EVAL sends the text, and caches it again.
+                reply = await channel.execute(b"".join((total, script.eval_head, head, tail)))
+            if isinstance(reply, ResponseError):
+                raise reply
+            return reply
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
+        except RedisError as exc:
+            raise StorageError(
+                f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _command(self, args: Sequence[Arg], what: str) -> Any:
+        """One Redis command's reply, or `StorageError` (`InvalidInput`, as `_eval`)."""
+        channel = self._channel if self._channel is not None else self._require()
+        try:
+            reply = await channel.execute(pack(args))
+            if isinstance(reply, ResponseError):
+                raise reply
+            return reply
         except UnicodeEncodeError as exc:
             raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
         except RedisError as exc:
@@ -903,28 +936,38 @@ class RedisStorage(Storage):
             ) from exc
 
 
-async def _execute(channel: Channel, args: Sequence[Arg]) -> Any:
-    reply = await channel.execute(pack(args))
-    if isinstance(reply, ResponseError):
-        raise reply
-    return reply
-
-
 class _Script:
-    """A Lua script run by EVALSHA (its text is sent only when the server lacks it)."""
+    """A Lua script run by EVALSHA (its text is sent only when the server lacks
+    it). Scripts of one session keep their keys packed, by uid (`heads`)."""
 
-    def __init__(self, storage: RedisStorage, text: str) -> None:
+    def __init__(
+        self, storage: RedisStorage, text: str, keys: Callable[[str], list[str]] | None = None
+    ) -> None:
         self._storage = storage
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()
+        self.sha_head = pack_args(("EVALSHA", self.sha))
+        self.eval_head = pack_args(("EVAL", text))
+        #: The keys of a session's scripts, from its uid.
+        self.keys = keys
+        #: uid -> (number of keys, the keys packed with their number first).
+        self.heads: dict[str, tuple[int, bytes]] = {}
+
+    def head(self, uid: str) -> tuple[int, bytes]:
+        found = self.heads.get(uid)
+        if found is None:
+            assert self.keys is not None
+            keys = self.keys(uid)
+            found = (len(keys), pack_args((len(keys), *keys)))
+            if len(self.heads) >= _HEADS_KEPT:
+                self.heads.clear()  # a working set that does not fit: start over
+            self.heads[uid] = found
+        return found
 
     async def __call__(self, *, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """The script's reply; an error reply raised as redis-py's `ResponseError`."""
-        channel = self._storage._require()
-        reply = await channel.execute(pack(("EVALSHA", self.sha, len(keys), *keys, *args)))
-        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            # A restarted or flushed server: EVAL sends the text, and caches it again.
-            reply = await channel.execute(pack(("EVAL", self.text, len(keys), *keys, *args)))
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+        """The script's reply; an error reply raised as `StorageError`."""
+        return await self._storage._eval(self, None, args, "script", keys=keys)
+
+
+#: Sessions whose packed keys a script keeps (a few hundred bytes each).
+_HEADS_KEPT = 4096
