@@ -32,6 +32,11 @@ version first (compare-and-swap) and then writes only the header fields, trigger
 and instances the change touched; a read fetches only the unresolved instances
 plus those asked for by name, so neither grows with a session's history.
 
+Every command goes over one pipelined connection (`_redis_channel`): the scripts
+of concurrent operations, whatever their sessions, share writes and round trips,
+and each still gets its own reply or error. They run by EVALSHA, with their
+keys packed once per session.
+
 A process whose writes to a session lost to other writers 8 times in a row
 (`LOCK_AFTER_CONFLICTS`) sets the session's ``lock`` key (``SET NX PX``, waiting
 while another holds it) and writes with its token; every write script refuses, as
