@@ -61,7 +61,7 @@ class _Link(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """Send `command`; the future gets its reply."""
         if self.failure is not None:
-            raise self.failure
+            raise type(self.failure)(str(self.failure))  # a fresh one: no traceback piles up
         future = self._loop.create_future()
         waiting = self._waiting
         if not waiting:
@@ -73,7 +73,7 @@ class _Link(asyncio.Protocol):
             self._outgoing.append(command)
         elif len(waiting) == 1:
             # Nothing in flight: no one to batch with, so no iteration's delay.
-            self._transport.write(command)
+            self._write(command)
         else:
             # Replies are awaited: gather this iteration's commands in one write.
             self._outgoing.append(command)
@@ -82,8 +82,16 @@ class _Link(asyncio.Protocol):
 
     def _flush(self) -> None:
         if self.failure is None and self._outgoing:
-            self._transport.write(b"".join(self._outgoing))
+            self._write(b"".join(self._outgoing))
         self._outgoing.clear()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._transport.write(data)
+        except (OSError, RuntimeError) as exc:
+            # The replies would no longer match their callers: end the connection.
+            self._fail(RedisConnectionError(f"Connection to Redis lost: {exc}"))
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._last_progress = self._loop.time()
