@@ -32,6 +32,11 @@ version first (compare-and-swap) and then writes only the header fields, trigger
 and instances the change touched; a read fetches only the unresolved instances
 plus those asked for by name, so neither grows with a session's history.
 
+Every command goes over one pipelined connection (`_redis_channel`): the scripts
+of concurrent operations, whatever their sessions, share writes and round trips,
+and each still gets its own reply or error. They run by EVALSHA, with their
+keys packed once per session.
+
 A process whose writes to a session lost to other writers 8 times in a row
 (`LOCK_AFTER_CONFLICTS`) sets the session's ``lock`` key (``SET NX PX``, waiting
 while another holds it) and writes with its token; every write script refuses, as
@@ -46,11 +51,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Collection, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
@@ -58,8 +65,11 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from ._redis_channel import Channel
+    from ._redis_wire import Arg, pack, pack_args
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "RedisStorage needs the redis client: install the extra with `pip install 'atriggers[redis]'`"
@@ -82,9 +92,11 @@ DEFAULT_PREFIX = "atriggers:"
 #: crashed blocks the session's other writers no longer than this.
 DEFAULT_LOCK_TTL = 2.0
 
-# Shared by both scripts: the working view of a session, as
-# {version, config, counts, {trigger, kwargs...}, {instance, body...}}, or {} when
-# the session does not exist. KEYS = session, triggers, instances, unresolved.
+# Shared by the scripts: the working view of a session, as
+# {version, config, counts, {trigger, kwargs...}, {instance, body...}} (everything),
+# or {version, config, counts, {trigger, kwargs...}, {instance...}, {body...}} (the
+# unresolved and named instances), or {} when the session does not exist.
+# KEYS = session, triggers, instances, unresolved.
 _READ_STATE = """
 local function hmget_chunked(key, names)
   -- unpack() is bounded by Lua's C stack: fetch in slices.
@@ -101,11 +113,11 @@ local function read_state(everything, names)
   local header = redis.call('HMGET', KEYS[1], 'version', 'config', 'counts')
   if not header[1] then return {} end
   local triggers = redis.call('HGETALL', KEYS[2])
-  local instances
   if everything then
-    instances = redis.call('HGETALL', KEYS[3])
-  else
-    local wanted = redis.call('SMEMBERS', KEYS[4])
+    return {header[1], header[2], header[3], triggers, redis.call('HGETALL', KEYS[3])}
+  end
+  local wanted = redis.call('SMEMBERS', KEYS[4])
+  if #names > 0 then
     local seen = {}
     for _, name in ipairs(wanted) do seen[name] = true end
     for _, name in ipairs(names) do
@@ -114,16 +126,10 @@ local function read_state(everything, names)
         wanted[#wanted + 1] = name
       end
     end
-    instances = {}
-    local bodies = hmget_chunked(KEYS[3], wanted)
-    for i, name in ipairs(wanted) do
-      if bodies[i] then
-        instances[#instances + 1] = name
-        instances[#instances + 1] = bodies[i]
-      end
-    end
   end
-  return {header[1], header[2], header[3], triggers, instances}
+  -- Names and bodies side by side (a body is nil, false in the reply, for a
+  -- name asked for that does not exist): the client pairs them.
+  return {header[1], header[2], header[3], triggers, wanted, hmget_chunked(KEYS[3], wanted)}
 end
 """
 
@@ -414,8 +420,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
-    return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+def _pairs(flat: list[str]) -> Iterable[tuple[str, str]]:
+    """A flat reply of names and values as pairs (replies are `str` already: the
+    channel's parser decodes them)."""
+    return zip(flat[::2], flat[1::2], strict=True)
 
 
 def _glob_escape(text: str) -> str:
@@ -431,9 +439,11 @@ class RedisStorage(Storage):
 
     `prefix` starts every key (give each application its own). `ttl` (seconds, the
     original library's ``timeout``) makes a session expire that long after its last
-    write; None keeps sessions forever. At most `max_connections` connections are
-    opened; more concurrent operations wait for a free one (up to
-    ``socket_timeout + 5`` seconds, then `StorageError`).
+    write; None keeps sessions forever. Every operation goes over one pipelined
+    connection, so operations of any number of sessions share round trips (and
+    never more than `max_connections` connections are open). `socket_timeout`
+    bounds the wait for a reply; `retries` resends an operation after a lost
+    connection.
 
     A write that cannot reach Redis raises `StorageError` and either landed
     entirely or not at all. Durability across a Redis crash is Redis's: use
@@ -488,6 +498,7 @@ class RedisStorage(Storage):
         self.max_connections = max_connections
         self._client = client
         self._owns_client = client is None
+        self._channel: Channel | None = None
         self._configs = ConfigCache()
         self._load_script: Any = None
         self._store_script: Any = None
@@ -543,6 +554,9 @@ class RedisStorage(Storage):
         base = f"{self.prefix}{{{uid}}}:"
         return [base + "session", base + "triggers", base + "instances", base + "unresolved"]
 
+    def _store_keys(self, uid: str) -> list[str]:
+        return [*self.keys(uid), *self._due_keys[:2], *self._index_keys, self.lock_key(uid)]
+
     def lock_key(self, uid: str) -> str:
         """The key of session `uid`'s fairness lock (present only while held)."""
         return f"{self.prefix}{{{uid}}}:lock"
@@ -570,24 +584,35 @@ class RedisStorage(Storage):
             )
             self._client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         client = self._client
+        # Every command goes over one pipelined connection of ours (see
+        # `_redis_channel`); redis-py opens it, with everything the URL says.
+        channel = Channel(
+            client.connection_pool.make_connection, timeout=self.socket_timeout, retries=self.retries
+        )
+        self._channel = channel
         try:
-            await self._call(cast(Awaitable[Any], client.ping()), "connect")
+            await self._command(("PING",), "connect")
         except BaseException:
+            channel.close()
+            self._channel = None
             if self._owns_client:
                 self._client = None
                 await client.aclose()
             raise
-        self._load_script = client.register_script(_LOAD)
-        self._store_script = client.register_script(_STORE)
-        self._claim_script = client.register_script(_CLAIM)
-        self._owner_script = client.register_script(_OWNER)
-        self._list_script = client.register_script(_LIST_INDEX)
-        self._unlock_script = client.register_script(_UNLOCK)
-        self._load_unlocked_script = client.register_script(_LOAD_UNLOCKED)
+        self._load_script = _Script(self, _LOAD, self.keys)
+        self._store_script = _Script(self, _STORE, self._store_keys)
+        self._claim_script = _Script(self, _CLAIM)
+        self._owner_script = _Script(self, _OWNER)
+        self._list_script = _Script(self, _LIST_INDEX)
+        self._unlock_script = _Script(self, _UNLOCK)
+        self._load_unlocked_script = _Script(self, _LOAD_UNLOCKED)
 
     async def disconnect(self) -> None:
         self._load_script = self._store_script = self._claim_script = self._owner_script = None
         self._list_script = self._unlock_script = self._load_unlocked_script = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -595,13 +620,11 @@ class RedisStorage(Storage):
     # -- reads and writes -------------------------------------------------------------
 
     async def load(self, uid: str, names: Collection[str] = ()) -> SessionState:
-        reply = await self._call(
-            self._script(self._load_script)(keys=self.keys(uid), args=["0", *names]), "read"
-        )
+        reply = await self._eval(self._script(self._load_script), uid, ["0", *names], "read")
         return self._decode(uid, reply, complete=False)
 
     async def load_all(self, uid: str) -> SessionState:
-        reply = await self._call(self._script(self._load_script)(keys=self.keys(uid), args=["1"]), "read")
+        reply = await self._eval(self._script(self._load_script), uid, ["1"], "read")
         return self._decode(uid, reply, complete=True)
 
     async def store(self, uid: str, expected_version: int, change: Change) -> None:
@@ -654,7 +677,7 @@ class RedisStorage(Storage):
         deadline = time.monotonic() + 4 * self.lock_ttl
         pause = 0.001
         while True:
-            reply = await self._call(self._script(self._load_unlocked_script)(keys=keys, args=names), "read")
+            reply = await self._eval(self._script(self._load_unlocked_script), None, names, "read", keys=keys)
             if reply:
                 return self._decode(uid, reply[0], complete=False)
             if time.monotonic() >= deadline:
@@ -665,14 +688,13 @@ class RedisStorage(Storage):
     async def _store_locked(
         self, uid: str, expected_version: int, names: list[str], reapply: Reapply
     ) -> Change | None:
-        client = self._require()
         key, token = self.lock_key(uid), uuid.uuid4().hex
         ttl_ms = max(1, round(self.lock_ttl * 1000))
         # Other starved writers of the session may hold it: wait for them, a
         # few of their turns at most, then leave it to the manager's retries.
         deadline = time.monotonic() + 4 * self.lock_ttl
         pause = 0.001
-        while not await self._call(client.set(key, token, nx=True, px=ttl_ms), "fairness lock"):
+        while not await self._command(("SET", key, token, "NX", "PX", ttl_ms), "fairness lock"):
             if time.monotonic() >= deadline:
                 raise VersionConflict(uid, expected_version, None)
             await asyncio.sleep(random.uniform(0, pause))
@@ -699,7 +721,7 @@ class RedisStorage(Storage):
         finally:
             if not landed:
                 with contextlib.suppress(StorageError):  # then it expires after lock_ttl
-                    await self._call(self._script(self._unlock_script)(keys=[key], args=[token]), "unlock")
+                    await self._eval(self._script(self._unlock_script), None, [token], "unlock", keys=[key])
 
     async def _store(self, uid: str, expected_version: int, change: Change, token: str) -> None:
         encoded = encode_change(change)
@@ -707,7 +729,8 @@ class RedisStorage(Storage):
         args: list[str | int] = [
             expected_version,
             encoded.version,
-            uuid.uuid4().hex,
+            # The change's token: 32 hex digits, as random as uuid4's (and cheaper).
+            os.urandom(16).hex(),
             ttl_ms,
             repr(time.time()),
             encoded.tasks or "",
@@ -732,8 +755,7 @@ class RedisStorage(Storage):
                 args += (_member(uid, key), _score(due.at), due.owner or "", due.payload or "")
         for name, _task, _status, resolved, body in encoded.instances:
             args += (name, "1" if resolved else "0", body)
-        keys = [*self.keys(uid), *self._due_keys[:2], *self._index_keys, self.lock_key(uid)]
-        reply = await self._call(self._script(self._store_script)(keys=keys, args=args), "write")
+        reply = await self._eval(self._script(self._store_script), uid, args, "write")
         if _text(reply[0]) == "conflict":
             fresh = self._decode(uid, reply[1], complete=False)
             if len(reply) > 2:
@@ -754,8 +776,8 @@ class RedisStorage(Storage):
             if not keys:
                 return []
             args += [_member(uid, key) for uid, key in keys]
-        reply = await self._call(
-            self._script(self._claim_script)(keys=self._due_keys, args=args), "claim of due entries"
+        reply = await self._eval(
+            self._script(self._claim_script), None, args, "claim of due entries", keys=self._due_keys
         )
         claimed = []
         for member, score, owner, payload, lapsed in reply:
@@ -775,29 +797,32 @@ class RedisStorage(Storage):
 
     async def renew_owner(self, owner: str, expires_at: float, *, create: bool = False) -> bool:
         args = [owner, repr(expires_at), repr(time.time()), "1" if create else "0"]
-        reply = await self._call(
-            self._script(self._owner_script)(keys=self._due_keys[2:], args=args), "owner lease"
+        reply = await self._eval(
+            self._script(self._owner_script), None, args, "owner lease", keys=self._due_keys[2:]
         )
         return int(reply) == 1
 
     async def release_owner(self, owner: str) -> None:
-        await self._call(
-            self._script(self._owner_script)(keys=self._due_keys[2:], args=[owner, "0", "0", "1"]),
+        await self._eval(
+            self._script(self._owner_script),
+            None,
+            [owner, "0", "0", "1"],
             "owner release",
+            keys=self._due_keys[2:],
         )
 
     async def list_sessions(self) -> list[str]:
         """Every session's uid, found by scanning for session keys: O(keys in the
         database), meant for tools, not for requests."""
-        client = self._require()
         pattern = _glob_escape(self.prefix) + "{*}:session"
         start, end = len(self.prefix) + 1, -len("}:session")
-
-        async def scan() -> list[str]:
-            return sorted({_text(key)[start:end] async for key in client.scan_iter(pattern, 1000)})
-
-        result: list[str] = await self._call(scan(), "scan")
-        return result
+        found: set[str] = set()
+        cursor = "0"
+        while True:
+            cursor, keys = await self._command(("SCAN", cursor, "MATCH", pattern, "COUNT", 1000), "scan")
+            found.update(_text(key)[start:end] for key in keys)
+            if _text(cursor) == "0":
+                return sorted(found)
 
     async def list_summaries(
         self, filter: SessionFilter | None = None, *, after: str | None = None, limit: int = 50
@@ -813,7 +838,7 @@ class RedisStorage(Storage):
         others = "".join("1" if getattr(wanted, f) and f != flag else "0" for f in _FLAGS)
         keys = [self._index_keys[0], walked, *self._index_keys[2:], self._index_keys[1]]
         args: list[Any] = [start, end, limit, max(1000, 20 * limit), self.prefix, others, wanted.task or ""]
-        reply = await self._call(self._script(self._list_script)(keys=keys, args=args), "index read")
+        reply = await self._eval(self._script(self._list_script), None, args, "index read", keys=keys)
         flat, how = reply[0], _text(reply[1])
         found: list[SessionSummary] = []
         for i in range(0, len(flat), 4):
@@ -830,50 +855,124 @@ class RedisStorage(Storage):
         return SessionPage(tuple(found), None)
 
     async def count_sessions(self) -> SessionCounts:
-        client = self._require()
-
-        async def count() -> list[int]:
-            async with client.pipeline(transaction=False) as pipe:
-                for key in self._index_keys[1:]:
-                    pipe.zcard(key)
-                return [int(n) for n in await pipe.execute()]
-
-        total, *flags = await self._call(count(), "index count")
+        # Sent together: the channel pipelines them in one round trip.
+        counts = await asyncio.gather(
+            *(self._command(("ZCARD", key), "index count") for key in self._index_keys[1:])
+        )
+        total, *flags = (int(n) for n in counts)
         return SessionCounts(total, *flags)
 
     def _decode(self, uid: str, reply: Sequence[Any], *, complete: bool) -> SessionState:
         if not reply:
             return SessionState(uid=uid, complete=complete)
-        version, config, counts, triggers, instances = reply
+        version, config, counts, triggers, *instances = reply
+        if len(instances) == 1:
+            found: Iterable[tuple[str, str]] = _pairs(instances[0])
+        else:
+            # Lua's false (a name asked for that has no instance) arrives as None.
+            found = [(name, body) for name, body in zip(*instances, strict=True) if body is not None]
         return decode_state(
             uid,
             int(version),
-            decode_tasks(self._configs, _text(config), uid),
-            _text(counts),
+            decode_tasks(self._configs, config, uid),
+            counts,
             _pairs(triggers),
-            _pairs(instances),
+            found,
             complete=complete,
         )
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _require(self) -> aioredis.Redis:
-        if self._client is None or self._load_script is None:
+    def _require(self) -> Channel:
+        if self._channel is None or self._load_script is None:
             raise StorageError(
                 f"{self!r} is not open: use `async with RedisStorage(...)` or `await storage.open()`"
             )
-        return self._client
+        return self._channel
 
-    def _script(self, script: Any) -> Any:
+    def _script(self, script: _Script | None) -> _Script:
         self._require()
+        assert script is not None
         return script
 
-    async def _call(self, operation: Awaitable[Any], what: str) -> Any:
+    async def _eval(
+        self, script: _Script, uid: str | None, args: Sequence[Arg], what: str, *, keys: Sequence[str] = ()
+    ) -> Any:
+        """Run `script` on session `uid`'s keys (or on `keys`): its reply, or
+        `StorageError` (`InvalidInput` for text that is not Unicode)."""
+        channel = self._channel
+        if channel is None or self._load_script is None:
+            self._require()
+        assert channel is not None
         try:
-            return await operation
+            if uid is None:
+                count, head = len(keys), pack_args((len(keys), *keys))
+            else:
+                count, head = script.head(uid)
+            tail = pack_args(args)
+            total = b"*%d\r\n" % (3 + count + len(args))
+            reply = await channel.execute(b"".join((total, script.sha_head, head, tail)))
+            if type(reply) is ResponseError and str(reply).startswith("NOSCRIPT"):
+                # A restarted or flushed server: EVAL sends the text, and caches it again.
+                reply = await channel.execute(b"".join((total, script.eval_head, head, tail)))
+            if isinstance(reply, ResponseError):
+                raise reply
+            return reply
         except UnicodeEncodeError as exc:
             raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
         except RedisError as exc:
             raise StorageError(
                 f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    async def _command(self, args: Sequence[Arg], what: str) -> Any:
+        """One Redis command's reply, or `StorageError` (`InvalidInput`, as `_eval`)."""
+        channel = self._channel if self._channel is not None else self._require()
+        try:
+            reply = await channel.execute(pack(args))
+            if isinstance(reply, ResponseError):
+                raise reply
+            return reply
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
+        except RedisError as exc:
+            raise StorageError(
+                f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+class _Script:
+    """A Lua script run by EVALSHA (its text is sent only when the server lacks
+    it). Scripts of one session keep their keys packed, by uid (`heads`)."""
+
+    def __init__(
+        self, storage: RedisStorage, text: str, keys: Callable[[str], list[str]] | None = None
+    ) -> None:
+        self._storage = storage
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+        self.sha_head = pack_args(("EVALSHA", self.sha))
+        self.eval_head = pack_args(("EVAL", text))
+        #: The keys of a session's scripts, from its uid.
+        self.keys = keys
+        #: uid -> (number of keys, the keys packed with their number first).
+        self.heads: dict[str, tuple[int, bytes]] = {}
+
+    def head(self, uid: str) -> tuple[int, bytes]:
+        found = self.heads.get(uid)
+        if found is None:
+            assert self.keys is not None
+            keys = self.keys(uid)
+            found = (len(keys), pack_args((len(keys), *keys)))
+            if len(self.heads) >= _HEADS_KEPT:
+                self.heads.clear()  # a working set that does not fit: start over
+            self.heads[uid] = found
+        return found
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """The script's reply; an error reply raised as `StorageError`."""
+        return await self._storage._eval(self, None, args, "script", keys=keys)
+
+
+#: Sessions whose packed keys a script keeps (a few hundred bytes each).
+_HEADS_KEPT = 4096
