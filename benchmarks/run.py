@@ -192,51 +192,60 @@ def _row(name: str, kind: str, fires: int, seconds: float, latencies: list[float
     }
 
 
-def child(scenario: str, kind: str, quick: bool) -> int:
-    """Run one scenario here; print one JSON line."""
+def child(scenarios: list[str], kind: str, quick: bool) -> int:
+    """Run scenarios here, one after the other; print one JSON line for each."""
     import asyncio
 
     from .scenarios import SCENARIOS, serve
 
-    async def served(directory: Path) -> Any:
+    async def served(scenario: str, directory: Path) -> Any:
         async with serve(kind, directory):
             return await SCENARIOS[scenario][0](kind, directory, quick)
 
-    start_rss = rss_mb()
-    with tempfile.TemporaryDirectory(prefix="atriggers-bench-") as tmp:
-        try:
-            outcome = asyncio.run(served(Path(tmp)))
-        except CheckFailed as exc:
-            print(json.dumps({"error": f"WRONG RESULT: {exc}"}))
-            return 1
-        except Exception:  # noqa: BLE001 - reported to the parent, which fails the run
-            print(json.dumps({"error": traceback.format_exc()}))
-            return 1
-    rows = [
-        {
-            **_row(scenario, kind, outcome.fires, outcome.seconds, outcome.latencies),
-            "extra": outcome.extra,
-        }
-    ]
-    for name, samples in outcome.floors.items():
-        rows.append({**_row(f"  {name}", kind, len(samples), sum(samples), samples), "floor_of": scenario})
-    for row in rows:
-        row["rss_start_mb"] = start_rss
-        row["rss_peak_mb"] = peak_rss_mb()
-    print(json.dumps({"rows": rows}))
-    return 0
+    status = 0
+    for scenario in scenarios:
+        start_rss = rss_mb()
+        began = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="atriggers-bench-") as tmp:
+            try:
+                outcome = asyncio.run(served(scenario, Path(tmp)))
+            except CheckFailed as exc:
+                print(json.dumps({"scenario": scenario, "error": f"WRONG RESULT: {exc}"}), flush=True)
+                status = 1
+                continue
+            except Exception:  # noqa: BLE001 - reported to the parent, which fails the run
+                print(json.dumps({"scenario": scenario, "error": traceback.format_exc()}), flush=True)
+                status = 1
+                continue
+        rows = [
+            {
+                **_row(scenario, kind, outcome.fires, outcome.seconds, outcome.latencies),
+                "extra": outcome.extra,
+            }
+        ]
+        for name, samples in outcome.floors.items():
+            rows.append(
+                {**_row(f"  {name}", kind, len(samples), sum(samples), samples), "floor_of": scenario}
+            )
+        rows[0]["wall_s"] = time.perf_counter() - began
+        for row in rows:
+            row["rss_start_mb"] = start_rss
+            row["rss_peak_mb"] = peak_rss_mb()
+        print(json.dumps({"scenario": scenario, "rows": rows}), flush=True)
+    return status
 
 
 # -- parent side ----------------------------------------------------------------------------
 
 
 def _spawn(
-    scenario: str, kind: str, quick: bool, servers: dict[str, str]
-) -> tuple[list[dict[str, Any]], str | None]:
+    scenarios: list[str], kind: str, quick: bool, servers: dict[str, str]
+) -> dict[str, tuple[list[dict[str, Any]], str | None]]:
+    """Run scenarios in a fresh interpreter: scenario -> (rows, error)."""
     from .scenarios import SERVER_ENV
 
     env = child_env() | {SERVER_ENV[k]: url for k, url in servers.items()}
-    command = [sys.executable, "-m", "benchmarks.run", "--child", scenario, "--storage", kind]
+    command = [sys.executable, "-m", "benchmarks.run", "--child", ",".join(scenarios), "--storage", kind]
     if quick:
         command.append("--quick")
     try:
@@ -244,15 +253,21 @@ def _spawn(
             command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800, check=False
         )
     except subprocess.TimeoutExpired:
-        return [], "timed out after 1800 s"
-    lines = done.stdout.strip().splitlines()
-    try:
-        report = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        return [], f"exit {done.returncode}; stderr:\n{done.stderr[-3000:]}"
-    if "error" in report:
-        return [], f"{report['error']}\n{done.stderr[-2000:]}".strip()
-    return list(report["rows"]), None
+        return {scenario: ([], "timed out after 1800 s") for scenario in scenarios}
+    found: dict[str, tuple[list[dict[str, Any]], str | None]] = {}
+    for line in done.stdout.splitlines():
+        try:
+            report = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(report, dict) and report.get("scenario") in scenarios:
+            if "error" in report:
+                found[report["scenario"]] = ([], f"{report['error']}\n{done.stderr[-2000:]}".strip())
+            else:
+                found[report["scenario"]] = (list(report["rows"]), None)
+    for scenario in scenarios:
+        found.setdefault(scenario, ([], f"exit {done.returncode}; stderr:\n{done.stderr[-3000:]}"))
+    return found
 
 
 def _median_run(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -423,12 +438,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return child(args.child, args.storage or "sqlite", args.quick)
+        return child(args.child.split(","), args.storage or "sqlite", args.quick)
 
     names, unknown = _select(args.only.split(",")) if args.only else (list(SCENARIOS), [])
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
     plan = [(n, k) for n in names for k in SCENARIOS[n][1] if args.storage in (None, k)]
+    order = {key: i for i, key in enumerate(plan)}
+    # The full run gives each scenario an interpreter of its own (its peak RSS,
+    # no cache carried over); the quick one runs a storage kind's scenarios in
+    # one, since starting interpreters would take most of its time.
+    if args.quick:
+        kinds = list(dict.fromkeys(k for _, k in plan))
+        batches = [([n for n, k in plan if k == kind], kind) for kind in kinds]
+    else:
+        batches = [([n], k) for n, k in plan]
     skipped = [
         (n, k, why) for (n, k), why in NOT_APPLICABLE.items() if n in names and args.storage in (None, k)
     ]
@@ -445,24 +469,33 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="atriggers-bench-servers-") as tmp,
         run_servers({k for _, k in plan}, Path(tmp)) as servers,
     ):
-        for scenario, kind in plan:
+        for batch, kind in batches:
             t0 = time.perf_counter()
-            runs: list[list[dict[str, Any]]] = []
+            runs: dict[str, list[list[dict[str, Any]]]] = {scenario: [] for scenario in batch}
+            errors: dict[str, str] = {}
             for _ in range(args.repeat):
-                found, error = _spawn(scenario, kind, args.quick, servers)
-                if error:
-                    failures.append(f"{scenario}/{kind}: {error}")
-                    break
-                runs.append(found)
-            if len(runs) < args.repeat:
-                print(f"  {scenario:<28} {kind:<8} FAILED", flush=True)
-                continue
-            found = _median_run(runs)
-            for row in found:
-                target = _target(row)
-                row["target"] = {"text": target.text, "passed": target.passed}
-            rows += found
-            print(f"  {scenario:<28} {kind:<8} done in {time.perf_counter() - t0:.1f} s", flush=True)
+                for scenario, (found, error) in _spawn(batch, kind, args.quick, servers).items():
+                    if error:
+                        errors.setdefault(scenario, error)
+                    else:
+                        runs[scenario].append(found)
+            for scenario in batch:
+                if scenario in errors:
+                    failures.append(f"{scenario}/{kind}: {errors[scenario]}")
+                    print(f"  {scenario:<28} {kind:<8} FAILED", flush=True)
+                    continue
+                chosen = _median_run(runs[scenario])
+                for row in chosen:
+                    target = _target(row)
+                    row["target"] = {"text": target.text, "passed": target.passed}
+                rows += chosen
+            if len(batch) == 1:
+                print(f"  {batch[0]:<28} {kind:<8} done in {time.perf_counter() - t0:.1f} s", flush=True)
+            else:
+                for scenario in batch:
+                    took = next((r[0].get("wall_s", 0.0) for r in runs[scenario][:1]), 0.0)
+                    print(f"  {scenario:<28} {kind:<8} done in {took:.1f} s", flush=True)
+        rows.sort(key=lambda row: order[(row.get("floor_of") or row["scenario"], row["storage"])])
     print()
     print(render(rows))
     if skipped:

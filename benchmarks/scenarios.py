@@ -280,7 +280,7 @@ async def fire_warm_never_runnable(kind: str, directory: Path, quick: bool) -> O
     """One caller awaits each fire into one session whose snapshot is cached; the
     task waits for a trigger that never comes. Blocks of fires alternate with
     blocks of the storage's floor (its own write), measured in this process."""
-    n, blocks = (300, 6) if quick else (2000, 10)
+    n, blocks = (200, 4) if quick else (2000, 10)
     per = n // blocks
     latencies: list[float] = []
     seconds = 0.0
@@ -315,7 +315,7 @@ async def andevery_unstarted_pile_up(kind: str, directory: Path, quick: bool) ->
     """One caller fires an ``andEvery`` trigger N times; each fire makes an
     instance that can never run, so they pile up unstarted. The cost of the
     last tenth of the fires is compared with that of the first tenth."""
-    n = 300 if quick else 1000
+    n = 200 if quick else 1000
     async with open_store(kind, directory, "pile_up") as store:
         manager = TriggerManager(store, "s")
         await manager.update_configuration(EVERY_IDLE)
@@ -349,7 +349,7 @@ async def andevery_fire_run_finish(kind: str, directory: Path, quick: bool) -> O
     """One caller fires an ``andEvery`` trigger back to back; each fire's instance
     runs (scheduled -> running -> finished: three stored operations); each block
     ends when every run has finished (`join`). Blocks alternate with the floor."""
-    n, blocks = (300, 4) if quick else (1000, 5)
+    n, blocks = (120, 4) if quick else (1000, 5)
     per = n // blocks
     latencies: list[float] = []
     seconds = 0.0
@@ -421,7 +421,7 @@ async def one_job_fire_run_finish(kind: str, directory: Path, quick: bool) -> Ou
     in-memory broker doing the same (``await task.kiq()`` then
     ``await handle.wait_result(check_interval=0)``) in this process, in
     alternating blocks."""
-    n, blocks = (300, 6) if quick else (2000, 10)
+    n, blocks = (120, 4) if quick else (2000, 10)
     per = n // blocks
     peer: _Taskiq | None = None
     if importlib.util.find_spec("taskiq") is not None:
@@ -483,7 +483,7 @@ async def concurrent_sessions(kind: str, directory: Path, quick: bool) -> Outcom
     First a few sessions one after the other, then N sessions all at once; the
     time per session is compared (concurrent operations should share round
     trips and transactions)."""
-    n, solo = (200, 40) if quick else (1000, 100)
+    n, solo = (100, 20) if quick else (1000, 100)
     latencies: list[float] = []
 
     async def one(store: Storage, uid: str, into: list[float]) -> None:
@@ -564,12 +564,8 @@ async def _probe(store: Storage, small: TriggerManager, big: TriggerManager, pro
 
 
 async def _growth(kind: str, directory: Path, quick: bool, unstarted: bool) -> Outcome:
-    checkpoints = (
-        ([10, 1000] if quick else [10, 1000, 5000])
-        if unstarted
-        else ([10, 1000] if quick else [10, 1000, 5000, 10000])
-    )
-    probes = 200 if quick else 400
+    checkpoints = [10, 300] if quick else [10, 1000, 5000] if unstarted else [10, 1000, 5000, 10000]
+    probes = 60 if quick else 400
     per_n: dict[int, dict[str, float]] = {}
     last: list[float] = []
     name = "growth_unstarted" if unstarted else "growth_finished"
@@ -666,21 +662,28 @@ _PROCESS_CONFIG = {"idle": IDLE, "pile": EVERY_IDLE, "run": EVERY_RUN}
 async def _processes(kind: str, directory: Path, quick: bool, mode: str) -> Outcome:
     """One process fires all the fires into a session ("solo"), then 4 processes
     share them into another ("shared"); the p99 of a fire is compared."""
-    processes, per = (4, 100) if quick else (4, 250)
+    processes, per = (4, 50) if quick else (4, 250)
     total = processes * per
     name = f"procs_{mode}"
+    trigger = "a" if mode == "idle" else "tick"
+    solo_latencies: list[float] = []
     async with open_store(kind, directory, name) as store:
         bases = {}
         for uid in ("solo", "shared"):
             manager = TriggerManager(store, uid)
             await manager.update_configuration(_PROCESS_CONFIG[mode])
             bases[uid] = (await manager.get_state()).version
+        # One process alone (this one, as a worker would: a fire, awaited, at a time).
+        manager = TriggerManager(store, "solo")
+        solo_start = time.perf_counter()
+        for i in range(total):
+            await timed_fire(manager, trigger, {"process": 0, "i": i}, solo_latencies)
+        await manager.join()
+        solo_seconds = time.perf_counter() - solo_start
     # The workers block this loop while they run: nothing else is on it.
     where = store_url(kind, directory, name)
-    solo = await asyncio.to_thread(_spawn_workers, where, "solo", 1, total, mode)
     reports = await asyncio.to_thread(_spawn_workers, where, "shared", processes, per, mode)
     latencies = [x for report in reports for x in report["latencies"]]
-    solo_latencies = solo[0]["latencies"]
     seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     async with open_store(kind, directory, name) as store:
         states = {uid: await TriggerManager(store, uid).get_state() for uid in ("solo", "shared")}
@@ -703,7 +706,7 @@ async def _processes(kind: str, directory: Path, quick: bool, mode: str) -> Outc
             "processes": processes,
             "conflicts": sum(r["conflicts"] for r in reports),
             "lost": 0,
-            "solo_rate": total / (solo[0]["end"] - solo[0]["start"]),
+            "solo_rate": total / solo_seconds,
             "solo_p50_ms": percentile(solo_latencies, 0.5) * 1e3,
             "solo_p99_ms": percentile(solo_latencies, 0.99) * 1e3,
         },
@@ -735,7 +738,7 @@ for _name in ("procs4_constant_state", "procs4_unstarted_pile_up", "procs4_fire_
 async def many_sessions_bounded_memory(kind: str, directory: Path, quick: bool) -> Outcome:
     """Configure and fire into N distinct uids, a wave at a time, then compare RSS
     with what it was after a warm-up: the locks and snapshot caches must not grow."""
-    n = 5000 if quick else 100_000
+    n, warm_up = (1000, 400) if quick else (100_000, 1000)
     # redis-py's pool refuses more than its connections at once (so does the storage).
     wave = 100 if kind == "redis" else 500
     latencies: list[float] = []
@@ -746,7 +749,7 @@ async def many_sessions_bounded_memory(kind: str, directory: Path, quick: bool) 
         await timed_fire(manager, "a", {"uid": uid}, sample)
 
     async with open_store(kind, directory, "scale") as store:
-        for i in range(0, 1000, wave):  # warm-up: the cache fills, arenas settle
+        for i in range(0, warm_up, wave):  # warm-up: the cache fills, arenas settle
             await asyncio.gather(*(one(store, f"w{j}", []) for j in range(i, i + wave)))
         gc.collect()
         before = rss_mb()
@@ -763,7 +766,7 @@ async def many_sessions_bounded_memory(kind: str, directory: Path, quick: bool) 
         samples = await asyncio.gather(
             *(TriggerManager(store, f"s{j}").get_state() for j in range(0, n, max(1, n // 100)))
         )
-    check(len(uids) == n + 1000, f"{len(uids)} sessions stored, expected {n + 1000}")
+    check(len(uids) == n + warm_up, f"{len(uids)} sessions stored, expected {n + warm_up}")
     check(locks == 0, f"{locks} session locks left behind")
     check(cached <= store.cache.size, f"{cached} cached snapshots, cache_size is {store.cache.size}")
     for state in samples:
@@ -798,13 +801,13 @@ SWEEP_DUE = 10
 
 
 async def sweep_due_among_many(kind: str, directory: Path, quick: bool) -> Outcome:
-    """Two stores, one of 100 sessions and one of 100,000 (quick: 2,000), each
+    """Two stores, one of 100 sessions and one of 100,000 (quick: 1,000), each
     session with an entry in the due index; 10 sessions of each get an instance
     whose ``within`` window closes. Sweeps alternate between the stores: one
     with nothing due, then (the clock moved past the windows) one that must
     expire exactly those 10. The p50s are compared, big store against small."""
-    sizes = {"small": 100, "big": 2000 if quick else 100_000}
-    rounds = 20 if quick else 100
+    sizes = {"small": 100, "big": 1000 if quick else 100_000}
+    rounds = 10 if quick else 100
     # redis-py's pool refuses more than 100 connections at once (so does the storage).
     wave = 100 if kind == "redis" else 500
     clock = FakeClock(time.time())
@@ -882,7 +885,7 @@ LISTED_FAILED = 10
 
 
 async def list_failed_among_many(kind: str, directory: Path, quick: bool) -> Outcome:
-    """Two stores, one of 100 sessions and one of 100,000 (quick: 2,000), 10 of
+    """Two stores, one of 100 sessions and one of 100,000 (quick: 1,000), 10 of
     them failed in each, spread over the uid range. Listing the failed sessions
     (`list_summaries` filtered to failed) alternates between the stores; the
     p50s are compared, big store against small."""
@@ -900,8 +903,8 @@ def _session_change(uid: str, failed: bool) -> Change:
 
 
 async def _listing(kind: str, directory: Path, quick: bool) -> Outcome:
-    sizes = {"small": 100, "big": 2000 if quick else 100_000}
-    rounds = 50 if quick else 300
+    sizes = {"small": 100, "big": 1000 if quick else 100_000}
+    rounds = 30 if quick else 300
     wave = 100 if kind == "redis" else 500
     timings: dict[str, list[float]] = {size: [] for size in sizes}
     async with contextlib.AsyncExitStack() as stack:
@@ -964,7 +967,7 @@ async def fire_with_idempotency_key(kind: str, directory: Path, quick: bool) -> 
 
 
 async def _fire_key(kind: str, directory: Path, quick: bool) -> Outcome:
-    n = 1200 if quick else 4000
+    n = 1050 if quick else 4000
     latencies: dict[str, list[float]] = {"plain": [], "keyed": []}
     async with open_store(kind, directory, "fire_key") as store:
         managers = {name: TriggerManager(store, name) for name in latencies}
