@@ -738,7 +738,7 @@ for _name in ("procs4_constant_state", "procs4_unstarted_pile_up", "procs4_fire_
 async def many_sessions_bounded_memory(kind: str, directory: Path, quick: bool) -> Outcome:
     """Configure and fire into N distinct uids, a wave at a time, then compare RSS
     with what it was after a warm-up: the locks and snapshot caches must not grow."""
-    n, warm_up = (1000, 400) if quick else (100_000, 1000)
+    n, warm_up = (1000, 500) if quick else (100_000, 1000)
     # redis-py's pool refuses more than its connections at once (so does the storage).
     wave = 100 if kind == "redis" else 500
     latencies: list[float] = []
@@ -750,7 +750,7 @@ async def many_sessions_bounded_memory(kind: str, directory: Path, quick: bool) 
 
     async with open_store(kind, directory, "scale") as store:
         for i in range(0, warm_up, wave):  # warm-up: the cache fills, arenas settle
-            await asyncio.gather(*(one(store, f"w{j}", []) for j in range(i, i + wave)))
+            await asyncio.gather(*(one(store, f"w{j}", []) for j in range(i, min(warm_up, i + wave))))
         gc.collect()
         before = rss_mb()
         start = time.perf_counter()
