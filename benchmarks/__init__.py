@@ -1,6 +1,8 @@
-"""The atriggers benchmark suite (issue 7): ``python -m benchmarks [--quick]``.
+"""The atriggers benchmark suite: ``python -m benchmarks [--quick]``.
 
-Every scenario runs in a fresh interpreter, checks its outcome (instance counts,
-statuses, versions) and reports throughput, latency per fire and memory next to
-baselines measured in the same run. See docs/performance.md.
+Every scenario checks its outcome (instance counts, statuses, versions) and reports
+throughput, latency per fire and memory; every target is a ratio against something
+measured in the same run (the storage's own round trips and writes, the same fires
+in a smaller session or from one process, taskiq's in-memory broker). See
+docs/performance.md.
 """

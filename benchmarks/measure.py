@@ -22,9 +22,7 @@ __all__ = [
     "RedisFloor",
     "SQLiteFloor",
     "child_env",
-    "baseline_create_task",
     "baseline_select1",
-    "baseline_write_txn",
     "check",
     "percentile",
     "rss_mb",
@@ -105,35 +103,8 @@ async def baseline_select1(path: Path, n: int) -> list[float]:
         await db.close()
 
 
-async def baseline_write_txn(path: Path, n: int) -> list[float]:
-    """One raw aiosqlite write transaction as an application writes it:
-    ``await db.execute("INSERT ...")`` then ``await db.commit()`` (WAL,
-    synchronous=NORMAL; two hand-offs)."""
-    db = await _wal_connection(path, "")  # sqlite3's implicit BEGIN before the INSERT
-    try:
-        samples = []
-        for i in range(n):
-            start = time.perf_counter()
-            await db.execute("INSERT INTO t (x) VALUES (?)", (i,))
-            await db.commit()
-            samples.append(time.perf_counter() - start)
-        return samples
-    finally:
-        await db.close()
-
-
 async def _noop() -> None:
     return None
-
-
-async def baseline_create_task(n: int) -> list[float]:
-    """``await asyncio.create_task(noop())``: the floor of anything the loop schedules."""
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await asyncio.create_task(_noop())
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def sqlite_version() -> str:

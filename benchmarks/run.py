@@ -313,7 +313,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         verdict = {True: "PASS", False: "MISS", None: ""}[target["passed"]]
         table.append(
             [
-                row["scenario"],
+                # What a scenario is judged against, under it.
+                f"  ↳ {row['scenario'].strip()}" if row.get("floor_of") else row["scenario"],
                 row["storage"],
                 str(row["fires"]),
                 _rate(row),
