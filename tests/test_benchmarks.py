@@ -114,3 +114,42 @@ def test_unknown_scenario_is_refused_and_old_names_are_accepted() -> None:
     )
     assert done.returncode == 2
     assert "unknown scenario(s): no_such_thing" in done.stderr
+
+
+def test_compare_runs_this_suite_against_another_checkouts_library(tmp_path: Path) -> None:
+    """benchmarks.compare puts the --before checkout's atriggers first on every
+    interpreter's path; an empty --before is refused."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "--before", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "holds no atriggers/ package" in done.stderr
+    probe = "import benchmarks, atriggers; print(atriggers.__file__)"
+    (tmp_path / "atriggers").mkdir()
+    (tmp_path / "atriggers" / "__init__.py").write_text("")
+    found = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**os.environ, "ATRIGGERS_BENCH_LIBRARY": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert found.stdout.strip() == str(tmp_path / "atriggers" / "__init__.py")
+    selected = ["--only", "fire_warm_never_runnable", "--storage", "memory", "--rounds", "1", "--quick"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "--before", str(ROOT), *selected],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| fire_warm_never_runnable | memory |" in done.stdout
