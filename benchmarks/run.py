@@ -46,7 +46,6 @@ FIRE_VS_FLOOR = {"sqlite": 1.0, "postgres": 1.0, "redis": 1.5}
 JOB_VS_FLOOR = 3.0
 #: In memory, one job fire -> run -> finished against taskiq's in-memory broker.
 TASKIQ_RATIO = 0.7
-TASKIQ_PEER = "taskiq InMemoryBroker kiq+wait_result"
 
 
 @dataclass

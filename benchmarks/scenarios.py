@@ -390,7 +390,7 @@ class _Taskiq:
             "kiq+wait_result": InMemoryBroker(),
             "await_inplace kiq": InMemoryBroker(await_inplace=True),
         }
-        self.tasks = {}
+        self.tasks: dict[str, Any] = {}
         for name, broker in self.brokers.items():
 
             async def noop() -> None:
