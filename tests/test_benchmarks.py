@@ -153,3 +153,23 @@ def test_compare_runs_this_suite_against_another_checkouts_library(tmp_path: Pat
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| fire_warm_never_runnable | memory |" in done.stdout
+
+
+def test_without_taskiq_the_peer_row_says_it_was_skipped(tmp_path: Path) -> None:
+    (tmp_path / "taskiq").mkdir()
+    (tmp_path / "taskiq" / "__init__.py").write_text("raise ImportError('taskiq made unimportable')\n")
+    out = tmp_path / "bench.json"
+    selected = ["--only", "one_job_fire_run_finish", "--storage", "memory", "--json", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", *selected],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["target"] == {"text": "skipped: taskiq not installed", "passed": None}
