@@ -7,7 +7,7 @@ import os
 import resource
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -17,10 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 __all__ = [
     "ROOT",
     "CheckFailed",
+    "Floor",
+    "PostgresFloor",
+    "RedisFloor",
+    "SQLiteFloor",
     "child_env",
-    "baseline_create_task",
     "baseline_select1",
-    "baseline_write_txn",
     "check",
     "percentile",
     "rss_mb",
@@ -101,36 +103,148 @@ async def baseline_select1(path: Path, n: int) -> list[float]:
         await db.close()
 
 
-async def baseline_write_txn(path: Path, n: int) -> list[float]:
-    """One raw aiosqlite write transaction as an application writes it:
-    ``await db.execute("INSERT ...")`` then ``await db.commit()`` (WAL,
-    synchronous=NORMAL; two hand-offs)."""
-    db = await _wal_connection(path, "")  # sqlite3's implicit BEGIN before the INSERT
-    try:
-        samples = []
-        for i in range(n):
-            start = time.perf_counter()
-            await db.execute("INSERT INTO t (x) VALUES (?)", (i,))
-            await db.commit()
-            samples.append(time.perf_counter() - start)
-        return samples
-    finally:
-        await db.close()
-
-
 async def _noop() -> None:
     return None
 
 
-async def baseline_create_task(n: int) -> list[float]:
-    """``await asyncio.create_task(noop())``: the floor of anything the loop schedules."""
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await asyncio.create_task(_noop())
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
 def sqlite_version() -> str:
     return f"SQLite {sqlite3.sqlite_version}, aiosqlite {aiosqlite.__version__}"
+
+
+# -- floors: what the same work costs without atriggers, measured in the same process ---------
+
+
+class Floor:
+    """Round trips an application makes itself on the storage a scenario uses,
+    measured in the scenario's own process, in blocks interleaved with the
+    scenario's own work, so that both see the same machine load.
+
+    ``primary`` names the sample the targets compare with: the application's
+    own write (aiosqlite INSERT + COMMIT, a Redis EVALSHA of a trivial script,
+    a PostgreSQL write transaction); ``None`` where there is no I/O to compare
+    with (memory)."""
+
+    primary: str | None = None
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+
+    async def __aenter__(self) -> Floor:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def sample(self, n: int) -> None:
+        """Measure each of this floor's operations `n` times more."""
+        for name, operation in self.operations().items():
+            found = self.samples.setdefault(name, [])
+            for _ in range(n):
+                start = time.perf_counter()
+                await operation()
+                found.append(time.perf_counter() - start)
+
+    def operations(self) -> dict[str, Callable[[], Awaitable[object]]]:
+        return {"asyncio create_task+await": _create_task}
+
+    def p50_ms(self) -> dict[str, float]:
+        return {name: percentile(s, 0.5) * 1e3 for name, s in self.samples.items()}
+
+
+async def _create_task() -> None:
+    await asyncio.create_task(_noop())
+
+
+class SQLiteFloor(Floor):
+    primary = "aiosqlite INSERT+COMMIT"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.directory = directory
+
+    async def open(self) -> None:
+        self.read = await _wal_connection(self.directory / "floor-read.db", None)
+        self.write = await _wal_connection(self.directory / "floor-write.db", "")
+        self.i = 0
+
+    async def close(self) -> None:
+        await self.read.close()
+        await self.write.close()
+
+    async def _select1(self) -> None:
+        await self.read.execute_fetchall("SELECT 1")
+
+    async def _insert_commit(self) -> None:
+        self.i += 1
+        await self.write.execute("INSERT INTO t (x) VALUES (?)", (self.i,))
+        await self.write.commit()
+
+    def operations(self) -> dict[str, Callable[[], Awaitable[object]]]:
+        return {"aiosqlite SELECT 1": self._select1, self.primary or "": self._insert_commit}
+
+
+class RedisFloor(Floor):
+    """redis-py's asyncio client with its defaults (one connection in turn)."""
+
+    primary = "redis-py EVALSHA (trivial script)"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    async def open(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.client = aioredis.Redis.from_url(self.url)
+        self.sha = await self.client.script_load("return 1")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _ping(self) -> None:
+        await self.client.ping()
+
+    async def _evalsha(self) -> None:
+        await self.client.evalsha(self.sha, 1, "floor:key")
+
+    def operations(self) -> dict[str, Callable[[], Awaitable[object]]]:
+        return {"redis-py PING": self._ping, self.primary or "": self._evalsha}
+
+
+class PostgresFloor(Floor):
+    """asyncpg, one connection: a round trip and a write transaction as an
+    application writes it (BEGIN, INSERT, COMMIT: three round trips)."""
+
+    primary = "asyncpg write transaction"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    async def open(self) -> None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        self.conn = await asyncpg.connect(self.url)
+        await self.conn.execute("CREATE TABLE IF NOT EXISTS floor_t (x BIGINT)")
+        self.i = 0
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def _select1(self) -> None:
+        await self.conn.fetchval("SELECT 1")
+
+    async def _write(self) -> None:
+        self.i += 1
+        async with self.conn.transaction():
+            await self.conn.execute("INSERT INTO floor_t (x) VALUES ($1)", self.i)
+
+    def operations(self) -> dict[str, Callable[[], Awaitable[object]]]:
+        return {"asyncpg SELECT 1": self._select1, self.primary or "": self._write}

@@ -1,8 +1,9 @@
 """One OS process of the multi-process scenario.
 
-``python -m benchmarks.worker STORE UID FIRES INDEX idle|run``: opens the store (an
-SQLite file's path, or a storage URL), prints "ready", waits for "go" on stdin,
-fires FIRES times, prints a JSON report.
+``python -m benchmarks.worker STORE UID FIRES INDEX idle|pile|run``: opens the
+store (an SQLite file's path, or a storage URL), prints "ready", waits for "go"
+on stdin, fires FIRES times ("a" for idle, "tick" for the ``andEvery`` trigger
+of pile and run), prints a JSON report.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _conflicts(store: Storage) -> Callable[[], int]:
     return lambda: count
 
 
-async def main(where: str, uid: str, fires: int, index: int, run: bool) -> dict[str, Any]:
+async def main(where: str, uid: str, fires: int, index: int, mode: str) -> dict[str, Any]:
     store = open_storage(where) if "://" in where else CountingSQLite(Path(where))
     conflicts: Callable[[], int]
     if isinstance(store, CountingSQLite):
@@ -89,7 +90,7 @@ async def main(where: str, uid: str, fires: int, index: int, run: bool) -> dict[
         print("ready", flush=True)
         if (await asyncio.to_thread(sys.stdin.readline)).strip() != "go":
             raise SystemExit("the benchmark that started this worker went away")
-        trigger = "tick" if run else "a"
+        trigger = "a" if mode == "idle" else "tick"
         latencies = []
         scheduled = 0
         start = time.time()
@@ -110,5 +111,5 @@ async def main(where: str, uid: str, fires: int, index: int, run: bool) -> dict[
 
 if __name__ == "__main__":
     where, uid, count, index, mode = sys.argv[1:6]
-    report = asyncio.run(main(where, uid, int(count), int(index), mode == "run"))
+    report = asyncio.run(main(where, uid, int(count), int(index), mode))
     print(json.dumps(report), flush=True)
