@@ -18,12 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 import atriggers.storage.sqlite as sqlite_module
 from atriggers import TriggerManager
 from atriggers.storage import MemoryStorage, SQLiteStorage
 from atriggers.storage.base import Storage
+from atriggers.storage.sqlite_commit import GroupCommit
 
 from . import _tasks  # noqa: F401 - registers bench.noop
 from .measure import baseline_select1, percentile
@@ -35,7 +34,7 @@ _marks: dict[str, float] = {}
 def _instrument() -> None:
     """Timestamps around the hand-off (in the loop) and the batch (in the thread)."""
     run_batch = sqlite_module._run_batch
-    call = SQLiteStorage._call
+    submit = GroupCommit.submit
 
     def timed_batch(db: Any, ops: Any, same_file: Callable[[], None]) -> Any:
         _marks["thread_start"] = time.perf_counter()
@@ -44,15 +43,15 @@ def _instrument() -> None:
         finally:
             _marks["thread_end"] = time.perf_counter()
 
-    async def timed_call(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    async def timed_submit(self: GroupCommit, op: Any) -> Any:
         _marks["call"] = time.perf_counter()
         try:
-            return await call(conn, fn, *args)
+            return await submit(self, op)
         finally:
             _marks["returned"] = time.perf_counter()
 
     sqlite_module._run_batch = timed_batch
-    SQLiteStorage._call = staticmethod(timed_call)  # type: ignore[method-assign]
+    GroupCommit.submit = timed_submit  # type: ignore[method-assign]
 
 
 async def _fires(store: Storage, n: int, phases: list[dict[str, float]] | None) -> list[float]:
