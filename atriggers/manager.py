@@ -942,17 +942,19 @@ class TriggerManager:
     async def _shielded(self, operation: Coroutine[Any, Any, T]) -> T:
         """Run an operation that stores then dispatches to its end even if the
         caller is cancelled: a stored ``scheduled`` must always be dispatched."""
-        task = _start(operation)
-        if task.done():
+        outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        task = _start(_settle(operation, outcome))
+        if outcome.done():
             # Ran to its end eagerly, in this turn of the loop: nothing to track.
-            return task.result()
+            return outcome.result()
         self.storage.track(task, cancellable=False)
         # `join` waits for it too (a fire whose caller was cancelled goes on: what
         # it starts is this manager's work all the same). Dropped from the set
         # here rather than by a done callback, which would cost a loop turn.
         self._inflight.add(task)
         try:
-            result = await asyncio.shield(task)
+            # A cancelled caller cancels only `outcome`, never the operation.
+            result = await outcome
         except asyncio.CancelledError:
             if task.done():
                 self._inflight.discard(task)
@@ -1036,6 +1038,25 @@ class TriggerManager:
             f"session {self.uid!r} kept changing under concurrent writers; "
             f"gave up after {self.max_attempts} attempts with nothing written"
         )
+
+
+async def _settle(operation: Coroutine[Any, Any, T], outcome: asyncio.Future[T]) -> None:
+    """Run `operation` and hand its outcome to `outcome` from inside the task: the
+    caller wakes on the next loop turn, not one later (as it would through the
+    task's done callbacks and a shield)."""
+    try:
+        result = await operation
+    except asyncio.CancelledError:
+        outcome.cancel()
+        raise
+    except BaseException as exc:
+        if not outcome.done():  # (not if its caller was cancelled: then nobody hears it)
+            outcome.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt, SystemExit: for the loop to act on
+    else:
+        if not outcome.done():
+            outcome.set_result(result)
 
 
 if sys.version_info >= (3, 12):

@@ -342,3 +342,33 @@ async def test_an_operation_runs_as_its_own_task_not_the_callers() -> None:
         state = await manager.get_state()
     assert seen[0] is not None and seen[0] is not caller
     assert state.latest_kwargs["tick"] == {"n": 1}
+
+
+async def test_join_waits_for_the_operation_of_a_cancelled_caller() -> None:
+    """A caller cancelled while its fire is being written goes away at once; the
+    fire goes on, and `join` waits until what it scheduled has run."""
+    release = asyncio.Event()
+    writing = asyncio.Event()
+
+    class HeldWrite(MemoryStorage):
+        async def store_or_reapply(self, uid: str, expected: int, change: Change, reapply: Any) -> Any:
+            if change.triggers.get("tick") is not None and not release.is_set():
+                writing.set()
+                await release.wait()
+            return await super().store_or_reapply(uid, expected, change, reapply)
+
+    async with HeldWrite() as storage:
+        manager = TriggerManager(storage, "held")
+        await manager.update_configuration(EVERY_TICK)
+        caller = asyncio.create_task(manager.fire("tick", {"n": 0}))
+        await writing.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        joined = asyncio.create_task(manager.join())
+        await asyncio.sleep(0.01)
+        assert not joined.done(), "join returned while the fire was still being written"
+        release.set()
+        await asyncio.wait_for(joined, 5)
+        state = await manager.get_state()
+    assert [(i.name, i.status) for i in state.instances.values()] == [("t#0", Status.FINISHED)]

@@ -5,8 +5,8 @@ wakes up and tries to store its outcome: a zombie.
 
 Configures ``t_nap`` (``timeout: 1``, its body sleeps 1.5 s) and ``t_next``
 (after ``t_nap``), fires ``go``, prints ``READY {json}`` once ``t_nap#0`` is
-running, waits for the run to end and prints ``DONE {json}`` with the
-statuses it then reads. Warnings are logged to stderr.
+running and its body has recorded the run, waits for the run to end and prints
+``DONE {json}`` with the statuses it then reads. Warnings are logged to stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import recovery_tasks
@@ -36,8 +37,13 @@ async def main(path: str, uid: str) -> None:
         manager = TriggerManager(storage, uid)
         await manager.update_configuration(CONFIGURATION)
         await manager.fire("go", {})
+        # Ready once the body has recorded its run: stopped earlier, this process
+        # could hold the runs database's write lock while the test reads it.
+        runs_db = Path(os.environ[recovery_tasks.RUNS_DB])
         while True:
-            if (await manager.get_instance("t_nap#0")).status is Status.RUNNING:
+            if (await manager.get_instance("t_nap#0")).status is Status.RUNNING and recovery_tasks.runs(
+                runs_db, uid
+            ):
                 break
             await asyncio.sleep(0.01)
         print("READY " + json.dumps({"pid": os.getpid()}), flush=True)
