@@ -34,7 +34,7 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 try:  # the ``fast`` extra
     import msgspec
 except ImportError:  # pragma: no cover - depends on the installation
-    msgspec = None  # type: ignore[assignment]
+    msgspec = None  # type: ignore[assignment, unused-ignore]
 
 
 def stdlib_loads(text: str | bytes) -> Any:

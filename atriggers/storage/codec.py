@@ -29,7 +29,7 @@ from ..state import Change, SessionState
 try:  # the ``fast`` extra (see atriggers._json)
     import msgspec
 except ImportError:  # pragma: no cover - depends on the installation
-    msgspec = None  # type: ignore[assignment]
+    msgspec = None  # type: ignore[assignment, unused-ignore]
 
 __all__ = [
     "ConfigCache",
@@ -184,7 +184,7 @@ def _decode_generic(name: str, text: str, config_of: Callable[[str], TaskConfig 
 
 if msgspec is not None:
 
-    class _Stored(msgspec.Struct):
+    class _Stored(msgspec.Struct):  # type: ignore[misc, unused-ignore]  # (Any when not installed)
         """An instance as stored (`TaskInstance.to_dict`), for msgspec to parse
         straight into fields: a third cheaper than a dict and `from_dict`."""
 
