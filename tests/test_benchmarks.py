@@ -17,6 +17,9 @@ import pytest
 from atriggers.testing.postgres import find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
+# The suite's subprocesses run outside asyncio debug mode (CI's second pass sets it):
+# it multiplies a run's time, and the benchmarks' checks do not depend on it.
+NO_DEBUG = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
 
 SCENARIOS = (
     "fire_warm_never_runnable",
@@ -58,9 +61,7 @@ def test_quick_mode_runs_every_scenario_and_checks_it(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
         cwd=ROOT,
-        # Not in asyncio debug mode (CI's second pass sets it): it multiplies the
-        # run's time, and the benchmarks' checks do not depend on it.
-        env={k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"},
+        env=NO_DEBUG,
         capture_output=True,
         text=True,
         timeout=240,
@@ -145,7 +146,7 @@ def test_compare_runs_this_suite_against_another_checkouts_library(tmp_path: Pat
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.compare", "--before", str(ROOT), *selected],
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"},
+        env=NO_DEBUG,
         capture_output=True,
         text=True,
         timeout=60,
@@ -160,11 +161,10 @@ def test_without_taskiq_the_peer_row_says_it_was_skipped(tmp_path: Path) -> None
     (tmp_path / "taskiq" / "__init__.py").write_text("raise ImportError('taskiq made unimportable')\n")
     out = tmp_path / "bench.json"
     selected = ["--only", "one_job_fire_run_finish", "--storage", "memory", "--json", str(out)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", *selected],
         cwd=ROOT,
-        env={**env, "PYTHONPATH": str(tmp_path)},
+        env={**NO_DEBUG, "PYTHONPATH": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=60,
