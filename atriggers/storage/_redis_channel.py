@@ -158,6 +158,9 @@ class Channel:
         self._retries = retries
         self._link: _Link | None = None
         self._opening: asyncio.Lock | None = None
+        # Connection attempts made, and how the last one failed (None: it did not).
+        self._attempts = 0
+        self._failure: str | None = None
         self._closed = False
 
     async def execute(self, command: bytes) -> Any:
@@ -183,12 +186,26 @@ class Channel:
             raise RedisConnectionError("the storage is closed")
         if self._opening is None:
             self._opening = asyncio.Lock()
+        attempts = self._attempts
         async with self._opening:  # callers of a lost link wait for one new connection
             link = self._link
             if link is not None and link.alive:
                 return link
+            if self._attempts != attempts and self._failure is not None:
+                # The attempt this caller waited for failed: that is its answer
+                # too (each waiter trying again in turn would take N timeouts).
+                raise RedisConnectionError(self._failure)
+            self._attempts += 1
             connection = self._make()
-            await connection.connect()  # type: ignore[no-untyped-call]
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                self._failure = f"{type(exc).__name__}: {exc}"
+                raise
+            self._failure = None
+            if self._closed:  # closed while connecting: the socket is nobody's
+                await connection.disconnect()
+                raise RedisConnectionError("the storage is closed")
             writer = connection._writer
             if writer is None:  # pragma: no cover - redis-py connected or raised
                 raise RedisConnectionError("redis-py opened no stream")

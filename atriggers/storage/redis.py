@@ -63,10 +63,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError, ResponseError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from ._redis_channel import Channel
     from ._redis_wire import Arg, pack, pack_args
@@ -565,9 +563,9 @@ class RedisStorage(Storage):
 
     async def connect(self) -> None:
         if self._client is None:
-            # A bounded pool that makes callers wait for a free connection (the
-            # default pool of recent redis-py raises past its limit instead), so
-            # any number of concurrent operations works.
+            # Only its `make_connection` is used: the connection it makes (with
+            # everything the URL says) becomes the storage's one pipelined channel,
+            # which retries a lost connection itself (`retries` times, with backoff).
             pool = aioredis.BlockingConnectionPool.from_url(
                 self.redis_url,
                 max_connections=self.max_connections,
@@ -575,12 +573,7 @@ class RedisStorage(Storage):
                 decode_responses=True,
                 socket_timeout=self.socket_timeout,
                 socket_connect_timeout=self.socket_timeout,
-                # A short budget: ride over a blip, fail clearly when Redis is down.
-                retry=Retry(
-                    ExponentialBackoff(cap=0.5, base=0.05),
-                    self.retries,
-                    (RedisConnectionError, RedisTimeoutError),
-                ),
+                retry=Retry(NoBackoff(), 0),
             )
             self._client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         client = self._client
@@ -898,47 +891,51 @@ class RedisStorage(Storage):
     async def _eval(
         self, script: _Script, uid: str | None, args: Sequence[Arg], what: str, *, keys: Sequence[str] = ()
     ) -> Any:
-        """Run `script` on session `uid`'s keys (or on `keys`): its reply, or
-        `StorageError` (`InvalidInput` for text that is not Unicode)."""
-        channel = self._channel
-        if channel is None or self._load_script is None:
-            self._require()
-        assert channel is not None
+        """Run `script` (from `_script`, which checks the storage is open) on
+        session `uid`'s keys (or on `keys`): its reply, or `StorageError`
+        (`InvalidInput` for text that is not Unicode)."""
         try:
             if uid is None:
                 count, head = len(keys), pack_args((len(keys), *keys))
             else:
                 count, head = script.head(uid)
             tail = pack_args(args)
-            total = b"*%d\r\n" % (3 + count + len(args))
-            reply = await channel.execute(b"".join((total, script.sha_head, head, tail)))
-            if type(reply) is ResponseError and str(reply).startswith("NOSCRIPT"):
-                # A restarted or flushed server: EVAL sends the text, and caches it again.
-                reply = await channel.execute(b"".join((total, script.eval_head, head, tail)))
+        except UnicodeEncodeError as exc:
+            raise _not_text(exc) from exc
+        total = b"*%d\r\n" % (3 + count + len(args))
+        # A restarted or flushed server answers NOSCRIPT: EVAL sends the text, and caches it again.
+        return await self._send(
+            b"".join((total, script.sha_head, head, tail)), what, (total, script.eval_head, head, tail)
+        )
+
+    async def _command(self, args: Sequence[Arg], what: str) -> Any:
+        """One Redis command's reply, or `StorageError` (`InvalidInput`, as `_eval`)."""
+        try:
+            packed = pack(args)
+        except UnicodeEncodeError as exc:
+            raise _not_text(exc) from exc
+        return await self._send(packed, what)
+
+    async def _send(self, packed: bytes, what: str, noscript: tuple[bytes, ...] | None = None) -> Any:
+        """The reply to `packed` (sent again as the parts of `noscript` joined if the
+        server lacks the script); Redis's errors translated to `StorageError`, the
+        one place they are."""
+        channel = self._channel if self._channel is not None else self._require()
+        try:
+            reply = await channel.execute(packed)
+            if noscript is not None and type(reply) is ResponseError and str(reply).startswith("NOSCRIPT"):
+                reply = await channel.execute(b"".join(noscript))
             if isinstance(reply, ResponseError):
                 raise reply
             return reply
-        except UnicodeEncodeError as exc:
-            raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             raise StorageError(
                 f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def _command(self, args: Sequence[Arg], what: str) -> Any:
-        """One Redis command's reply, or `StorageError` (`InvalidInput`, as `_eval`)."""
-        channel = self._channel if self._channel is not None else self._require()
-        try:
-            reply = await channel.execute(pack(args))
-            if isinstance(reply, ResponseError):
-                raise reply
-            return reply
-        except UnicodeEncodeError as exc:
-            raise InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored") from exc
-        except RedisError as exc:
-            raise StorageError(
-                f"Redis {what} failed at {mask_url(self.redis_url)}: {type(exc).__name__}: {exc}"
-            ) from exc
+
+def _not_text(exc: UnicodeEncodeError) -> InvalidInput:
+    return InvalidInput(f"{exc.object!r} is not valid Unicode text: it cannot be stored")
 
 
 class _Script:
