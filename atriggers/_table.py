@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .instance import RESOLVED, Status, TaskInstance
+from .instance import RESOLVED, VALUE_OF, Status, TaskInstance
 
 __all__ = ["ABSENT", "InstanceTable"]
 
@@ -38,7 +38,6 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 _UNSTARTED = Status.UNSTARTED
-_VALUES = {status: status.value for status in Status}
 
 
 def _add(index: dict[Any, dict[str, None]], key: Any, name: str) -> None:
@@ -97,7 +96,7 @@ class _Data:
         if status in RESOLVED:
             self.resolved[name] = None
             return
-        value = _VALUES[status]
+        value = VALUE_OF[status]
         counts = self.counts
         counts[value] = counts.get(value, 0) + 1
         if status is not _UNSTARTED:
@@ -133,7 +132,7 @@ class _Data:
         if status in RESOLVED:
             self.resolved.pop(name, None)
             return
-        value = _VALUES[status]
+        value = VALUE_OF[status]
         left = self.counts[value] - 1
         if left:
             self.counts[value] = left
@@ -280,13 +279,6 @@ class InstanceTable(Mapping[str, TaskInstance]):
             data.build()
             names = data.ready.get(task)
             return [data.rows[n] for n in names] if names else []
-
-    def holds_resolved(self) -> bool:
-        """Whether it holds any resolved instance (one loaded by name)."""
-        with self._data.lock:
-            data = self._reroot()
-            data.build()
-            return bool(data.resolved)
 
     def resolved(self) -> list[str]:
         """The names of the resolved instances held."""

@@ -35,8 +35,8 @@ class Status(StrEnum):
 
 #: Status value -> status (a lookup: cheaper than calling the enum).
 STATUS_OF = {status.value: status for status in Status}
-#: (``Status.value`` is a property, a few times dearer than a lookup.)
-_VALUE_OF = {status: status.value for status in Status}
+#: Status -> its value (``Status.value`` is a property, a few times dearer than a lookup).
+VALUE_OF = {status: status.value for status in Status}
 #: The empty ``abandonState`` (shared: most instances have it).
 NO_TRIGGERS: frozenset[str] = frozenset()
 RESOLVED = frozenset({Status.FINISHED, Status.ABANDONED, Status.REPLAYED, Status.SKIPPED})
@@ -259,7 +259,7 @@ class TaskInstance:
         """JSON-ready form, as stored."""
         return {
             "task": self.task_name,
-            "status": _VALUE_OF[self.status],
+            "status": VALUE_OF[self.status],
             "kwargs": self.kwargs,
             "abandonState": sorted(self.abandon_state) if self.abandon_state else [],
             "metadata": self.metadata,

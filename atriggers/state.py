@@ -489,10 +489,6 @@ class Draft:
 
 # Every write builds one snapshot and one change: these set their fields
 # directly, at half the cost of a frozen dataclass's __init__ (same objects).
-_new = object.__new__
-_set = object.__setattr__
-
-
 def _snapshot(
     uid: str,
     version: int,
@@ -503,17 +499,16 @@ def _snapshot(
     complete: bool,
     fire_keys: FireKeys,
 ) -> SessionState:
-    state: SessionState = _new(SessionState)
-    _set(state, "uid", uid)
-    _set(state, "version", version)
-    _set(state, "tasks", tasks)
-    _set(state, "instances", instances)
-    _set(state, "latest_kwargs", latest_kwargs)
-    _set(state, "instance_counts", instance_counts)
-    _set(state, "complete", complete)
-    _set(state, "fire_keys", fire_keys)
-    _set(state, "unresolved_counts", None)
-    return state
+    return SessionState(
+        uid=uid,
+        version=version,
+        tasks=tasks,
+        instances=instances,
+        latest_kwargs=latest_kwargs,
+        instance_counts=instance_counts,
+        complete=complete,
+        fire_keys=fire_keys,
+    )
 
 
 def _change(
@@ -527,14 +522,14 @@ def _change(
     reindex: bool,
     keys: Mapping[int, FireKey | None],
 ) -> Change:
-    change: Change = _new(Change)
-    _set(change, "tasks", tasks)
-    _set(change, "triggers", triggers)
-    _set(change, "instance_counts", instance_counts)
-    _set(change, "instances", instances)
-    _set(change, "state", state)
-    _set(change, "due", due)
-    _set(change, "at", at)
-    _set(change, "reindex", reindex)
-    _set(change, "keys", keys)
-    return change
+    return Change(
+        tasks=tasks,
+        triggers=triggers,
+        instance_counts=instance_counts,
+        instances=instances,
+        state=state,
+        due=due,
+        at=at,
+        reindex=reindex,
+        keys=keys,
+    )

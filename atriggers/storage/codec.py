@@ -16,20 +16,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._json import dumps, loads
+from .._json import dumps, loads, msgspec  # msgspec: None without the ``fast`` extra
 from .._table import InstanceTable
 from .._tracecontext import TRACE_KEY, traced, untraced
 from ..config import TaskConfig
 from ..due import Due
 from ..errors import StorageError
 from ..idempotency import NO_KEYS, decode_rows, encode_row, is_key_row, key_row_name
-from ..instance import NO_TRIGGERS, RESOLVED, STATUS_OF, Status, TaskInstance
+from ..instance import NO_TRIGGERS, RESOLVED, STATUS_OF, VALUE_OF, TaskInstance
 from ..state import Change, SessionState
-
-try:  # the ``fast`` extra (see atriggers._json)
-    import msgspec
-except ImportError:  # pragma: no cover - depends on the installation
-    msgspec = None  # type: ignore[assignment, unused-ignore]
 
 __all__ = [
     "ConfigCache",
@@ -68,29 +63,17 @@ def encode_change(change: Change) -> EncodedChange:
     triggers = [(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()]
     if change.keys:
         triggers += [(key_row_name(slot), encode_row(record)) for slot, record in change.keys.items()]
-    # Built field by field (every write encodes one): the same object as
-    # EncodedChange(...) would make, without a frozen dataclass's __init__.
-    encoded: EncodedChange = _new(EncodedChange)
-    _set(encoded, "version", change.state.version)
-    _set(encoded, "tasks", encode_tasks(change.tasks) if change.tasks is not None else None)
-    _set(encoded, "counts", dumps(change.instance_counts) if change.instance_counts is not None else None)
-    _set(encoded, "triggers", triggers)
-    _set(
-        encoded,
-        "instances",
-        [
-            (i.name, i.task_name, _VALUES[i.status], i.status in RESOLVED, dumps(i.to_dict()))
+    return EncodedChange(
+        version=change.state.version,
+        tasks=encode_tasks(change.tasks) if change.tasks is not None else None,
+        counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
+        triggers=triggers,
+        instances=[
+            (i.name, i.task_name, VALUE_OF[i.status], i.status in RESOLVED, dumps(i.to_dict()))
             for i in change.instances
         ],
+        due=list(change.due.items()),
     )
-    _set(encoded, "due", list(change.due.items()))
-    return encoded
-
-
-_new = object.__new__
-_set = object.__setattr__
-#: Status -> its value as a plain string (``Status.value`` is a slow property).
-_VALUES = {status: status.value for status in Status}
 
 
 class ConfigCache:
