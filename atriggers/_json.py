@@ -32,7 +32,7 @@ MAX_DEPTH = 64
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 try:  # the ``fast`` extra
-    import msgspec
+    import msgspec as msgspec  # (re-exported: the codec uses it too)
 except ImportError:  # pragma: no cover - depends on the installation
     msgspec = None  # type: ignore[assignment, unused-ignore]
 
