@@ -460,12 +460,12 @@ class _Opened:
 
     __slots__ = ("file", "path", "patience", "shown")
 
-    def __init__(self, path: Path, shown: Path, patience: float) -> None:
+    def __init__(self, path: Path, patience: float) -> None:
         #: The file SQLite opened (resolved now: a later chdir must not change it).
         self.path = path.resolve()
         self.file = _identity(self.path)
         #: The path as the application gave it, for messages.
-        self.shown = shown
+        self.shown = path
         #: Seconds a batch waits for another connection's lock before failing.
         self.patience = patience
 
@@ -477,11 +477,10 @@ class _Opened:
             )
 
 
-def _run_batch(db: sqlite3.Connection, ops: list[Op], same_file: Callable[[], None]) -> list[Any]:
+def _run_batch(db: sqlite3.Connection, ops: list[Op], same_file: _Opened) -> list[Any]:
     """The batch's operations in one transaction (see `run_batch`), waiting for
     another connection's lock as long as the storage's `timeout` says."""
-    patience = same_file.patience if isinstance(same_file, _Opened) else _DEFAULT_TIMEOUT
-    return run_batch(db, ops, same_file, patience)
+    return run_batch(db, ops, same_file, same_file.patience)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -616,7 +615,7 @@ class SQLiteStorage(Storage):
             await conn.close()
             raise
         self._conn = conn
-        opened = _Opened(self.path, self.path, self.timeout)
+        opened = _Opened(self.path, self.timeout)
         # `_run_batch` looked up at each batch: a profiler may wrap it.
         self._commit = GroupCommit(conn, lambda db, ops: _run_batch(db, ops, opened))
 
