@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ def _instrument() -> None:
     run_batch = sqlite_module._run_batch
     submit = GroupCommit.submit
 
-    def timed_batch(db: Any, ops: Any, same_file: Callable[[], None]) -> Any:
+    def timed_batch(db: Any, ops: Any, same_file: Any) -> Any:
         _marks["thread_start"] = time.perf_counter()
         try:
             return run_batch(db, ops, same_file)
