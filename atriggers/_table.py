@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .instance import RESOLVED, VALUE_OF, Status, TaskInstance
 
-__all__ = ["ABSENT", "InstanceTable"]
+if TYPE_CHECKING:
+    from .config import TaskConfig
+
+__all__ = ["ABSENT", "InstanceTable", "Undecoded"]
 
 
 class _Absent:
@@ -38,6 +41,46 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 _UNSTARTED = Status.UNSTARTED
+_UNSTARTED_VALUE = VALUE_OF[_UNSTARTED]
+
+
+class Undecoded(Protocol):
+    """A stored instance read only as far as the indexes need (a backend's
+    codec makes them): its task, status, configuration, the triggers it has
+    kwargs of and its abandon state. The table decodes the rest the first time
+    the instance is asked for: a fire uses a few of a session's instances, and
+    decoding all the others on a cold read cost more than the rest of the fire.
+    Its text has been checked for shape already: decoding it cannot fail.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def kwargs(self) -> Mapping[str, object]: ...  # (the triggers it has kwargs of)
+    @property
+    def abandon_state(self) -> frozenset[str]: ...
+    @property
+    def config(self) -> TaskConfig | None: ...
+
+    def decode(self) -> TaskInstance: ...
+
+
+#: A row of the table: an instance, or one not decoded in full yet.
+Row = TaskInstance | Undecoded
+
+
+def _decoded(rows: dict[str, Row], name: str) -> TaskInstance:
+    """The instance `name` of `rows`, decoded in place if it was not yet (the
+    same instance in every version that holds it: nothing to swap back)."""
+    row = rows[name]
+    if isinstance(row, TaskInstance):
+        return row
+    decoded = rows[name] = row.decode()
+    return decoded
 
 
 def _add(index: dict[Any, dict[str, None]], key: Any, name: str) -> None:
@@ -56,7 +99,7 @@ def _discard(index: dict[Any, dict[str, None]], key: Any, name: str) -> None:
             del index[key]
 
 
-def waits_for(instance: TaskInstance) -> list[str]:
+def waits_for(instance: Row) -> list[str]:
     """The triggers an unstarted instance still takes (per its configuration)."""
     config = instance.config
     if config is None:
@@ -72,7 +115,7 @@ class _Data:
 
     __slots__ = ("counts", "head", "indexed", "lock", "ready", "resolved", "rows", "unstarted", "waiting")
 
-    def __init__(self, rows: dict[str, TaskInstance], head: InstanceTable) -> None:
+    def __init__(self, rows: dict[str, Row], head: InstanceTable) -> None:
         self.rows = rows
         self.head = head
         self.lock = threading.Lock()
@@ -86,48 +129,57 @@ class _Data:
     def build(self) -> None:
         if not self.indexed:
             self.indexed = True
+            index = self.index
             for name, instance in self.rows.items():
-                self.index(name, instance)
+                index(name, instance)
 
-    def index(self, name: str, instance: TaskInstance) -> None:
-        # Inlined (no properties, no enum `.value`): a cold read indexes every
-        # unresolved instance of the session.
+    def index(self, name: str, instance: Row) -> None:
+        # Inlined (no properties, no enum `.value`, no helper calls): a cold
+        # read indexes every unresolved instance of the session.
         status = instance.status
-        if status in RESOLVED:
-            self.resolved[name] = None
-            return
-        value = VALUE_OF[status]
-        counts = self.counts
-        counts[value] = counts.get(value, 0) + 1
         if status is not _UNSTARTED:
+            if status in RESOLVED:
+                self.resolved[name] = None
+            else:
+                value = VALUE_OF[status]
+                self.counts[value] = self.counts.get(value, 0) + 1
             return
+        self.counts[_UNSTARTED_VALUE] = self.counts.get(_UNSTARTED_VALUE, 0) + 1
         task = instance.task_name
-        _add(self.unstarted, task, name)
+        names = self.unstarted.get(task)
+        if names is None:
+            self.unstarted[task] = {name: None}
+        else:
+            names[name] = None
         config = instance.config
-        if config is None:
-            _add(self.ready, task, name)  # nothing to wait for (never fired: unconfigured)
-            return
         # Ready: every `after` trigger applied (it can run), or every `unless`
-        # trigger (it is to be abandoned): `can_run or can_abandon`.
-        kwargs = instance.kwargs
+        # trigger (it is to be abandoned): `can_run or can_abandon`; with no
+        # configuration (never fired: unconfigured), nothing to wait for.
         ready = True
-        for trigger in config.after:
-            if trigger not in kwargs:
-                _add(self.waiting, (task, trigger), name)
-                ready = False
-        unless = config.unless
-        if unless:
-            applied = instance.abandon_state
-            missing = False
-            for trigger in unless:
-                if trigger not in applied:
-                    _add(self.waiting, (task, trigger), name)
-                    missing = True
-            ready = ready or not missing
+        if config is not None:
+            kwargs = instance.kwargs
+            waiting = self.waiting
+            for trigger in config.after:
+                if trigger not in kwargs:
+                    ready = False
+                    names = waiting.get((task, trigger))
+                    if names is None:
+                        waiting[task, trigger] = {name: None}
+                    else:
+                        names[name] = None
+            unless = config.unless
+            if unless:
+                applied = instance.abandon_state
+                missing = False
+                for trigger in unless:
+                    if trigger not in applied:
+                        _add(waiting, (task, trigger), name)
+                        missing = True
+                ready = ready or not missing
         if ready:
             _add(self.ready, task, name)
 
-    def unindex(self, name: str, instance: TaskInstance) -> None:
+    def unindex(self, name: str, instance: Row) -> None:
         status = instance.status
         if status in RESOLVED:
             self.resolved.pop(name, None)
@@ -167,7 +219,7 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     __slots__ = ("_data", "_diff", "_next")
 
-    def __init__(self, rows: dict[str, TaskInstance] | None = None) -> None:
+    def __init__(self, rows: dict[str, Row] | None = None) -> None:
         """A table of `rows` (taken over, not copied: the caller lets go of it)."""
         self._data = _Data({} if rows is None else rows, self)
         self._diff: dict[str, Any] | None = None
@@ -217,11 +269,12 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     def __getitem__(self, name: str) -> TaskInstance:
         with self._data.lock:
-            return self._reroot().rows[name]
+            return _decoded(self._reroot().rows, name)
 
     def get(self, name: str, default: Any = None) -> Any:
         with self._data.lock:
-            return self._reroot().rows.get(name, default)
+            rows = self._reroot().rows
+            return _decoded(rows, name) if name in rows else default
 
     def __contains__(self, name: object) -> bool:
         with self._data.lock:
@@ -237,11 +290,13 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     def values(self) -> list[TaskInstance]:  # type: ignore[override]
         with self._data.lock:
-            return list(self._reroot().rows.values())
+            rows = self._reroot().rows
+            return [_decoded(rows, name) for name in list(rows)]
 
     def items(self) -> list[tuple[str, TaskInstance]]:  # type: ignore[override]
         with self._data.lock:
-            return list(self._reroot().rows.items())
+            rows = self._reroot().rows
+            return [(name, _decoded(rows, name)) for name in list(rows)]
 
     def __repr__(self) -> str:
         return f"InstanceTable({dict(self.items())!r})"
@@ -259,7 +314,7 @@ class InstanceTable(Mapping[str, TaskInstance]):
             data = self._reroot()
             data.build()
             names = data.unstarted.get(task)
-            return [data.rows[n] for n in names] if names else []
+            return [_decoded(data.rows, n) for n in names] if names else []
 
     def waiting(self, task: str, trigger: str) -> list[TaskInstance]:
         """The task's unstarted instances that still take `trigger` (an ``after``
@@ -268,7 +323,7 @@ class InstanceTable(Mapping[str, TaskInstance]):
             data = self._reroot()
             data.build()
             names = data.waiting.get((task, trigger))
-            return [data.rows[n] for n in names] if names else []
+            return [_decoded(data.rows, n) for n in names] if names else []
 
     def ready(self, task: str) -> list[TaskInstance]:
         """The task's unstarted instances that can run or be abandoned now (none,
@@ -278,7 +333,7 @@ class InstanceTable(Mapping[str, TaskInstance]):
             data = self._reroot()
             data.build()
             names = data.ready.get(task)
-            return [data.rows[n] for n in names] if names else []
+            return [_decoded(data.rows, n) for n in names] if names else []
 
     def resolved(self) -> list[str]:
         """The names of the resolved instances held."""

@@ -187,6 +187,9 @@ async def test_flags_must_be_booleans(sqlite_storage: SQLiteStorage) -> None:
         ("atriggers_instances", "body", '{"task": "t", "status": "exploded"}'),
         ("atriggers_instances", "body", '{"status": "unstarted"}'),
         ("atriggers_instances", "body", '{"task": "t", "status": "unstarted", "kwargs": [1]}'),
+        # Found when the instance is decoded in full (a fire that uses it, a read).
+        ("atriggers_instances", "body", '{"task": "t", "status": "unstarted", "kwargs": {"go": 5}}'),
+        ("atriggers_instances", "body", '{"task": "t", "status": "unstarted", "metadata": [1]}'),
         ("atriggers_instances", "body", b"\xff\xfe"),
         ("atriggers_triggers", "kwargs", "[1, 2]"),
         ("atriggers_sessions", "config", '{"t": {"run": 1}}'),

@@ -95,6 +95,31 @@ def test_broken_instances_fail_as_from_dict_fails(text: str) -> None:
     assert errors[0] == errors[1]
 
 
+@pytest.mark.parametrize("text", STORED + BROKEN)
+def test_a_working_view_decodes_instances_when_used_with_the_same_result(text: str) -> None:
+    # A working view reads each instance only as far as its indexes need and
+    # the rest when a rule asks for it: what it holds then is what a full
+    # read gives, and what does not decode fails either way, naming it.
+    from atriggers.errors import StorageError
+    from atriggers.storage import codec
+
+    def view() -> Any:
+        return codec.decode_state("u", 1, {}, "{}", [], [("t#0", text)], complete=False).instances
+
+    try:
+        expected = codec._decode_generic("t#0", text, {"t": None}.get)
+    except (ValueError, KeyError, TypeError):
+        with pytest.raises(StorageError, match="session 'u': the stored instance 't#0' is corrupt"):
+            view()["t#0"]
+        with pytest.raises(StorageError, match="session 'u': the stored instance 't#0' is corrupt"):
+            view().ready("t")
+        return
+    instances = view()
+    assert instances.unresolved_counts() == ({} if expected.is_resolved else {expected.status.value: 1})
+    assert _same(instances["t#0"].to_dict(), expected.to_dict()) and instances["t#0"] == expected
+    assert instances["t#0"] is instances.get("t#0") is instances.values()[0]
+
+
 def test_without_msgspec_the_standard_library_reads_state() -> None:
     import subprocess
     import sys

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._json import dumps, loads, msgspec  # msgspec: None without the ``fast`` extra
-from .._table import InstanceTable
+from .._table import InstanceTable, Row
 from .._tracecontext import TRACE_KEY, traced, untraced
 from ..config import TaskConfig
 from ..due import Due
 from ..errors import StorageError
 from ..idempotency import NO_KEYS, decode_rows, encode_row, is_key_row, key_row_name
-from ..instance import NO_TRIGGERS, RESOLVED, STATUS_OF, VALUE_OF, TaskInstance
+from ..instance import NO_TRIGGERS, RESOLVED, STATUS_OF, VALUE_OF, Status, TaskInstance
 from ..state import Change, SessionState
 
 __all__ = [
@@ -117,6 +117,7 @@ def decode_state(
     ``(name, json)`` pairs). Data that does not decode (bad JSON, a wrong shape,
     an unknown status) raises `StorageError` naming the session and the part."""
     decoded: dict[str, TaskInstance] = {}
+    rows: dict[str, Row] = {}  # (one or the other is filled)
     part = "instance counts"
     try:
         instance_counts = loads(counts) if isinstance(counts, str) else dict(counts)
@@ -129,8 +130,14 @@ def decode_state(
         # named only if one turns out corrupt.
         part, name = "instance", ""
         config_of = tasks.get
-        for name, text in instances:
-            decoded[name] = _decode_instance(name, text, config_of)
+        # A working view decodes an instance as far as its indexes need; the
+        # rest when a rule first asks for the instance (see `Undecoded`).
+        if complete:
+            for name, text in instances:
+                decoded[name] = _decode_instance(name, text, config_of)
+        else:
+            for name, text in instances:
+                rows[name] = _read_instance(uid, name, text, config_of)
         latest: dict[str, Any] = {}
         keys: list[tuple[str, str]] = []
         for name, text in triggers:
@@ -152,7 +159,7 @@ def decode_state(
         version=version,
         tasks=tasks,
         # A working view is indexed for the rules (once, when a fire first asks).
-        instances=decoded if complete else InstanceTable(decoded),
+        instances=decoded if complete else InstanceTable(rows),
         latest_kwargs=latest,
         instance_counts=instance_counts,
         complete=complete,
@@ -179,6 +186,48 @@ if msgspec is not None:
 
     _parse_stored = msgspec.json.Decoder(_Stored).decode
 
+    class _Undecoded(msgspec.Struct, gc=False):  # type: ignore[misc, unused-ignore]
+        """A stored instance read as far as the indexes need (see `Undecoded`).
+        The JSON is checked whole, its task, status, kwargs (an object) and
+        abandon state fully; each trigger's kwargs and the metadata are left as
+        text until decoded, and found corrupt only then. Nothing of it is
+        tracked by the garbage collector (a cold read would otherwise wake it
+        several times): kwargs of `Raw` are atoms, and a struct of
+        ``gc=False`` makes no reference cycles."""
+
+        task_name: str = msgspec.field(name="task")
+        status: Status = Status.UNSTARTED
+        kwargs: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
+        abandon_state: frozenset[str] = msgspec.field(default=NO_TRIGGERS, name="abandonState")
+        # Set after parsing (what a stored row may say under these names is
+        # overwritten, whatever it is).
+        name: str = msgspec.field(default="", name="(name)")
+        text: str = msgspec.field(default="", name="(text)")
+        uid: str = msgspec.field(default="", name="(uid)")
+        config: Any = msgspec.field(default=None, name="(config)")
+
+        def decode(self) -> TaskInstance:
+            config = self.config
+            try:
+                return _decode_instance(self.name, self.text, lambda _task: config)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise corrupt(self.uid, f"instance {self.name!r}", exc) from exc
+
+    _parse_undecoded = msgspec.json.Decoder(_Undecoded).decode
+
+    def _read_instance(
+        uid: str, name: str, text: str, config_of: Callable[[str], TaskConfig | None]
+    ) -> TaskInstance | _Undecoded:
+        try:
+            row = _parse_undecoded(text)
+        except (msgspec.DecodeError, UnicodeEncodeError):
+            return _decode_generic(name, text, config_of)  # (as `_decode_instance` does)
+        row.name = name
+        row.text = text
+        row.uid = uid
+        row.config = config_of(row.task_name)
+        return row
+
     def _decode_instance(name: str, text: str, config_of: Callable[[str], TaskConfig | None]) -> TaskInstance:
         try:
             row = _parse_stored(text)
@@ -203,6 +252,11 @@ if msgspec is not None:
 
 else:  # pragma: no cover - depends on the installation
     _decode_instance = _decode_generic
+
+    def _read_instance(
+        uid: str, name: str, text: str, config_of: Callable[[str], TaskConfig | None]
+    ) -> TaskInstance:
+        return _decode_generic(name, text, config_of)
 
 
 def decode_tasks(configs: ConfigCache, text: str, uid: str) -> Mapping[str, TaskConfig]:
