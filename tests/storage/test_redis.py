@@ -438,6 +438,38 @@ async def test_a_remote_worker_rebuilds_the_storage_from_its_url(
         await pool.aclose()
 
 
+async def _scripts_run(raw: aioredis.Redis) -> int:
+    """How many scripts the server has run (one per round trip of a fire)."""
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_what_a_fire_costs_in_round_trips(
+    redis_server: RedisServer, redis_prefix: str, storage: RedisStorage, raw: aioredis.Redis
+) -> None:
+    m = manager(storage)
+    before = await _scripts_run(raw)
+    await m.update_configuration(WAITING)  # a new session: written at once, not read first
+    await m.fire("tick", {"n": 0})  # cached: one write
+    assert await _scripts_run(raw) - before == 2
+    # Not cached: written as if new, then re-applied to the state the failed
+    # write returned: two round trips, as a read and a write would be.
+    storage.forget("s1")
+    before = await _scripts_run(raw)
+    await m.fire("tick", {"n": 1})
+    assert await _scripts_run(raw) - before == 2
+    # Another process wrote since: the same.
+    async with RedisStorage(redis_server.url, prefix=redis_prefix) as other:
+        await manager(other).fire("tick", {"n": "other"})
+    before = await _scripts_run(raw)
+    await m.fire("tick", {"n": 2})
+    assert await _scripts_run(raw) - before == 2
+    state = await storage.load_all("s1")
+    made = sorted(state.instances.values(), key=lambda i: int(i.name.rpartition("#")[2]))
+    assert [i.kwargs["tick"] for i in made] == [{"n": 0}, {"n": 1}, {"n": "other"}, {"n": 2}]
+    assert state.version == 5
+
+
 # -- fairness lock: a writer that keeps losing cannot starve --------------------------------
 
 
@@ -472,18 +504,20 @@ async def test_a_writer_that_keeps_losing_takes_the_lock_and_lands(
     async with Outwritten(redis_server.url, prefix=redis_prefix) as loser:
         loser.rival = manager(storage)
         # Without the lock this fire would lose all its 48 attempts: ConcurrencyError.
+        # Each lost operation is two lost writes (the second re-applied to the
+        # state the first returned); after LOCK_AFTER_CONFLICTS of them, the lock.
         await manager(loser).fire("tick", {"by": "loser"})
-        assert loser.tokens[:LOCK_AFTER_CONFLICTS] == [""] * LOCK_AFTER_CONFLICTS
-        assert len(loser.tokens) == LOCK_AFTER_CONFLICTS + 1 and loser.tokens[-1] != ""
+        assert loser.tokens[: 2 * LOCK_AFTER_CONFLICTS] == [""] * (2 * LOCK_AFTER_CONFLICTS)
+        assert len(loser.tokens) == 2 * LOCK_AFTER_CONFLICTS + 1 and loser.tokens[-1] != ""
         assert loser._contended == {}
     assert not await raw.exists(storage.lock_key("s1"))
     state = await storage.load("s1")
-    # The configuration, the rival's 8 fires, then the loser's.
-    assert state.version == 2 + LOCK_AFTER_CONFLICTS
+    # The configuration, the rival's 16 fires, then the loser's.
+    assert state.version == 2 + 2 * LOCK_AFTER_CONFLICTS
     assert state.latest_kwargs["tick"] == {"by": "loser"}
     # Back to normal: the next write is a plain one and lands at once.
     await manager(storage).fire("tick", {"by": "rival"})
-    assert (await storage.load("s1")).version == 3 + LOCK_AFTER_CONFLICTS
+    assert (await storage.load("s1")).version == 3 + 2 * LOCK_AFTER_CONFLICTS
 
 
 async def test_writers_are_refused_while_the_lock_is_held_and_land_after(
