@@ -110,14 +110,16 @@ def waits_for(instance: Row) -> list[str]:
 
 
 class _Data:
-    """The rows of the version at `head`, and their indexes (built when first
-    asked for: most snapshots decoded are used for one fire, or none)."""
+    """The rows of the newest version (the one whose `_next` is None), and their
+    indexes (built when first asked for: most snapshots decoded are used for one
+    fire, or none). It refers to no version: versions and their data make no
+    reference cycle, so they go as soon as nothing holds them, not at the next
+    collection of the garbage collector."""
 
-    __slots__ = ("counts", "head", "indexed", "lock", "ready", "resolved", "rows", "unstarted", "waiting")
+    __slots__ = ("counts", "indexed", "lock", "ready", "resolved", "rows", "unstarted", "waiting")
 
-    def __init__(self, rows: dict[str, Row], head: InstanceTable) -> None:
+    def __init__(self, rows: dict[str, Row]) -> None:
         self.rows = rows
-        self.head = head
         self.lock = threading.Lock()
         self.indexed = False
         self.unstarted: dict[str, dict[str, None]] = {}
@@ -221,7 +223,7 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     def __init__(self, rows: dict[str, Row] | None = None) -> None:
         """A table of `rows` (taken over, not copied: the caller lets go of it)."""
-        self._data = _Data({} if rows is None else rows, self)
+        self._data = _Data({} if rows is None else rows)
         self._diff: dict[str, Any] | None = None
         self._next: InstanceTable | None = None
 
@@ -230,21 +232,22 @@ class InstanceTable(Mapping[str, TaskInstance]):
     def _reroot(self) -> _Data:
         """Make this version the one the shared data holds (lock held)."""
         data = self._data
-        if data.head is self:
+        if self._next is None:
             return data
+        # Each version refers to the next newer one: the chain ends at the one
+        # the data holds.
         path: list[InstanceTable] = []
         node: InstanceTable = self
-        while node is not data.head:
+        while node._next is not None:
             path.append(node)
-            assert node._next is not None
             node = node._next
+        head = node
         for node in reversed(path):
             assert node._diff is not None
-            head = data.head
             head._diff = {name: data.put(name, value) for name, value in node._diff.items()}
             head._next = node
             node._diff = node._next = None
-            data.head = node
+            head = node
         return data
 
     def derive(self, changes: dict[str, Any], *, drop_resolved: bool = False) -> InstanceTable:
@@ -262,7 +265,6 @@ class InstanceTable(Mapping[str, TaskInstance]):
             new._data = data
             self._diff = {name: data.put(name, value) for name, value in changes.items()}
             self._next = new
-            data.head = new
         return new
 
     # -- the mapping ------------------------------------------------------------------

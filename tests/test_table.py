@@ -179,3 +179,42 @@ def test_a_table_copies_and_pickles_as_its_own_rows() -> None:
     for table, names in ((older, {"b#0", "b#1", "b#2"}), (newer, {"b#1", "b#2"})):
         for clone in (copy.deepcopy(table), pickle.loads(pickle.dumps(table)), copy.copy(table)):
             assert set(clone) == names and {i.name for i in clone.unstarted("b")} == names
+
+
+async def test_snapshots_go_without_the_garbage_collector() -> None:
+    # Every write makes a snapshot and the storage keeps the newest of each
+    # session for a while: none may be a reference cycle, or the snapshots of
+    # sessions it no longer keeps would pile up until the garbage collector's
+    # next full pass (and make that pass longer).
+    import gc
+
+    from atriggers import TriggerManager
+    from atriggers.storage import MemoryStorage
+    from atriggers.tasks import TaskRegistry
+
+    async def noop(context: Any) -> None:
+        return None
+
+    registry = TaskRegistry(entry_point_group=None)
+    registry.register(noop, "table.noop")
+    gc.collect()
+    gc.disable()
+    before = _alive(InstanceTable)  # (other tests' snapshots still held, if any)
+    try:
+        async with MemoryStorage() as storage:
+            manager = TriggerManager(storage, "s", tasks=registry)
+            await manager.update_configuration({"t": {"after": [], "andEvery": "go", "run": "table.noop"}})
+            for n in range(3):
+                await manager.fire("go", {"n": n})
+                await manager.join()
+            assert _alive(InstanceTable) > before
+            storage.forget("s")  # the last snapshot the storage kept
+            assert _alive(InstanceTable) == before
+    finally:
+        gc.enable()
+
+
+def _alive(kind: type) -> int:
+    import gc
+
+    return sum(1 for o in gc.get_objects() if type(o) is kind)
