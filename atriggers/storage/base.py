@@ -76,9 +76,11 @@ class Storage(ABC):
 
     #: URL scheme this backend is opened with (``open_storage``).
     scheme: ClassVar[str]
-    #: True when `store_or_reapply` resolves conflicts itself (re-applying the
-    #: operation atomically): then an uncached session is not read before an
-    #: operation, it is written as if new and re-applied if it was not.
+    #: True when writing a session as if it were new costs no more than reading
+    #: it first: `store_or_reapply` resolves conflicts itself (re-applying the
+    #: operation), or its `VersionConflict` carries the current state (the
+    #: manager re-applies the operation to it at once). Then an uncached session
+    #: is not read before an operation: it is written as if new.
     reapplies_conflicts: ClassVar[bool] = False
     #: True when another process can reach the same data through `url` (remote
     #: runners refuse sessions of a storage that cannot be reached that way).

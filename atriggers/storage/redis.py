@@ -450,9 +450,10 @@ class RedisStorage(Storage):
     """
 
     scheme = "redis"
-    # A lost race comes back with the current state, so a session this process
+    # A conflict comes back with the current state, so a session this process
     # has not read is written as if new: a new one costs one round trip, an
-    # existing one two, as a read and a write would.
+    # existing one two (the manager re-applies the operation to the state the
+    # failed write returned), as a read and a write would.
     reapplies_conflicts = True
 
     def __init__(
@@ -630,9 +631,8 @@ class RedisStorage(Storage):
     async def store_or_reapply(
         self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
     ) -> Change | None:
-        """Write `change`; after a lost race, re-apply the operation to the state
-        the failed write returned and write that; lost again, the manager
-        retries after a pause. A process whose writes to a session lost 8 times in a row (each
+        """Write `change`; a lost race goes to the manager, which re-reads and
+        retries. A process whose writes to a session lost 8 times in a row (each
         just too late, others out-writing it) takes the session's fairness lock
         instead: while it holds it every other write to the session is refused,
         so its own, re-applied to the current state, lands. Not sooner: the lock
@@ -647,7 +647,6 @@ class RedisStorage(Storage):
         names = [i.name for i in change.instances]
         if self._contended.get(uid, 0) >= LOCK_AFTER_CONFLICTS:
             return await self._store_locked(uid, expected_version, names, reapply)
-        reapplied = False
         for _ in range(LOCK_AFTER_CONFLICTS):
             try:
                 await self.store(uid, expected_version, change)
@@ -661,24 +660,9 @@ class RedisStorage(Storage):
                     return None
                 expected_version, change = current.version, redo
                 continue
-            except VersionConflict as conflict:
-                # A lost race (or a session this process had not read: the
-                # manager writes those as if new): re-apply the operation once to
-                # the state the failed write returned, one round trip more, as a
-                # read and a write would cost. Lost again, the manager's turn.
-                # (A working view: with an instance it writes resolved since,
-                # the manager reads it by name instead.)
-                current = conflict.fresh
-                if reapplied or current is None or not all(n in current.instances for n in names):
-                    self._contended[uid] = self._contended.get(uid, 0) + 1
-                    raise
-                reapplied = True
-                redo = reapply(current)
-                if redo is None:
-                    self._contended.pop(uid, None)
-                    return None
-                expected_version, change = current.version, redo
-                continue
+            except VersionConflict:
+                self._contended[uid] = self._contended.get(uid, 0) + 1
+                raise
             self._contended.pop(uid, None)
             return change
         # Refused again and again (a rotation of starved writers): the manager's turn.

@@ -504,20 +504,18 @@ async def test_a_writer_that_keeps_losing_takes_the_lock_and_lands(
     async with Outwritten(redis_server.url, prefix=redis_prefix) as loser:
         loser.rival = manager(storage)
         # Without the lock this fire would lose all its 48 attempts: ConcurrencyError.
-        # Each lost operation is two lost writes (the second re-applied to the
-        # state the first returned); after LOCK_AFTER_CONFLICTS of them, the lock.
         await manager(loser).fire("tick", {"by": "loser"})
-        assert loser.tokens[: 2 * LOCK_AFTER_CONFLICTS] == [""] * (2 * LOCK_AFTER_CONFLICTS)
-        assert len(loser.tokens) == 2 * LOCK_AFTER_CONFLICTS + 1 and loser.tokens[-1] != ""
+        assert loser.tokens[:LOCK_AFTER_CONFLICTS] == [""] * LOCK_AFTER_CONFLICTS
+        assert len(loser.tokens) == LOCK_AFTER_CONFLICTS + 1 and loser.tokens[-1] != ""
         assert loser._contended == {}
     assert not await raw.exists(storage.lock_key("s1"))
     state = await storage.load("s1")
-    # The configuration, the rival's 16 fires, then the loser's.
-    assert state.version == 2 + 2 * LOCK_AFTER_CONFLICTS
+    # The configuration, the rival's 8 fires, then the loser's.
+    assert state.version == 2 + LOCK_AFTER_CONFLICTS
     assert state.latest_kwargs["tick"] == {"by": "loser"}
     # Back to normal: the next write is a plain one and lands at once.
     await manager(storage).fire("tick", {"by": "rival"})
-    assert (await storage.load("s1")).version == 3 + 2 * LOCK_AFTER_CONFLICTS
+    assert (await storage.load("s1")).version == 3 + LOCK_AFTER_CONFLICTS
 
 
 async def test_writers_are_refused_while_the_lock_is_held_and_land_after(
