@@ -50,7 +50,8 @@ class Undecoded(Protocol):
     kwargs of and its abandon state. The table decodes the rest the first time
     the instance is asked for: a fire uses a few of a session's instances, and
     decoding all the others on a cold read cost more than the rest of the fire.
-    Its text has been checked for shape already: decoding it cannot fail.
+    What the indexes use was checked when it was read; the rest, if corrupt,
+    raises `StorageError` naming the instance when it is decoded.
     """
 
     @property

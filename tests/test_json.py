@@ -68,6 +68,7 @@ BROKEN = [
     '{"task":"t","status":"unstarted","abandonState":"ab"}',
     '{"task":"t","status":"unstarted","abandonState":[{}]}',
     '{"status":"unstarted"}',
+    '{"task":"t"}',
     "[1]",
     "{bad",
 ]

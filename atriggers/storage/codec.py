@@ -196,7 +196,7 @@ if msgspec is not None:
         ``gc=False`` makes no reference cycles."""
 
         task_name: str = msgspec.field(name="task")
-        status: Status = Status.UNSTARTED
+        status: Status
         kwargs: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
         abandon_state: frozenset[str] = msgspec.field(default=NO_TRIGGERS, name="abandonState")
         # Set after parsing (what a stored row may say under these names is
