@@ -121,15 +121,16 @@ def _select_session(db: sqlite3.Connection, uid: str, names: Collection[str], ev
         instances = db.execute(
             "SELECT name, body FROM atriggers_instances WHERE uid = ? AND resolved = 0", (uid,)
         ).fetchall()
-        loaded = {name for name, _ in instances}
-        for name in names:
-            if name not in loaded:
-                instances.extend(
-                    db.execute(
-                        "SELECT name, body FROM atriggers_instances WHERE uid = ? AND name = ?",
-                        (uid, name),
-                    ).fetchall()
-                )
+        if names:
+            loaded = {name for name, _ in instances}
+            for name in names:
+                if name not in loaded:
+                    instances.extend(
+                        db.execute(
+                            "SELECT name, body FROM atriggers_instances WHERE uid = ? AND name = ?",
+                            (uid, name),
+                        ).fetchall()
+                    )
     return header, triggers, instances
 
 
