@@ -135,8 +135,8 @@ class TriggerManager:
         self._inflight: set[asyncio.Task[Any]] = set()
         #: This manager's timers (cooldowns, delayed fires) -> when they are due.
         self._timers: dict[asyncio.Task[Any], float] = {}
-        self._placement = Placement(self.default_runner, self._holder, self._start_within)
-        self._unheld = False
+        self._placer = _Placer(self.runners, storage)
+        self._placement = self._placer.placement(self.default_runner)
         #: Run token -> the ERROR-level log lines its task emitted so far.
         self._error_logs: dict[str, list[str]] = {}
 
@@ -693,28 +693,6 @@ class TriggerManager:
         await self.post_replay(clone)
         return clone
 
-    # -- where scheduled instances go (`Placement`; called under the session lock) -----
-
-    def _holder(self, runner: str) -> str | None:
-        # Instances an in-process runner will run are held by this process's
-        # lease owner, so that they are recovered if the process dies.
-        try:
-            in_process = self.runners.get(runner).in_process
-        except UnknownRunner:
-            return None
-        if not in_process:
-            return None
-        owner = self.storage.lease.current()
-        if owner is None:
-            self._unheld = True  # `_apply` registers the lease and decides again
-        return owner
-
-    def _start_within(self, runner: str) -> float | None:
-        try:
-            return self.runners.get(runner).start_within
-        except UnknownRunner:
-            return None
-
     def _max_retries_of(self, draft: Draft, name: str) -> int:
         """The ``max_retries`` of the task instance `name` runs (0 if not known here)."""
         instance = draft.find(name)
@@ -972,10 +950,13 @@ class TriggerManager:
         storage = self.storage
         fresh = False
         outcome: list[T] = []
-        placement = self._placement
-        if placement.default_runner != self.default_runner:
-            placement = self._placement = Placement(self.default_runner, self._holder, self._start_within)
-        self._unheld = False
+        placer, placement = self._placer, self._placement
+        if placer.runners is not self.runners or placer.storage is not storage:
+            placer = self._placer = _Placer(self.runners, storage)
+            placement = self._placement = placer.placement(self.default_runner)
+        elif placement.default_runner != self.default_runner:
+            placement = self._placement = placer.placement(self.default_runner)
+        placer.unheld = False
 
         note: telemetry.Note | None = None
 
@@ -1002,10 +983,10 @@ class TriggerManager:
                     # The cached snapshot may be stale: refuse only what storage says.
                     fresh = True
                     continue
-                if self._unheld:
+                if placer.unheld:
                     # First in-process dispatch of this process: register its lease
                     # (one write, once), then decide again.
-                    self._unheld = False
+                    placer.unheld = False
                     await storage.lease.acquire()
                     continue
                 if not draft.changed:
@@ -1038,6 +1019,45 @@ class TriggerManager:
             f"session {self.uid!r} kept changing under concurrent writers; "
             f"gave up after {self.max_attempts} attempts with nothing written"
         )
+
+
+class _Placer:
+    """Where a manager's scheduled instances go: the callbacks of its
+    `Placement` (called under the session lock). Not the manager's own methods:
+    the placement it keeps would then refer back to it, and a manager made per
+    request would be a reference cycle, freed only by the garbage collector."""
+
+    __slots__ = ("runners", "storage", "unheld")
+
+    def __init__(self, runners: RunnerRegistry, storage: Storage) -> None:
+        self.runners = runners
+        self.storage = storage
+        #: An in-process dispatch found no lease owner: `_apply` registers the
+        #: lease and decides again.
+        self.unheld = False
+
+    def placement(self, default_runner: str) -> Placement:
+        return Placement(default_runner, self.holder, self.start_within)
+
+    def holder(self, runner: str) -> str | None:
+        # Instances an in-process runner will run are held by this process's
+        # lease owner, so that they are recovered if the process dies.
+        try:
+            in_process = self.runners.get(runner).in_process
+        except UnknownRunner:
+            return None
+        if not in_process:
+            return None
+        owner = self.storage.lease.current()
+        if owner is None:
+            self.unheld = True
+        return owner
+
+    def start_within(self, runner: str) -> float | None:
+        try:
+            return self.runners.get(runner).start_within
+        except UnknownRunner:
+            return None
 
 
 async def _settle(operation: Coroutine[Any, Any, T], outcome: asyncio.Future[T]) -> None:

@@ -181,12 +181,13 @@ def test_a_table_copies_and_pickles_as_its_own_rows() -> None:
             assert set(clone) == names and {i.name for i in clone.unstarted("b")} == names
 
 
-async def test_snapshots_go_without_the_garbage_collector() -> None:
-    # Every write makes a snapshot and the storage keeps the newest of each
-    # session for a while: none may be a reference cycle, or the snapshots of
-    # sessions it no longer keeps would pile up until the garbage collector's
-    # next full pass (and make that pass longer).
+async def test_managers_and_snapshots_go_without_the_garbage_collector() -> None:
+    # A web app makes a manager per request, every write makes a snapshot and
+    # the storage keeps the newest of each session for a while: none may be a
+    # reference cycle, or they would pile up until the garbage collector's next
+    # full pass (and make that pass longer).
     import gc
+    import weakref
 
     from atriggers import TriggerManager
     from atriggers.storage import MemoryStorage
@@ -208,6 +209,9 @@ async def test_snapshots_go_without_the_garbage_collector() -> None:
                 await manager.fire("go", {"n": n})
                 await manager.join()
             assert _alive(InstanceTable) > before
+            gone = weakref.ref(manager)
+            del manager
+            assert gone() is None
             storage.forget("s")  # the last snapshot the storage kept
             assert _alive(InstanceTable) == before
     finally:
