@@ -951,10 +951,12 @@ class TriggerManager:
         fresh = False
         outcome: list[T] = []
         placer, placement = self._placer, self._placement
-        if placer.runners is not self.runners or placer.storage is not storage:
+        if (
+            placement.default_runner != self.default_runner
+            or placer.runners is not self.runners
+            or placer.storage is not storage
+        ):  # (public attributes: a caller may have set them since)
             placer = self._placer = _Placer(self.runners, storage)
-            placement = self._placement = placer.placement(self.default_runner)
-        elif placement.default_runner != self.default_runner:
             placement = self._placement = placer.placement(self.default_runner)
         placer.unheld = False
 

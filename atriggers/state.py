@@ -463,73 +463,25 @@ class Draft:
                 entry = due_of_cached(instance)
                 if entry != (due_of_cached(before) if before is not None else None):
                     due[name] = entry
-        state = _snapshot(
-            self.uid,
-            self.base.version + 1,
-            self.tasks,
-            self._table().derive(rows, drop_resolved=not complete),
-            self._latest,
-            self._counts,
-            complete,
-            self.fire_keys,
+        state = SessionState(
+            uid=self.uid,
+            version=self.base.version + 1,
+            tasks=self.tasks,
+            instances=self._table().derive(rows, drop_resolved=not complete),
+            latest_kwargs=self._latest,
+            instance_counts=self._counts,
+            complete=complete,
+            fire_keys=self.fire_keys,
         )
         counts_changed = self._counts is not self.base.instance_counts
-        return _change(
-            self.tasks if self._tasks_changed else None,
-            self._fired,
-            self._counts if counts_changed else None,
-            tuple(self._changed.values()),
-            state,
-            due,
-            self.at,
-            moved or self.base.version == 0 or self._tasks_changed or counts_changed,
-            self.key_rows,
+        return Change(
+            tasks=self.tasks if self._tasks_changed else None,
+            triggers=self._fired,
+            instance_counts=self._counts if counts_changed else None,
+            instances=tuple(self._changed.values()),
+            state=state,
+            due=due,
+            at=self.at,
+            reindex=moved or self.base.version == 0 or self._tasks_changed or counts_changed,
+            keys=self.key_rows,
         )
-
-
-# Every write builds one snapshot and one change: these set their fields
-# directly, at half the cost of a frozen dataclass's __init__ (same objects).
-def _snapshot(
-    uid: str,
-    version: int,
-    tasks: Mapping[str, TaskConfig],
-    instances: Mapping[str, TaskInstance],
-    latest_kwargs: Mapping[str, Mapping[str, Any]],
-    instance_counts: Mapping[str, int],
-    complete: bool,
-    fire_keys: FireKeys,
-) -> SessionState:
-    return SessionState(
-        uid=uid,
-        version=version,
-        tasks=tasks,
-        instances=instances,
-        latest_kwargs=latest_kwargs,
-        instance_counts=instance_counts,
-        complete=complete,
-        fire_keys=fire_keys,
-    )
-
-
-def _change(
-    tasks: Mapping[str, TaskConfig] | None,
-    triggers: Mapping[str, Mapping[str, Any]],
-    instance_counts: Mapping[str, int] | None,
-    instances: tuple[TaskInstance, ...],
-    state: SessionState,
-    due: Mapping[str, Due | None],
-    at: float | None,
-    reindex: bool,
-    keys: Mapping[int, FireKey | None],
-) -> Change:
-    return Change(
-        tasks=tasks,
-        triggers=triggers,
-        instance_counts=instance_counts,
-        instances=instances,
-        state=state,
-        due=due,
-        at=at,
-        reindex=reindex,
-        keys=keys,
-    )

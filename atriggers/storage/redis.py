@@ -597,13 +597,13 @@ class RedisStorage(Storage):
                 self._client = None
                 await client.aclose()
             raise
-        self._load_script = _Script(self, _LOAD, self.keys)
-        self._store_script = _Script(self, _STORE, self._store_keys)
-        self._claim_script = _Script(self, _CLAIM)
-        self._owner_script = _Script(self, _OWNER)
-        self._list_script = _Script(self, _LIST_INDEX)
-        self._unlock_script = _Script(self, _UNLOCK)
-        self._load_unlocked_script = _Script(self, _LOAD_UNLOCKED)
+        self._load_script = _Script(_LOAD, self.keys)
+        self._store_script = _Script(_STORE, self._store_keys)
+        self._claim_script = _Script(_CLAIM)
+        self._owner_script = _Script(_OWNER)
+        self._list_script = _Script(_LIST_INDEX)
+        self._unlock_script = _Script(_UNLOCK)
+        self._load_unlocked_script = _Script(_LOAD_UNLOCKED)
 
     async def disconnect(self) -> None:
         self._load_script = self._store_script = self._claim_script = self._owner_script = None
@@ -947,11 +947,7 @@ class _Script:
     """A Lua script run by EVALSHA (its text is sent only when the server lacks
     it). Scripts of one session keep their keys packed, by uid (`heads`)."""
 
-    def __init__(
-        self, storage: RedisStorage, text: str, keys: Callable[[str], list[str]] | None = None
-    ) -> None:
-        self._storage = storage
-        self.text = text
+    def __init__(self, text: str, keys: Callable[[str], list[str]] | None = None) -> None:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
         self.sha_head = pack_args(("EVALSHA", self.sha))
         self.eval_head = pack_args(("EVAL", text))
@@ -970,10 +966,6 @@ class _Script:
                 self.heads.clear()  # a working set that does not fit: start over
             self.heads[uid] = found
         return found
-
-    async def __call__(self, *, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """The script's reply; an error reply raised as `StorageError`."""
-        return await self._storage._eval(self, None, args, "script", keys=keys)
 
 
 #: Sessions whose packed keys a script keeps (a few hundred bytes each).

@@ -12,15 +12,34 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
 
 pytest.register_assert_rewrite("atriggers.testing.conformance")
 
-from atriggers.storage import MemoryStorage, SQLiteStorage  # noqa: E402
+from atriggers import TriggerManager  # noqa: E402
+from atriggers.storage import MemoryStorage, SQLiteStorage, Storage  # noqa: E402
+from atriggers.tasks import TaskRegistry  # noqa: E402
 from atriggers.testing.conformance import StorageFactory  # noqa: E402
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from atriggers.storage.redis import RedisStorage
+
+# Fires create instances that wait for a trigger nobody fires: no task runs, so a
+# fault can only meet the fire itself.
+WAITING = {"waiting": {"after": ["tick", "never"], "andEvery": "tick", "run": "nothing"}}
+
+
+def manager(storage: Storage, uid: str = "s1") -> TriggerManager:
+    """A manager on `storage` that knows no tasks (none of the tests' run)."""
+    return TriggerManager(storage, uid, tasks=TaskRegistry(entry_point_group=None))
+
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
@@ -119,6 +138,28 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
+
+
+# The Redis test modules' `raw` and `storage` (the PostgreSQL one has its own).
+
+
+@pytest_asyncio.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client of the test session's server."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def storage(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[RedisStorage]:
+    """A `RedisStorage` on the test session's server, under a prefix of its own."""
+    from atriggers.storage.redis import RedisStorage
+
+    async with RedisStorage(redis_server.url, prefix=redis_prefix) as storage:
+        yield storage
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])

@@ -30,18 +30,13 @@ from atriggers import InvalidInput, StorageError, TriggerManager
 from atriggers.due import Due
 from atriggers.instance import Status
 from atriggers.state import Draft
-from atriggers.storage import Storage, open_storage
+from atriggers.storage import open_storage
 from atriggers.storage import postgres as postgres_module
 from atriggers.storage.base import LOCK_AFTER_CONFLICTS
 from atriggers.storage.postgres import DEFAULT_SCHEMA, SCHEMA_VERSION, PostgresStorage
-from atriggers.tasks import TaskRegistry
 from atriggers.testing.postgres import PASSWORD, PostgresCluster
 
-from .conftest import free_port
-
-# Fires create instances that wait for a trigger nobody fires: no task runs, so a
-# fault can only meet the fire itself.
-WAITING = {"waiting": {"after": ["tick", "never"], "andEvery": "tick", "run": "nothing"}}
+from .conftest import WAITING, free_port, manager
 
 
 def schema_of(url: str) -> str:
@@ -59,10 +54,6 @@ async def raw(postgres_cluster: PostgresCluster) -> AsyncIterator[Any]:
     connection = await asyncpg.connect(postgres_cluster.url)
     yield connection
     await connection.close()
-
-
-def manager(storage: Storage, uid: str = "s1") -> TriggerManager:
-    return TriggerManager(storage, uid, tasks=TaskRegistry(entry_point_group=None))
 
 
 # -- URLs and construction ---------------------------------------------------------------

@@ -11,12 +11,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 pytest.importorskip("redis", reason="the redis extra is not installed")
 
@@ -32,31 +30,8 @@ from atriggers.state import Draft
 from atriggers.storage import open_storage
 from atriggers.storage.base import LOCK_AFTER_CONFLICTS
 from atriggers.storage.redis import DEFAULT_PREFIX, RedisStorage
-from atriggers.tasks import TaskRegistry
 
-from .conftest import RedisServer, free_port
-
-# Fires create instances that wait for a trigger nobody fires: no task runs, so a
-# fault can only meet the fire itself.
-WAITING = {"waiting": {"after": ["tick", "never"], "andEvery": "tick", "run": "nothing"}}
-
-
-@pytest_asyncio.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest_asyncio.fixture
-async def storage(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[RedisStorage]:
-    async with RedisStorage(redis_server.url, prefix=redis_prefix) as storage:
-        yield storage
-
-
-def manager(storage: RedisStorage, uid: str = "s1") -> TriggerManager:
-    return TriggerManager(storage, uid, tasks=TaskRegistry(entry_point_group=None))
-
+from .conftest import WAITING, RedisServer, free_port, manager
 
 # -- URLs and construction ---------------------------------------------------------------
 
@@ -186,15 +161,19 @@ async def test_retried_write_is_applied_once(storage: RedisStorage) -> None:
     owners = f"{storage.prefix}owner:"
     # uid, summary ('': none), summary flags, lock token ('': none), then the trigger.
     args: list[Any] = [1, 2, "token-1", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tick", "{}"]
-    assert await storage._store_script(keys=keys, args=args) == ["ok"]
-    assert await storage._store_script(keys=keys, args=args) == ["applied"]
+
+    async def store(args: list[Any]) -> Any:
+        return await storage._eval(storage._script(storage._store_script), None, args, "write", keys=keys)
+
+    assert await store(args) == ["ok"]
+    assert await store(args) == ["applied"]
     other = [1, 2, "token-2", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tick", "{}"]
-    assert (await storage._store_script(keys=keys, args=other))[0] == "conflict"
+    assert (await store(other))[0] == "conflict"
     assert (await storage.load("s1")).version == 2
     # Another writer lands in between: the resent write is still recognised.
     later = [2, 3, "token-3", 0, "0", "", "", 1, 0, owners, "s1", "", "000", "", "tock", "{}"]
-    assert await storage._store_script(keys=keys, args=later) == ["ok"]
-    assert await storage._store_script(keys=keys, args=args) == ["applied"]
+    assert await store(later) == ["ok"]
+    assert await store(args) == ["applied"]
     assert (await storage.load("s1")).version == 3
 
 

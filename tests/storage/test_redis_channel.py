@@ -10,12 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 pytest.importorskip("redis", reason="the redis extra is not installed")
 
@@ -23,27 +22,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from atriggers import InvalidInput, StorageError, TriggerManager
+from atriggers import InvalidInput, StorageError
 from atriggers.storage._redis_wire import PyReader, make_reader, pack
 from atriggers.storage.redis import RedisStorage
-from atriggers.tasks import TaskRegistry
 
-from .conftest import RedisServer
-
-WAITING = {"waiting": {"after": ["tick", "never"], "andEvery": "tick", "run": "nothing"}}
-
-
-@pytest_asyncio.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest_asyncio.fixture
-async def storage(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[RedisStorage]:
-    async with RedisStorage(redis_server.url, prefix=redis_prefix) as storage:
-        yield storage
+from .conftest import WAITING, RedisServer, manager
 
 
 @pytest.fixture
@@ -54,10 +37,6 @@ def own_server(tmp_path: Path) -> Iterator[RedisServer]:
     if server.process is not None:
         os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
-
-
-def manager(storage: RedisStorage, uid: str) -> TriggerManager:
-    return TriggerManager(storage, uid, tasks=TaskRegistry(entry_point_group=None))
 
 
 class WriteCounter:

@@ -112,25 +112,34 @@ def write_lock_held(path: Path) -> Iterator[sqlite3.Connection]:
         other.close()
 
 
+@contextmanager
+def pauses_until_released(
+    path: Path, monkeypatch: pytest.MonkeyPatch, release_at: int
+) -> Iterator[list[float]]:
+    """The pauses a writer makes while another connection holds the write lock
+    (recorded, not slept; in aiosqlite's thread, where the batch waits). The
+    other connection lets go during pause number `release_at`."""
+    pauses: list[float] = []
+    with write_lock_held(path) as other:
+
+        def pause(seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) == release_at:
+                other.execute("COMMIT")
+
+        monkeypatch.setattr(sqlite_commit, "sleep", pause)
+        yield pauses
+    monkeypatch.undo()
+
+
 async def test_a_writer_finding_the_lock_held_looks_again_after_a_short_pause(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with SQLiteStorage(db_path) as storage:
         manager = TriggerManager(storage, "s")
         await manager.update_configuration(IDLE)
-        pauses: list[float] = []
-        with write_lock_held(db_path) as other:
-
-            def pause(seconds: float) -> None:
-                # In aiosqlite's thread, where the batch waits: the other
-                # connection lets go during the second pause.
-                pauses.append(seconds)
-                if len(pauses) == 2:
-                    other.execute("COMMIT")
-
-            monkeypatch.setattr(sqlite_commit, "sleep", pause)
+        with pauses_until_released(db_path, monkeypatch, release_at=2) as pauses:
             await manager.fire("a", {"i": 1})
-        monkeypatch.undo()
         # SQLite's own busy handler would have slept 1 ms, then 2 ms.
         assert len(pauses) == 2
         assert pauses[0] <= 1.5 * sqlite_commit.FIRST_PAUSE
@@ -153,17 +162,8 @@ async def test_pauses_grow_to_a_bound_while_the_lock_stays_held(
 ) -> None:
     async with SQLiteStorage(db_path, timeout=3600) as storage:
         await storage.load("s")
-        pauses: list[float] = []
-        with write_lock_held(db_path) as other:
-
-            def pause(seconds: float) -> None:
-                pauses.append(seconds)
-                if len(pauses) == 30:
-                    other.execute("COMMIT")
-
-            monkeypatch.setattr(sqlite_commit, "sleep", pause)
+        with pauses_until_released(db_path, monkeypatch, release_at=30) as pauses:
             await storage.claim_due(0.0, 1.0)
-        monkeypatch.undo()
         assert len(pauses) == 30
         assert max(pauses) <= 1.5 * sqlite_commit.LONGEST_PAUSE
         assert min(pauses[-10:]) >= 0.5 * sqlite_commit.LONGEST_PAUSE
