@@ -16,6 +16,7 @@ import random
 import sys
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from . import _rules as rules
@@ -46,8 +47,9 @@ from .preview import FirePreview, preview_fire
 from .registry import Registry
 from .repair import check_actions
 from .repair import repair as repair_rule
-from .runners import RunnerRegistry
+from .runners import AsyncioRunner, RunnerRegistry
 from .runners import runners as default_runners
+from .runners.inprocess import _Slots
 from .state import Change, Draft, Placement, SessionState
 from .storage.base import Storage, VersionConflict
 from .tasks import TaskDefinition, TaskRegistry
@@ -135,8 +137,11 @@ class TriggerManager:
         self._inflight: set[asyncio.Task[Any]] = set()
         #: This manager's timers (cooldowns, delayed fires) -> when they are due.
         self._timers: dict[asyncio.Task[Any], float] = {}
-        self._placer = _Placer(self.runners, storage)
+        self._placer = _Placer(self.runners, storage, self.tasks)
         self._placement = self._placer.placement(self.default_runner)
+        #: Runs a write of this manager started as it placed them (see
+        #: `_Placer.start`), by instance name, until the runner takes them.
+        self._started: dict[str, _PlacedRun] = {}
         #: Run token -> the ERROR-level log lines its task emitted so far.
         self._error_logs: dict[str, list[str]] = {}
 
@@ -218,14 +223,14 @@ class TriggerManager:
         self, trigger: str, kwargs: dict[str, Any], once: idempotency.Signature | None = None
     ) -> list[TaskInstance]:
         if once is None:
-            ready = [i.snapshot() for i in await self._apply(lambda d: rules.fire(d, trigger, kwargs))]
+            ready = self._handed_out(await self._apply(lambda d: rules.fire(d, trigger, kwargs)))
         else:
             fired = await self._apply(self._once(once, lambda d: rules.fire(d, trigger, kwargs)))
             if fired.repeated:
                 # Nothing changed: what the first fire scheduled, as it is now.
                 state = await self.storage.load(self.uid, fired.names)
                 return [state.instances[n] for n in fired.names if n in state.instances]
-            ready = [i.snapshot() for i in fired.instances]
+            ready = self._handed_out(fired.instances)
         await self._dispatch(ready)
         await self.post_fire(trigger, ready)
         return ready
@@ -260,7 +265,7 @@ class TriggerManager:
         )
 
     async def _replay(self, name: str, replacement: dict[str, Any] | None) -> TaskInstance:
-        clone = (await self._apply(lambda d: rules.replay(d, name, replacement), [name])).snapshot()
+        [clone] = self._handed_out([await self._apply(lambda d: rules.replay(d, name, replacement), [name])])
         await self._dispatch([clone])
         await self.post_replay(clone)
         return clone
@@ -282,7 +287,7 @@ class TriggerManager:
 
     async def _skip(self, name: str, cascade: bool, result: dict[str, Any]) -> TaskInstance:
         skipped, ready = await self._apply(lambda d: rules.skip(d, name, cascade, result), [name])
-        skipped, ready = skipped.snapshot(), [i.snapshot() for i in ready]
+        skipped, ready = skipped.snapshot(), self._handed_out(ready)
         if cascade:
             await self._dispatch(ready)
             await self.post_fire(skipped.task_name, ready)
@@ -318,7 +323,7 @@ class TriggerManager:
         updated, ready = await self._apply(
             lambda d: rules.set_status(d, name, status, meta, cascade, kwargs), [name]
         )
-        updated, ready = updated.snapshot(), [i.snapshot() for i in ready]
+        [updated], ready = self._handed_out([updated]), self._handed_out(ready)
         if status is Status.SCHEDULED:
             # Scheduled means handed to a runner: an operator re-queuing an
             # instance this way gets it run, not parked.
@@ -374,7 +379,7 @@ class TriggerManager:
         clones, skipped = await self._apply(
             lambda d: repair_rule(d, actions, version, record, runner), list(actions)
         )
-        clones, skipped = [i.snapshot() for i in clones], [i.snapshot() for i in skipped]
+        clones, skipped = self._handed_out(clones), [i.snapshot() for i in skipped]
         await self._dispatch(clones)
         for clone in clones:
             await self.post_replay(clone)
@@ -489,6 +494,14 @@ class TriggerManager:
         run can store its outcome, and only while it is not lost.
         """
         name = _name_of(instance)
+        placed = self._started.pop(name, None)
+        if placed is not None:
+            # Started already, by the write that placed it (a runner of its own
+            # that calls this): run it, in the slot that write took.
+            try:
+                return await self._run_placed(placed)
+            finally:
+                placed.release()
         token = os.urandom(16).hex()
         owner = (self.storage.lease.current() or await self.storage.lease.acquire()) if owned else None
         running = await self._apply(
@@ -503,6 +516,44 @@ class TriggerManager:
             )
             return None
         return await telemetry.run(self.uid, running, self._run_started(running, token, owner))
+
+    def _take_placed(self, name: str) -> _PlacedRun | None:
+        """The run of instance `name` that this manager's write started as it
+        placed it on the asyncio runner (None: it was only scheduled). For that
+        runner: it is handed out once."""
+        return self._started.pop(name, None)
+
+    async def _run_placed(self, started: _PlacedRun) -> TaskInstance | None:
+        """Run an instance stored ``running`` by the write that placed it (see
+        `_take_placed`): as `run_instance`, without a write to start it."""
+        running = started.running
+        return await telemetry.run(
+            self.uid, running, self._run_started(running, started.token, running.owner)
+        )
+
+    def _handed_out(self, instances: Collection[TaskInstance]) -> list[TaskInstance]:
+        """Snapshots of what an operation scheduled, for callers, hooks and
+        runners: an instance its write also started is shown as it was
+        scheduled (what `fire` returns), its run waits in `_started`."""
+        started = self._started
+        return [
+            s.scheduled if (s := started.get(i.name)) is not None and s.running is i else i.snapshot()
+            for i in instances
+        ]
+
+    def _keep_started(self, taken: list[_PlacedRun], written: Change | None) -> None:
+        """After a write (`written`: what it stored; None: nothing), keep the
+        runs it started as it placed them, give back the slots of the others
+        (attempts that lost a conflict, or whose write failed)."""
+        stored = {i.name: i for i in written.instances} if written is not None else {}
+        for run in taken:
+            # (By token too: an instance scheduled twice in one draft was started twice.)
+            instance = stored.get(run.running.name)
+            if instance is run.running and instance.metadata.get(Meta.TOKEN) == run.token:
+                self._started[run.running.name] = run
+            else:
+                run.release()
+        taken.clear()
 
     async def _run_started(self, running: TaskInstance, token: str, owner: str | None) -> TaskInstance | None:
         name = running.name
@@ -664,7 +715,7 @@ class TriggerManager:
         )
         if finished is None:
             return self._refused(name, None, token)
-        ready = [i.snapshot() for i in ready]
+        ready = self._handed_out(ready)
         await self._dispatch(ready)
         await self.post_fire(finished.task_name, ready)
         return finished.snapshot()
@@ -688,7 +739,7 @@ class TriggerManager:
         clone = await self._apply(lambda d: rules.retry(d, name, meta, replacement, token), [name])
         if clone is None:
             return None
-        clone = clone.snapshot()
+        [clone] = self._handed_out([clone])
         await self._dispatch([clone])
         await self.post_replay(clone)
         return clone
@@ -696,13 +747,7 @@ class TriggerManager:
     def _max_retries_of(self, draft: Draft, name: str) -> int:
         """The ``max_retries`` of the task instance `name` runs (0 if not known here)."""
         instance = draft.find(name)
-        if instance is None or instance.config is None:
-            return 0
-        try:
-            return self.tasks.get(instance.config.run).max_retries
-        except UnknownTask:
-            stored = instance.metadata.get(Meta.MAX_RETRIES)
-            return stored if isinstance(stored, int) else 0
+        return 0 if instance is None else _max_retries(self.tasks, instance)
 
     # -- time and ownership: the due index --------------------------------------------------
 
@@ -737,7 +782,7 @@ class TriggerManager:
             return rules.fire(draft, trigger, kwargs)
 
         with telemetry.remote_parent(fired.get("traceparent")):
-            ready = [i.snapshot() for i in await self._apply(rule)]
+            ready = self._handed_out(await self._apply(rule))
             await self._dispatch(ready)
         await self.post_fire(trigger, ready)
         return "delay"
@@ -769,9 +814,9 @@ class TriggerManager:
 
         await self._apply(rule, [name])
         if outcome.get("dispatch") is not None:
-            await self._dispatch([outcome["dispatch"].snapshot()])
+            await self._dispatch(self._handed_out([outcome["dispatch"]]))
         if outcome.get("clone") is not None:
-            clone = outcome["clone"].snapshot()
+            [clone] = self._handed_out([outcome["clone"]])
             await self._dispatch([clone])
             await self.post_replay(clone)
         if outcome["verdict"] == "lost":
@@ -792,33 +837,40 @@ class TriggerManager:
         entry = DueEntry(self.uid, name, None, instance.owner, None, lapsed=False)
         await telemetry.recovery(self.uid, name, self._recover(entry))
 
-    def _reconcile_later(self, change: Change) -> None:
+    def _reconcile_later(self, change: Change, started: list[_PlacedRun]) -> None:
         owner = self.storage.lease.owner
-        held = [i.name for i in change.instances if i.status is Status.SCHEDULED and i.owner == owner]
+        # Name -> the token of the run the write started (None: only scheduled it).
+        held: dict[str, str | None] = {
+            i.name: None for i in change.instances if i.status is Status.SCHEDULED and i.owner == owner
+        }
+        held.update((run.running.name, run.token) for run in started)
         if owner is not None and held:
             task = asyncio.get_running_loop().create_task(self._reconcile(owner, held))
             self.storage.track(task)
 
-    async def _reconcile(self, owner: str, names: list[str]) -> None:
+    async def _reconcile(self, owner: str, held: dict[str, str | None]) -> None:
         """After a write whose answer was lost: once storage answers again, dispatch
-        the instances that write placed here if it did land. Gives up when this
-        process's lease lapses: a sweeper then recovers them anyway."""
+        the instances that write placed (or started) here if it did land. Gives up
+        when this process's lease lapses: a sweeper then recovers them anyway."""
         delay = 0.2
         while self.storage.lease.current() == owner:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             try:
-                state = await self.storage.load(self.uid, names)
+                state = await self.storage.load(self.uid, list(held))
             except TriggerError:
                 continue
-            landed = [
-                i.snapshot()
-                for name in names
-                if (i := state.instances.get(name)) is not None
-                and i.status is Status.SCHEDULED
-                and i.owner == owner
-                and Meta.NOT_BEFORE not in i.metadata
-            ]
+            landed: list[TaskInstance] = []
+            for name, token in held.items():
+                i = state.instances.get(name)
+                if i is None or i.owner != owner:
+                    continue
+                if token is None and i.status is Status.SCHEDULED and Meta.NOT_BEFORE not in i.metadata:
+                    landed.append(i.snapshot())
+                elif token is not None and i.status is Status.RUNNING and i.metadata.get(Meta.TOKEN) == token:
+                    # Started by that write: its run is ours to do (in the next free slot).
+                    started = self._started[name] = _PlacedRun(i, token, i.snapshot(), None)
+                    landed.append(started.scheduled)
             if landed:
                 log.warning(
                     "%s: a write reported as failed had landed; dispatching %s",
@@ -904,8 +956,13 @@ class TriggerManager:
                     exc,
                     extra={"uid": self.uid, "instance": instance.name},
                 )
+                placed = self._started.pop(instance.name, None)
                 try:
-                    await self._fail(instance.name, exc, dispatching=True)
+                    if placed is None:
+                        await self._fail(instance.name, exc, dispatching=True)
+                    else:  # started by its write, never handed over: that run fails
+                        placed.release()
+                        await self._fail(instance.name, exc, token=placed.token)
                 except TriggerError:
                     log.exception(
                         "%s/%s could not be dispatched and its failure could not be "
@@ -955,10 +1012,13 @@ class TriggerManager:
             placement.default_runner != self.default_runner
             or placer.runners is not self.runners
             or placer.storage is not storage
+            or placer.tasks is not self.tasks
         ):  # (public attributes: a caller may have set them since)
-            placer = self._placer = _Placer(self.runners, storage)
+            placer = self._placer = _Placer(self.runners, storage, self.tasks)
             placement = self._placement = placer.placement(self.default_runner)
         placer.unheld = False
+        placer.loop = asyncio.get_running_loop()
+        taken = placer.taken
 
         note: telemetry.Note | None = None
 
@@ -966,6 +1026,8 @@ class TriggerManager:
             nonlocal note
             redo = Draft(current, at=storage.clock.time(), placement=placement)
             outcome[:] = [rule(redo)]
+            if placer.unheld:
+                raise _Unheld  # (nothing written: `_apply` registers the lease, decides again)
             if not redo.changed:
                 note = None
                 return None
@@ -974,53 +1036,72 @@ class TriggerManager:
             return redo.changes()
 
         async with storage.lock(self.uid):
-            for attempt in range(self.max_attempts):
-                state = await storage.read(self.uid, names, fresh=fresh)
-                draft = Draft(state, at=storage.clock.time(), placement=placement)
-                try:
-                    result = rule(draft)
-                except (InstanceNotFound, InvalidStatus, InvalidInput):
-                    if fresh:
+            try:
+                for attempt in range(self.max_attempts):
+                    if taken:  # the runs the last attempt started: it wrote nothing
+                        self._keep_started(taken, None)
+                    state = await storage.read(self.uid, names, fresh=fresh)
+                    draft = Draft(state, at=storage.clock.time(), placement=placement)
+                    try:
+                        result = rule(draft)
+                    except (InstanceNotFound, InvalidStatus, InvalidInput):
+                        if fresh:
+                            raise
+                        # The cached snapshot may be stale: refuse only what storage says.
+                        fresh = True
+                        continue
+                    if placer.unheld:
+                        # First in-process dispatch of this process: register its lease
+                        # (one write, once), then decide again.
+                        placer.unheld = False
+                        await storage.lease.acquire()
+                        continue
+                    if not draft.changed:
+                        if fresh:
+                            return result
+                        fresh = True
+                        continue
+                    outcome[:] = [result]
+                    note = telemetry.prepare(draft)
+                    change = draft.changes()
+                    try:
+                        written = await storage.write(change, reapply)
+                    except _Unheld:
+                        # Re-applied to a newer state, the operation placed an instance
+                        # here for the first time (a guessed or stale snapshot did not).
+                        placer.unheld = False
+                        await storage.lease.acquire()
+                        continue
+                    except StorageError:
+                        # The write may have landed without our hearing it: instances it
+                        # placed in this process would then wait for a dispatch forever.
+                        self._reconcile_later(change, taken)
                         raise
-                    # The cached snapshot may be stale: refuse only what storage says.
-                    fresh = True
-                    continue
-                if placer.unheld:
-                    # First in-process dispatch of this process: register its lease
-                    # (one write, once), then decide again.
-                    placer.unheld = False
-                    await storage.lease.acquire()
-                    continue
-                if not draft.changed:
-                    if fresh:
-                        return result
-                    fresh = True
-                    continue
-                outcome[:] = [result]
-                note = telemetry.prepare(draft)
-                change = draft.changes()
-                try:
-                    await storage.write(change, reapply)
-                except StorageError:
-                    # The write may have landed without our hearing it: instances it
-                    # placed in this process would then wait for a dispatch forever.
-                    self._reconcile_later(change)
-                    raise
-                except VersionConflict:
-                    telemetry.conflict(retried=attempt + 1 < self.max_attempts)
-                    fresh = False  # the conflict left the current state in the cache
-                    if attempt:
-                        # The first retry goes at once, on the state the conflict
-                        # brought back; later ones spread out so writers stop colliding.
-                        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
-                    continue
-                if note is not None:
-                    telemetry.committed(note)
-                return outcome[0]
+                    except VersionConflict:
+                        telemetry.conflict(retried=attempt + 1 < self.max_attempts)
+                        fresh = False  # the conflict left the current state in the cache
+                        if attempt:
+                            # The first retry goes at once, on the state the conflict
+                            # brought back; later ones spread out so writers stop colliding.
+                            await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                        continue
+                    if taken:
+                        self._keep_started(taken, written)
+                    if note is not None:
+                        telemetry.committed(note)
+                    return outcome[0]
+            finally:
+                if taken:  # the runs an attempt that raised started
+                    self._keep_started(taken, None)
         raise ConcurrencyError(
             f"session {self.uid!r} kept changing under concurrent writers; "
             f"gave up after {self.max_attempts} attempts with nothing written"
         )
+
+
+class _Unheld(Exception):
+    """A re-applied operation would hold an instance in this process, which has
+    no lease yet: not written; registered first, then decided again."""
 
 
 class _Placer:
@@ -1029,17 +1110,44 @@ class _Placer:
     the placement it keeps would then refer back to it, and a manager made per
     request would be a reference cycle, freed only by the garbage collector."""
 
-    __slots__ = ("runners", "storage", "unheld")
+    __slots__ = ("loop", "runners", "storage", "taken", "tasks", "unheld")
 
-    def __init__(self, runners: RunnerRegistry, storage: Storage) -> None:
+    def __init__(self, runners: RunnerRegistry, storage: Storage, tasks: TaskRegistry) -> None:
         self.runners = runners
         self.storage = storage
+        self.tasks = tasks
         #: An in-process dispatch found no lease owner: `_apply` registers the
         #: lease and decides again.
         self.unheld = False
+        #: The loop of the operation being applied (its runs' slots are that loop's).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: The runs the operation's drafts started as they placed them (every
+        #: draft: a conflict re-applies it): `_apply` keeps those of the draft
+        #: written and gives the others' slots back.
+        self.taken: list[_PlacedRun] = []
 
     def placement(self, default_runner: str) -> Placement:
-        return Placement(default_runner, self.holder, self.start_within)
+        return Placement(default_runner, self.holder, self.start_within, self.start)
+
+    def start(self, draft: Draft, instance: TaskInstance) -> None:
+        """Start `instance`, just scheduled on an in-process runner and held
+        here, in the same write, if its runner runs it at once (the asyncio
+        runner with a free slot): one write fewer per run. May be called in
+        storage's thread (a conflict re-applied while holding its lock)."""
+        try:
+            runner = self.runners.get(instance.runner or "")
+        except UnknownRunner:
+            return
+        if type(runner).run is not AsyncioRunner.run or self.loop is None:
+            return  # (a subclass that dispatches its own way starts runs its own way)
+        assert isinstance(runner, AsyncioRunner)
+        slots = runner.slots(self.loop)
+        if not slots.take_now():
+            return
+        scheduled = instance.snapshot()
+        token = os.urandom(16).hex()
+        self.taken.append(_PlacedRun(instance, token, scheduled, slots))
+        rules.start(draft, instance.name, token, instance.owner, None, _max_retries(self.tasks, instance))
 
     def holder(self, runner: str) -> str | None:
         # Instances an in-process runner will run are held by this process's
@@ -1060,6 +1168,37 @@ class _Placer:
             return self.runners.get(runner).start_within
         except UnknownRunner:
             return None
+
+
+def _max_retries(tasks: TaskRegistry, instance: TaskInstance) -> int:
+    """The ``max_retries`` of the task `instance` runs (0 if not known here)."""
+    if instance.config is None:
+        return 0
+    try:
+        return tasks.get(instance.config.run).max_retries
+    except UnknownTask:
+        stored = instance.metadata.get(Meta.MAX_RETRIES)
+        return stored if isinstance(stored, int) else 0
+
+
+@dataclass(slots=True)
+class _PlacedRun:
+    """A run that the write placing its instance also started (stored
+    ``running``, with its fencing `token`), on its way to the asyncio runner."""
+
+    #: The instance as stored running (the draft's; `_run_placed` snapshots it).
+    running: TaskInstance
+    token: str
+    #: The instance as it was scheduled: what the operation hands out.
+    scheduled: TaskInstance
+    #: The slots the run took one of (None: it takes one when it gets there).
+    slots: _Slots | None
+
+    def release(self) -> None:
+        """Give its slot back (once)."""
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            slots.give_back()
 
 
 async def _settle(operation: Coroutine[Any, Any, T], outcome: asyncio.Future[T]) -> None:

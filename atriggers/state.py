@@ -59,6 +59,9 @@ class Placement:
     #: Seconds an instance dispatched to that runner may wait to start (None:
     #: no limit), so that one handed to a broker that drops it is not stuck.
     start_within: Callable[[str], float | None] = _nobody_limit
+    #: Called with each instance just scheduled and held in this process: its
+    #: runner may start it in the same write (stored ``running`` at once).
+    start: Callable[[Draft, TaskInstance], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +350,8 @@ class Draft:
         else:
             self.place(instance)
         self.set_status(instance, Status.SCHEDULED)
+        if Meta.OWNER in meta and self.placement.start is not None:
+            self.placement.start(self, instance)
 
     def place(self, instance: TaskInstance) -> None:
         """Hand a scheduled instance to its runner: if that runner holds it in

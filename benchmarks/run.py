@@ -42,8 +42,9 @@ PRIMARY_FLOOR = {
 #: is one write transaction, as the application's own. Redis: one script round
 #: trip, plus atriggers' Python, which may cost half a round trip more.
 FIRE_VS_FLOOR = {"sqlite": 1.0, "postgres": 1.0, "redis": 1.5}
-#: A job is three stored operations (scheduled, running, finished).
-JOB_VS_FLOOR = 3.0
+#: A job is two stored operations: the fire (which schedules and starts the
+#: run), and the outcome.
+JOB_VS_FLOOR = 2.0
 #: In memory, one job fire -> run -> finished against taskiq's in-memory broker.
 TASKIQ_RATIO = 0.7
 

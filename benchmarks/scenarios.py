@@ -347,8 +347,9 @@ async def andevery_unstarted_pile_up(kind: str, directory: Path, quick: bool) ->
 
 async def andevery_fire_run_finish(kind: str, directory: Path, quick: bool) -> Outcome:
     """One caller fires an ``andEvery`` trigger back to back; each fire's instance
-    runs (scheduled -> running -> finished: three stored operations); each block
-    ends when every run has finished (`join`). Blocks alternate with the floor."""
+    runs (scheduled and started by the fire's write, then finished: two stored
+    operations); each block ends when every run has finished (`join`). Blocks
+    alternate with the floor."""
     n, blocks = (120, 4) if quick else (1000, 5)
     per = n // blocks
     latencies: list[float] = []

@@ -1,0 +1,182 @@
+"""The asyncio runner starts an instance in the write that schedules it, when it
+has a free slot: one write fewer per run, the same guarantees. Real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atriggers import Status, TaskContext, TriggerManager, task
+from atriggers.errors import StorageError
+from atriggers.runners import AsyncioRunner, register_runner, unregister_runner
+from atriggers.state import Change
+from atriggers.storage import SQLiteStorage
+from atriggers.storage.base import Reapply
+
+gates: dict[str, asyncio.Event] = {}
+
+
+@task("start.gated")
+async def gated(context: TaskContext) -> dict[str, Any]:
+    await gates[context.uid].wait()
+    return {"done": context.instance_name}
+
+
+EVERY = {"t": {"after": [], "andEvery": "go", "run": "start.gated", "using": "one-slot"}}
+
+
+@pytest.fixture
+def one_slot() -> Iterator[AsyncioRunner]:
+    runner = register_runner(AsyncioRunner(max_concurrency=1), "one-slot")
+    yield runner
+    unregister_runner("one-slot")
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    async with SQLiteStorage(tmp_path / "start.db") as opened:
+        yield opened
+
+
+async def gated_manager(storage: SQLiteStorage, uid: str) -> tuple[TriggerManager, asyncio.Event]:
+    gate = gates[uid] = asyncio.Event()
+    manager = TriggerManager(storage, uid)
+    await manager.update_configuration(EVERY)
+    return manager, gate
+
+
+async def stored(storage: SQLiteStorage, uid: str) -> dict[str, Status]:
+    storage.forget(uid)  # what the file holds, not this process's cache
+    state = await storage.load_all(uid)
+    return {name: i.status for name, i in state.instances.items()}
+
+
+async def version(storage: SQLiteStorage, uid: str) -> int:
+    storage.forget(uid)
+    return (await storage.load_all(uid)).version
+
+
+async def test_a_run_is_stored_running_by_the_write_that_schedules_it(
+    storage: SQLiteStorage, one_slot: AsyncioRunner
+) -> None:
+    manager, gate = await gated_manager(storage, "one-write")
+    before = await version(storage, "one-write")
+    scheduled = await manager.fire("go", {"n": 1})
+    # The fire hands out the instance as it scheduled it ...
+    assert [(i.name, i.status) for i in scheduled] == [("t#0", Status.SCHEDULED)]
+    # ... and its one write stored it running, held by this process, with a run token.
+    assert await version(storage, "one-write") == before + 1
+    running = (await storage.load_all("one-write")).instances["t#0"]
+    assert running.status is Status.RUNNING
+    assert running.owner == storage.lease.owner and running.metadata["token"]
+    assert running.metadata["actualKwargs"] == {"go": {"n": 1}}
+    stamps = running.timestamps
+    assert stamps["scheduled"] == stamps["running"]
+    gate.set()
+    await manager.join()
+    # Two writes per run in all: the fire, and the outcome.
+    assert await version(storage, "one-write") == before + 2
+    assert await stored(storage, "one-write") == {"t#0": Status.FINISHED}
+
+
+async def test_runs_past_the_free_slots_wait_scheduled_and_the_slots_come_back(
+    storage: SQLiteStorage, one_slot: AsyncioRunner
+) -> None:
+    manager, gate = await gated_manager(storage, "slots")
+    await manager.fire("go")
+    await manager.fire("go")
+    # One slot: the second waits its turn, scheduled (and starts with a write of its own).
+    assert await stored(storage, "slots") == {"t#0": Status.RUNNING, "t#1": Status.SCHEDULED}
+    gate.set()
+    await manager.join()
+    assert await stored(storage, "slots") == {"t#0": Status.FINISHED, "t#1": Status.FINISHED}
+    # Every slot was given back: the next run starts in its fire's write again.
+    gate.clear()
+    await manager.fire("go")
+    assert (await stored(storage, "slots"))["t#2"] is Status.RUNNING
+    gate.set()
+    await manager.join()
+
+
+async def test_a_conflict_gives_back_the_slot_its_lost_attempt_took(
+    tmp_path: Path, storage: SQLiteStorage, one_slot: AsyncioRunner
+) -> None:
+    manager, gate = await gated_manager(storage, "conflict")
+    await manager.fire("unrelated")  # this process's cache now holds the session
+    # Another process writes: the next fire here loses its compare-and-swap and is
+    # re-applied (in SQLite's thread, under its write lock) to the newer state.
+    async with SQLiteStorage(tmp_path / "start.db") as other:
+        await TriggerManager(other, "conflict").fire("elsewhere", {"x": 1})
+    [scheduled] = await manager.fire("go")
+    state = await storage.load_all("conflict")
+    assert state.latest_kwargs["elsewhere"] == {"x": 1}  # nothing of the other write lost
+    gate.set()
+    await manager.join()
+    assert await stored(storage, "conflict") == {scheduled.name: Status.FINISHED}
+    # The slot the lost attempt took was given back: the next run starts at once.
+    gate.clear()
+    await manager.fire("go")
+    assert (await stored(storage, "conflict"))["t#1"] is Status.RUNNING
+    gate.set()
+    await manager.join()
+    assert await stored(storage, "conflict") == {"t#0": Status.FINISHED, "t#1": Status.FINISHED}
+
+
+class LostReply(SQLiteStorage):
+    """A SQLite storage whose next write lands but reports a failure (a reply
+    lost on the way back)."""
+
+    lose_next = False
+
+    async def store_or_reapply(
+        self, uid: str, expected_version: int, change: Change, reapply: Reapply | None
+    ) -> Change | None:
+        written = await super().store_or_reapply(uid, expected_version, change, reapply)
+        if self.lose_next:
+            self.lose_next = False
+            raise StorageError("the reply to a write that landed was lost")
+        return written
+
+
+async def test_a_run_started_by_a_write_whose_reply_was_lost_still_runs(
+    tmp_path: Path, one_slot: AsyncioRunner
+) -> None:
+    async with LostReply(tmp_path / "lost.db") as storage:
+        manager, gate = await gated_manager(storage, "lost-reply")
+        gate.set()
+        storage.lose_next = True
+        with pytest.raises(StorageError):
+            await manager.fire("go", {"n": 1})
+        # The fire landed with its instance stored running: once storage answers,
+        # this process finds its run there and runs it (nobody else would, while
+        # its lease holds the instance).
+        for _ in range(100):
+            if (await stored(storage, "lost-reply")).get("t#0") is Status.FINISHED:
+                break
+            await asyncio.sleep(0.05)
+        state = await storage.load_all("lost-reply")
+        assert state.instances["t#0"].status is Status.FINISHED, state.debug_repr()
+        assert state.instances["t#0"].result == {"done": "t#0"}
+
+
+async def test_a_new_process_first_fire_into_a_stored_session_holds_its_run(
+    tmp_path: Path, one_slot: AsyncioRunner
+) -> None:
+    async with SQLiteStorage(tmp_path / "cold.db") as first:
+        await gated_manager(first, "cold")
+    # A process that has registered no lease yet, with nothing cached: its fire is
+    # first applied to a guessed empty session, then re-applied to the stored one
+    # inside the write. The instance it places must still be held by its lease.
+    async with SQLiteStorage(tmp_path / "cold.db") as storage:
+        assert storage.lease.current() is None
+        manager = TriggerManager(storage, "cold")
+        await manager.fire("go")
+        running = (await storage.load_all("cold")).instances["t#0"]
+        assert running.status is Status.RUNNING
+        assert running.owner is not None and running.owner == storage.lease.current()
+        gates["cold"].set()
+        await manager.join()
