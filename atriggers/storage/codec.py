@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._json import dumps, loads, msgspec  # msgspec: None without the ``fast`` extra
+from .._json import dumps, dumps_checked, loads, msgspec  # msgspec: None without the ``fast`` extra
 from .._table import InstanceTable, Row
 from .._tracecontext import TRACE_KEY, traced, untraced
 from ..config import TaskConfig
@@ -60,16 +60,17 @@ class EncodedChange:
 
 def encode_change(change: Change) -> EncodedChange:
     """Encode everything first, so that a backend writes all of it or nothing."""
-    triggers = [(name, dumps(traced(kwargs))) for name, kwargs in change.triggers.items()]
+    # (Everything in a change was checked on the way in: `dumps_checked`.)
+    triggers = [(name, dumps_checked(traced(kwargs))) for name, kwargs in change.triggers.items()]
     if change.keys:
         triggers += [(key_row_name(slot), encode_row(record)) for slot, record in change.keys.items()]
     return EncodedChange(
         version=change.state.version,
         tasks=encode_tasks(change.tasks) if change.tasks is not None else None,
-        counts=dumps(change.instance_counts) if change.instance_counts is not None else None,
+        counts=dumps_checked(change.instance_counts) if change.instance_counts is not None else None,
         triggers=triggers,
         instances=[
-            (i.name, i.task_name, VALUE_OF[i.status], i.status in RESOLVED, dumps(i.to_dict()))
+            (i.name, i.task_name, VALUE_OF[i.status], i.status in RESOLVED, dumps_checked(i.to_dict()))
             for i in change.instances
         ],
         due=list(change.due.items()),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._json import dumps
+from .._json import dumps_checked
 from ..errors import InvalidInput
 from ..instance import Meta, Status, TaskInstance
 from ..state import Change, SessionState
@@ -109,7 +109,7 @@ class SessionSummary:
     def to_json(self) -> str:
         """The stored form: counts and tasks (the version and last activity are
         the session header's, which every write updates anyway)."""
-        return dumps({"c": self.counts, "t": self.tasks})
+        return dumps_checked({"c": self.counts, "t": self.tasks})
 
     @classmethod
     def from_json(cls, uid: str, text: str, version: int, last_activity: float | None) -> SessionSummary:
