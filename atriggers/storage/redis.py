@@ -56,7 +56,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -649,7 +649,7 @@ class RedisStorage(Storage):
             return await self._store_locked(uid, expected_version, names, reapply)
         for _ in range(LOCK_AFTER_CONFLICTS):
             try:
-                await self.store(uid, expected_version, change)
+                await self._store(uid, expected_version, change, "")
             except _Refused:
                 # Not a lost race: another starved writer is being served.
                 current = await self._load_unlocked(uid, names)
@@ -893,12 +893,13 @@ class RedisStorage(Storage):
         assert script is not None
         return script
 
-    async def _eval(
+    def _eval(
         self, script: _Script, uid: str | None, args: Sequence[Arg], what: str, *, keys: Sequence[str] = ()
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Run `script` (from `_script`, which checks the storage is open) on
         session `uid`'s keys (or on `keys`): its reply, or `StorageError`
-        (`InvalidInput` for text that is not Unicode)."""
+        (`InvalidInput`, raised at once, for text that is not Unicode). Not a
+        coroutine of its own: one frame fewer on every round trip's way."""
         try:
             if uid is None:
                 count, head = len(keys), pack_args((len(keys), *keys))
@@ -909,7 +910,7 @@ class RedisStorage(Storage):
             raise _not_text(exc) from exc
         total = b"*%d\r\n" % (3 + count + len(args))
         # A restarted or flushed server answers NOSCRIPT: EVAL sends the text, and caches it again.
-        return await self._send(
+        return self._send(
             b"".join((total, script.sha_head, head, tail)), what, (total, script.eval_head, head, tail)
         )
 
