@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from atriggers import Status, TaskContext, TriggerManager, task
+from atriggers import Status, TaskContext, TaskInstance, TriggerManager, task
 from atriggers.errors import StorageError
 from atriggers.runners import AsyncioRunner, register_runner, unregister_runner
 from atriggers.state import Change
@@ -180,3 +180,31 @@ async def test_a_new_process_first_fire_into_a_stored_session_holds_its_run(
         assert running.owner is not None and running.owner == storage.lease.current()
         gates["cold"].set()
         await manager.join()
+
+
+class OwnWay(AsyncioRunner):
+    """A subclass that dispatches its own way: it gets scheduled instances."""
+
+    seen: list[Status]
+
+    async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
+        self.seen.append((await manager.get_instance(instance.name)).status)
+        manager.track(asyncio.create_task(manager.run_instance(instance.name)))
+
+
+async def test_a_subclass_with_a_run_of_its_own_gets_instances_scheduled(storage: SQLiteStorage) -> None:
+    runner = register_runner(OwnWay(), "own-way")
+    runner.seen = []
+    try:
+        gates["own"] = asyncio.Event()
+        gates["own"].set()
+        manager = TriggerManager(storage, "own")
+        await manager.update_configuration({"t": {**EVERY["t"], "using": "own-way"}})
+        before = await version(storage, "own")
+        await manager.fire("go")
+        await manager.join()
+    finally:
+        unregister_runner("own-way")
+    assert runner.seen == [Status.SCHEDULED]
+    assert await stored(storage, "own") == {"t#0": Status.FINISHED}
+    assert await version(storage, "own") == before + 3  # scheduled, running, finished
