@@ -14,7 +14,7 @@ from .config import TaskConfig
 from .due import Due, due_of, due_of_cached
 from .errors import InstanceNotFound
 from .idempotency import NO_KEYS, FireKey, FireKeys
-from .instance import Meta, Status, TaskInstance
+from .instance import VALUE_OF, Meta, Status, TaskInstance
 
 __all__ = ["Change", "Draft", "Placement", "SessionState", "instance_number", "utc_now"]
 
@@ -330,7 +330,7 @@ class Draft:
 
     def set_status(self, instance: TaskInstance, status: Status) -> None:
         instance.status = status
-        self.touch(instance, status.value)
+        self.touch(instance, VALUE_OF[status])
 
     def schedule(
         self, instance: TaskInstance, not_before: float | None = None, *, runner: str | None = None
@@ -406,7 +406,7 @@ class Draft:
             metadata=dict(metadata or {}),
             config=task,
         )
-        self.touch(instance, Status.UNSTARTED.value)
+        self.touch(instance, VALUE_OF[Status.UNSTARTED])
         self._changed[instance.name] = self._instances[instance.name] = instance
         return instance
 

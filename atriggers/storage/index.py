@@ -57,6 +57,9 @@ COUNTED: tuple[str, ...] = (
     Status.FAILED.value,
     "resolved",
 )
+# As plain strings: an enum member's ``.value`` is a descriptor call, and every
+# write's summary asks for these.
+_UNSTARTED, _SCHEDULED, _RUNNING, _FAILED = COUNTED[:4]
 
 #: The instance statuses behind each flag of `SessionFilter` (and of
 #: `SessionSummary`): a session has the flag while it holds such an instance.
@@ -89,18 +92,18 @@ class SessionSummary:
     @property
     def failed(self) -> bool:
         """Some instance failed and was neither replayed nor skipped."""
-        return self.counts.get(Status.FAILED.value, 0) > 0
+        return self.counts.get(_FAILED, 0) > 0
 
     @property
     def stuck(self) -> bool:
         """Some instance is in flight (scheduled or running): stuck or lost if that
         lasts longer than it should."""
-        return self.counts.get(Status.SCHEDULED.value, 0) + self.counts.get(Status.RUNNING.value, 0) > 0
+        return self.counts.get(_SCHEDULED, 0) + self.counts.get(_RUNNING, 0) > 0
 
     @property
     def waiting(self) -> bool:
         """Some instance waits for its triggers (unstarted)."""
-        return self.counts.get(Status.UNSTARTED.value, 0) > 0
+        return self.counts.get(_UNSTARTED, 0) > 0
 
     @property
     def instances(self) -> int:
