@@ -119,9 +119,11 @@ def replay(
     name: str,
     replacement_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     cooldown: float | None = None,
+    runner: str | None = None,
 ) -> TaskInstance:
     """Mark a failed instance ``replayed`` and schedule a clone of it (to run after
-    `cooldown` seconds, if given)."""
+    `cooldown` seconds, if given), on `runner` if given, else where the failed
+    instance went (the task's ``using`` wins over both)."""
     failed = draft.get(name)
     if not failed.can_replay:
         raise InvalidStatus(name, failed.status.value, "replayed")
@@ -143,7 +145,7 @@ def replay(
     )
     # The clone goes where the failed instance went (its manager's default runner
     # may not be the default of the process replaying it).
-    draft.schedule(clone, draft.at + cooldown if cooldown else None, runner=failed.runner)
+    draft.schedule(clone, draft.at + cooldown if cooldown else None, runner=runner or failed.runner)
     return clone
 
 

@@ -373,13 +373,13 @@ def prepare_again(draft: Draft, first: Note) -> Note:
 
 def _prepare(draft: Draft, note: Note) -> Note:
     base = draft.base.instances
+    started = draft.started
     for instance in draft.edited():
         before = base.get(instance.name)
+        if started is not None and instance.name in started:
+            # Started by the write that scheduled it: it was scheduled too.
+            note.transitions.append((instance.task_name, Status.SCHEDULED))
         if before is None or before.status is not instance.status:
-            was = before.status if before is not None else None
-            if instance.status is Status.RUNNING and was is not Status.SCHEDULED:
-                # Started in the write that scheduled it: it was scheduled too.
-                note.transitions.append((instance.task_name, Status.SCHEDULED))
             note.transitions.append((instance.task_name, instance.status))
     if note.here is not None:
         _stamp(draft, note.here)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 from . import _rules as rules
 from . import _telemetry as telemetry
 from . import idempotency
-from ._json import check_name, check_text, dumps, kwargs_by_trigger, loads, object_arg
+from ._json import check_name, check_text, copy_json, dumps, kwargs_by_trigger, loads, object_arg
 from .clock import from_iso, sleep_until
 from .config import parse_configuration
 from .context import Retry, Skip, TaskContext, exception_metadata
@@ -396,6 +396,10 @@ class TriggerManager:
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput(f"a note must be a non-empty string, not {text!r}")
         check_text(text, "note")
+        if by is not None:
+            if not isinstance(by, str):
+                raise InvalidInput(f"by (who wrote the note) must be a string, not {by!r}")
+            check_text(by, "by")
         note = {"by": by, "text": text} if by else {"text": text}
         return (await self._apply(lambda d: rules.annotate(d, name, note), [name])).snapshot()
 
@@ -550,6 +554,9 @@ class TriggerManager:
             # (By token too: an instance scheduled twice in one draft was started twice.)
             instance = stored.get(run.running.name)
             if instance is run.running and instance.metadata.get(Meta.TOKEN) == run.token:
+                trace = instance.metadata.get(Meta.TRACE)
+                if trace is not None:  # (stamped after the rule: see `telemetry.prepare`)
+                    run.scheduled.metadata[Meta.TRACE] = copy_json(trace)
                 self._started[run.running.name] = run
             else:
                 run.release()
@@ -1021,9 +1028,15 @@ class TriggerManager:
         taken = placer.taken
 
         note: telemetry.Note | None = None
+        # The change the storage tried last (its own re-application of the
+        # operation, if it made one), and where the runs its draft started begin
+        # in `taken`: what a write whose reply was lost may have stored.
+        attempted: Change | None = None
+        first_run = 0
 
         def reapply(current: SessionState) -> Change | None:
-            nonlocal note
+            nonlocal note, attempted, first_run
+            attempted, first_run = None, len(taken)
             redo = Draft(current, at=storage.clock.time(), placement=placement)
             outcome[:] = [rule(redo)]
             if placer.unheld:
@@ -1033,7 +1046,8 @@ class TriggerManager:
                 return None
             if note is not None:  # (maybe in storage's thread: the first note has the context)
                 note = telemetry.prepare_again(redo, note)
-            return redo.changes()
+            attempted = redo.changes()
+            return attempted
 
         async with storage.lock(self.uid):
             try:
@@ -1063,7 +1077,8 @@ class TriggerManager:
                         continue
                     outcome[:] = [result]
                     note = telemetry.prepare(draft)
-                    change = draft.changes()
+                    change = attempted = draft.changes()
+                    first_run = 0
                     try:
                         written = await storage.write(change, reapply)
                     except _Unheld:
@@ -1075,7 +1090,8 @@ class TriggerManager:
                     except StorageError:
                         # The write may have landed without our hearing it: instances it
                         # placed in this process would then wait for a dispatch forever.
-                        self._reconcile_later(change, taken)
+                        if attempted is not None:
+                            self._reconcile_later(attempted, taken[first_run:])
                         raise
                     except VersionConflict:
                         telemetry.conflict(retried=attempt + 1 < self.max_attempts)

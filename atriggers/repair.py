@@ -258,9 +258,7 @@ def repair(
         if not failed.can_replay:
             raise InvalidStatus(name, failed.status.value, "replayed" if action == "replay" else "skipped")
         if action == "replay":
-            clone = rules.replay(draft, name)
-            if runner is not None:
-                draft.schedule(clone, runner=runner)
+            clone = rules.replay(draft, name, runner=runner)
             draft.edit(name).metadata[REPAIR_KEY] = {
                 "at": draft.now,
                 **record,

@@ -240,6 +240,9 @@ class Draft:
         #: record, None: blank): `atriggers.idempotency.fire_once` sets both.
         self.fire_keys = state.fire_keys
         self.key_rows: dict[int, FireKey | None] = {}
+        #: Instances this draft scheduled and its placement started at once
+        #: (stored ``running`` by this write; None: none).
+        self.started: set[str] | None = None
 
     @property
     def now(self) -> str:
@@ -342,6 +345,8 @@ class Draft:
         meta = instance.metadata
         for key in (Meta.OWNER, Meta.TOKEN, Meta.DEADLINE, Meta.NOT_BEFORE):
             meta.pop(key, None)
+        if self.started is not None:
+            self.started.discard(instance.name)
         config = instance.config
         using = config.using if config is not None else None
         meta[Meta.RUNNER] = using or runner or self.placement.default_runner
@@ -352,6 +357,10 @@ class Draft:
         self.set_status(instance, Status.SCHEDULED)
         if Meta.OWNER in meta and self.placement.start is not None:
             self.placement.start(self, instance)
+            if instance.status is Status.RUNNING:
+                if self.started is None:
+                    self.started = set()
+                self.started.add(instance.name)
 
     def place(self, instance: TaskInstance) -> None:
         """Hand a scheduled instance to its runner: if that runner holds it in

@@ -126,6 +126,12 @@ async def test_notes_accumulate(sqlite_storage: SQLiteStorage) -> None:
     assert noted.status is Status.FAILED
     with pytest.raises(InvalidInput):
         await manager.annotate_instance("a#0", "")
+    # Who wrote it is text too: nothing else is stored in its place.
+    for by in (float("nan"), 7, b"ann", {"name": "ann"}, "ann\udc80"):
+        with pytest.raises(InvalidInput, match="by"):
+            await manager.annotate_instance("a#0", "third", by=by)  # type: ignore[arg-type]
+    state = await manager.get_state()
+    assert [n["text"] for n in state.instances["a#0"].metadata["notes"]] == ["first", "second"]
 
 
 async def test_preview_fire_writes_nothing(sqlite_storage: SQLiteStorage) -> None:

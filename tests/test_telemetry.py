@@ -204,7 +204,11 @@ async def test_trace_context_is_stored_as_json_and_older_states_still_load(
         assert waiting.kwargs == {"a": {"x": 1}}
         assert waiting.metadata["trace"] == {"a": state.latest_kwargs["a"].trace}
         assert state.latest_kwargs["a"].trace.split("-")[2] == f"{span_id(fire_a):016x}"
-        await manager.fire("b", {"z": 3})
+        [scheduled] = await manager.fire("b", {"z": 3})
+        # Handed out as scheduled (its run started in the same write), with the
+        # trace stamps of the kwargs it received, as stored.
+        assert scheduled.status is Status.SCHEDULED
+        assert scheduled.metadata["trace"]["b"].split("-")[2] == f"{span_id(otel.one('fire b')):016x}"
         await manager.join()
         finished = await manager.get_instance("t#0")
     assert finished.status is Status.FINISHED

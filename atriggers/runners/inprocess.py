@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import weakref
@@ -52,7 +53,8 @@ class _Slots:
             if waiter.done() and not waiter.cancelled():
                 self.give_back()  # handed over as it was cancelled: pass it on
             else:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # (`give_back` passed over it already)
+                    self._waiters.remove(waiter)
             raise
 
     def give_back(self) -> None:
@@ -111,6 +113,11 @@ class AsyncioRunner(BaseRunner):
             else self._execute_started(manager, started, loop),
             name=f"atriggers {manager.uid} {instance.name}",
         )
+        if started is not None:
+            # Its slot comes back even if the task is cancelled before its first
+            # step (its body never entered): the instance is then recovered as
+            # lost like any held by this process, but the slot is not lost.
+            task.add_done_callback(lambda _: started.release())
         manager.track(task)
 
     async def _execute(self, manager: TriggerManager, name: str) -> Any:

@@ -12,7 +12,7 @@ import pytest
 
 from atriggers import Status, TaskContext, TaskInstance, TriggerManager, task
 from atriggers.errors import StorageError
-from atriggers.runners import AsyncioRunner, register_runner, unregister_runner
+from atriggers.runners import AsyncioRunner, BaseRunner, register_runner, unregister_runner
 from atriggers.state import Change
 from atriggers.storage import SQLiteStorage
 from atriggers.storage.base import Reapply
@@ -208,3 +208,103 @@ async def test_a_subclass_with_a_run_of_its_own_gets_instances_scheduled(storage
     assert runner.seen == [Status.SCHEDULED]
     assert await stored(storage, "own") == {"t#0": Status.FINISHED}
     assert await version(storage, "own") == before + 3  # scheduled, running, finished
+
+
+async def test_a_lost_reply_to_a_write_reapplied_without_a_free_slot_still_runs(
+    tmp_path: Path, one_slot: AsyncioRunner
+) -> None:
+    async with LostReply(tmp_path / "lost.db") as storage:
+        manager, gate = await gated_manager(storage, "reapplied")
+        gate.set()
+        await manager.fire("unrelated")  # this process's cache holds the session
+        async with SQLiteStorage(tmp_path / "lost.db") as other:
+            await TriggerManager(other, "reapplied").fire("elsewhere", {"x": 1})
+        # The first attempt takes the only slot and starts t#0; the write conflicts
+        # and is re-applied to the newer state with no slot free, so it stores t#0
+        # scheduled; then the reply is lost. This process must still run it.
+        storage.lose_next = True
+        with pytest.raises(StorageError):
+            await manager.fire("go")
+        for _ in range(100):
+            if (await stored(storage, "reapplied")).get("t#0") is Status.FINISHED:
+                break
+            await asyncio.sleep(0.05)
+        assert (await stored(storage, "reapplied"))["t#0"] is Status.FINISHED
+        slots = one_slot.slots(asyncio.get_running_loop())
+        assert slots.take_now()  # and the slot is free again
+        slots.give_back()
+
+
+async def test_a_run_waiting_for_a_slot_can_be_cancelled_as_the_slot_comes_free(
+    one_slot: AsyncioRunner,
+) -> None:
+    slots = one_slot.slots(asyncio.get_running_loop())
+    await slots.take()
+    waiting = asyncio.ensure_future(slots.take())
+    await asyncio.sleep(0)  # it waits for the slot
+    waiting.cancel()
+    slots.give_back()  # the run holding it ends in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert slots.take_now() and not slots.take_now()  # one slot, free, not lost
+    slots.give_back()
+
+
+class CancelsItsRuns(TriggerManager):
+    """Cancels each run the moment it is dispatched, before the run's task has
+    taken a step (as a shutdown that cancels what started meanwhile)."""
+
+    async def post_fire(self, trigger_name: str, tasks_scheduled: list[TaskInstance]) -> None:
+        for run in list(self._inflight):
+            if run.get_name().startswith(f"atriggers {self.uid} "):
+                run.cancel()
+
+
+async def test_a_run_cancelled_before_its_first_step_gives_its_slot_back(
+    storage: SQLiteStorage, one_slot: AsyncioRunner
+) -> None:
+    gates["cancelled"] = asyncio.Event()
+    manager = CancelsItsRuns(storage, "cancelled")
+    await manager.update_configuration(EVERY)
+    await manager.fire("go")
+    await manager.join()
+    # The instance stays held by this process (recovered as lost if it stops),
+    # or, when tasks start eagerly, its body was cancelled and it failed; either
+    # way the slot it was started in is free for the next run.
+    assert (await stored(storage, "cancelled"))["t#0"] in (Status.RUNNING, Status.FAILED)
+    slots = one_slot.slots(asyncio.get_running_loop())
+    assert slots.take_now()
+    slots.give_back()
+
+
+class Elsewhere(BaseRunner):
+    """Hands instances out of the process (as a broker would); records them."""
+
+    name = "elsewhere"
+
+    def __init__(self) -> None:
+        self.sent: list[TaskInstance] = []
+
+    async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
+        self.sent.append(await manager.get_instance(instance.name))
+
+
+@task("start.fails")
+async def fails(context: TaskContext) -> dict[str, Any]:
+    raise RuntimeError("boom")
+
+
+async def test_a_replay_sent_to_another_runner_carries_no_start(storage: SQLiteStorage) -> None:
+    elsewhere = register_runner(Elsewhere())
+    try:
+        manager = TriggerManager(storage, "repair")
+        await manager.update_configuration({"t": {"after": ["go"], "run": "start.fails"}})
+        await manager.fire("go")
+        await manager.join()
+        await manager.apply_repairs({"t#0": "replay"}, runner="elsewhere")
+    finally:
+        unregister_runner("elsewhere")
+    [clone] = elsewhere.sent
+    assert clone.status is Status.SCHEDULED and clone.runner == "elsewhere"
+    assert "running" not in clone.timestamps and "token" not in clone.metadata
+    assert "actualKwargs" not in clone.metadata and clone.owner is None
