@@ -498,7 +498,7 @@ class TriggerManager:
         run can store its outcome, and only while it is not lost.
         """
         name = _name_of(instance)
-        placed = self._started.pop(name, None)
+        placed = self._take_placed(name)
         if placed is not None:
             # Started already, by the write that placed it (a runner of its own
             # that calls this): run it, in the slot that write took.

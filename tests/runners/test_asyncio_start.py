@@ -55,6 +55,26 @@ async def stored(storage: SQLiteStorage, uid: str) -> dict[str, Status]:
     return {name: i.status for name, i in state.instances.items()}
 
 
+async def until_finished(storage: SQLiteStorage, uid: str, name: str = "t#0") -> dict[str, Status]:
+    """What the file holds once `name` finished (or after 5 s, for the caller's
+    assertion to tell): a run this process picks up on its own, not via `join`."""
+    for _ in range(100):
+        found = await stored(storage, uid)
+        if found.get(name) is Status.FINISHED:
+            break
+        await asyncio.sleep(0.05)
+    return found
+
+
+def slot_free(runner: AsyncioRunner) -> bool:
+    """Whether this loop has a free slot on `runner` (taken and given back)."""
+    slots = runner.slots(asyncio.get_running_loop())
+    free = slots.take_now()
+    if free:
+        slots.give_back()
+    return free
+
+
 async def version(storage: SQLiteStorage, uid: str) -> int:
     storage.forget(uid)
     return (await storage.load_all(uid)).version
@@ -154,10 +174,7 @@ async def test_a_run_started_by_a_write_whose_reply_was_lost_still_runs(
         # The fire landed with its instance stored running: once storage answers,
         # this process finds its run there and runs it (nobody else would, while
         # its lease holds the instance).
-        for _ in range(100):
-            if (await stored(storage, "lost-reply")).get("t#0") is Status.FINISHED:
-                break
-            await asyncio.sleep(0.05)
+        await until_finished(storage, "lost-reply")
         state = await storage.load_all("lost-reply")
         assert state.instances["t#0"].status is Status.FINISHED, state.debug_repr()
         assert state.instances["t#0"].result == {"done": "t#0"}
@@ -225,14 +242,8 @@ async def test_a_lost_reply_to_a_write_reapplied_without_a_free_slot_still_runs(
         storage.lose_next = True
         with pytest.raises(StorageError):
             await manager.fire("go")
-        for _ in range(100):
-            if (await stored(storage, "reapplied")).get("t#0") is Status.FINISHED:
-                break
-            await asyncio.sleep(0.05)
-        assert (await stored(storage, "reapplied"))["t#0"] is Status.FINISHED
-        slots = one_slot.slots(asyncio.get_running_loop())
-        assert slots.take_now()  # and the slot is free again
-        slots.give_back()
+        assert (await until_finished(storage, "reapplied"))["t#0"] is Status.FINISHED
+        assert slot_free(one_slot)  # and the slot is free again
 
 
 async def test_a_run_waiting_for_a_slot_can_be_cancelled_as_the_slot_comes_free(
@@ -272,9 +283,7 @@ async def test_a_run_cancelled_before_its_first_step_gives_its_slot_back(
     # or, when tasks start eagerly, its body was cancelled and it failed; either
     # way the slot it was started in is free for the next run.
     assert (await stored(storage, "cancelled"))["t#0"] in (Status.RUNNING, Status.FAILED)
-    slots = one_slot.slots(asyncio.get_running_loop())
-    assert slots.take_now()
-    slots.give_back()
+    assert slot_free(one_slot)
 
 
 class Elsewhere(BaseRunner):
