@@ -181,6 +181,29 @@ class Channel:
                 # As redis-py's ExponentialBackoff(cap=0.5, base=0.05), with jitter.
                 await asyncio.sleep(random.uniform(0, min(0.5, 0.05 * 2**failures)))
 
+    async def execute_all(self, commands: list[bytes]) -> list[Any]:
+        """The replies to `commands` (as `execute`), sent back to back: Redis runs
+        them in this order, with none of this channel's other commands between
+        them (another client's may be). A lost connection sends them all again."""
+        failures = 0
+        while True:
+            link = self._link
+            try:
+                if link is None or not link.alive:
+                    link = await self._open()
+                futures = [link.send(command) for command in commands]
+                try:
+                    return [await future for future in futures]
+                finally:
+                    for future in futures:  # (the link fails them all at once: heard)
+                        if future.done() and not future.cancelled():
+                            future.exception()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if self._closed or failures >= self._retries:
+                    raise
+                failures += 1
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.05 * 2**failures)))
+
     async def _open(self) -> _Link:
         if self._closed:
             raise RedisConnectionError("the storage is closed")

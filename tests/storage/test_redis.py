@@ -29,7 +29,7 @@ from atriggers.instance import Status
 from atriggers.state import Draft
 from atriggers.storage import open_storage
 from atriggers.storage.base import LOCK_AFTER_CONFLICTS
-from atriggers.storage.redis import DEFAULT_PREFIX, RedisStorage
+from atriggers.storage.redis import DEFAULT_PREFIX, SPILL_AT, RedisStorage
 
 from .conftest import WAITING, RedisServer, free_port, manager
 
@@ -447,6 +447,77 @@ async def test_what_a_fire_costs_in_round_trips(
     made = sorted(state.instances.values(), key=lambda i: int(i.name.rpartition("#")[2]))
     assert [i.kwargs["tick"] for i in made] == [{"n": 0}, {"n": 1}, {"n": "other"}, {"n": 2}]
     assert state.version == 5
+
+
+# -- sessions of many instances: bodies fetched outside the script ----------------------
+
+
+async def _many(storage: RedisStorage, uid: str, n: int) -> None:
+    m = manager(storage, uid)
+    await m.update_configuration(WAITING)
+    for i in range(n):
+        await m.fire("tick", {"n": i})
+
+
+async def _commands_run(raw: aioredis.Redis, name: str) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+async def test_a_session_of_many_instances_reads_whole(
+    redis_server: RedisServer, redis_prefix: str, storage: RedisStorage, raw: aioredis.Redis
+) -> None:
+    n = SPILL_AT + 20
+    await _many(storage, "big", n)
+    async with RedisStorage(redis_server.url, prefix=redis_prefix) as cold:
+        before = await _commands_run(raw, "hget")
+        working = await cold.load("big", ["nobody#1"])
+        whole = await cold.load_all("big")
+        # The bodies came by plain commands, each followed by its version check.
+        assert await _commands_run(raw, "hget") - before == 2
+        assert working.version == whole.version == n + 1
+        assert (
+            sorted(working.instances) == sorted(whole.instances) == sorted(f"waiting#{i}" for i in range(n))
+        )
+        assert whole.instances["waiting#7"].kwargs == {"tick": {"n": 7}}
+        assert working.instances["waiting#7"].kwargs == {"tick": {"n": 7}}
+        # A cold process's first fire: its guessed write is refused with the state.
+        await manager(cold, "big").fire("tick", {"n": "cold"})
+    state = await storage.load_all("big")
+    assert len(state.instances) == n + 1 and state.instance_counts == {"waiting": n + 1}
+
+
+class WrittenBetween(RedisStorage):
+    """A storage whose next fetch of spilled bodies is preceded by a rival's
+    landed write to the session (a real fire through another storage)."""
+
+    rival: TriggerManager | None = None
+
+    async def _commands(self, commands: Any, what: str) -> list[Any]:
+        rival, self.rival = self.rival, None
+        if rival is not None:
+            await rival.fire("tick", {"n": "rival"})
+        return await super()._commands(commands, what)
+
+
+async def test_a_write_between_a_read_and_its_spilled_bodies_is_noticed(
+    redis_server: RedisServer, redis_prefix: str, storage: RedisStorage
+) -> None:
+    await _many(storage, "big", SPILL_AT + 5)
+    async with WrittenBetween(redis_server.url, prefix=redis_prefix) as reader:
+        reader.rival = manager(storage, "big")
+        state = await reader.load("big")
+        # Read again whole: the rival's instance, and the version that has it.
+        assert state.version == SPILL_AT + 7
+        assert state.instances[f"waiting#{SPILL_AT + 5}"].kwargs == {"tick": {"n": "rival"}}
+        # The same race on a refused write's state: the fire re-reads, and lands.
+        reader.rival = manager(storage, "big")
+        await manager(reader, "big").fire("tick", {"n": "reader"})
+        assert reader.rival is None  # (it wrote between the refusal and its bodies)
+    state = await storage.load_all("big")
+    kwargs = [i.kwargs["tick"]["n"] for i in state.instances.values()]
+    assert kwargs.count("rival") == 2 and kwargs.count("reader") == 1
+    assert len(state.instances) == SPILL_AT + 8
 
 
 # -- fairness lock: a writer that keeps losing cannot starve --------------------------------

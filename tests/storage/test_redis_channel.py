@@ -115,6 +115,23 @@ async def test_a_cancelled_operation_leaves_the_others_their_replies(storage: Re
     assert (await storage.count_sessions()).sessions == 1
 
 
+async def test_commands_sent_together_are_sent_again_together_on_a_lost_connection(
+    storage: RedisStorage, raw: aioredis.Redis, recwarn: pytest.WarningsRecorder
+) -> None:
+    m = manager(storage, "s1")
+    await m.update_configuration(WAITING)
+    key = storage.keys("s1")[0]
+    channel = storage._channel
+    assert channel is not None
+    opened = channel._attempts
+    await raw.client_kill_filter(_type="normal", skipme=True)  # the storage's connection
+    replies = await storage._commands([("HGET", key, "version"), ("HEXISTS", key, "config")], "read")
+    assert replies == ["1", 1]
+    assert channel._attempts == opened + 1  # lost, then both sent on a new connection
+    await asyncio.sleep(0)
+    assert not [w for w in recwarn if "never retrieved" in str(w.message)]
+
+
 async def test_scripts_flushed_from_the_server_are_sent_again(
     storage: RedisStorage, raw: aioredis.Redis
 ) -> None:
