@@ -161,8 +161,8 @@ class TriggerManager:
 
     async def fire(
         self,
-        trigger_name: str,
-        trigger_kwargs: Mapping[str, Any] | None = None,
+        trigger: str,
+        kwargs: Mapping[str, Any] | None = None,
         *,
         key: str | None = None,
         delay: float | None = None,
@@ -182,8 +182,8 @@ class TriggerManager:
         remembers a key `key_retention` seconds (24 h), and at most `max_keys`
         (1,000) keys.
         """
-        trigger = _trigger_name(trigger_name)
-        kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
+        trigger = _trigger_name(trigger)
+        kwargs = object_arg(kwargs, f"kwargs of trigger {trigger!r}")
         once = None if key is None else idempotency.signature(key, trigger, kwargs)
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
@@ -414,13 +414,11 @@ class TriggerManager:
         state = await self.get_state()
         return explain(state, name, now=self.storage.clock.time())
 
-    async def preview_fire(
-        self, trigger_name: str, trigger_kwargs: Mapping[str, Any] | None = None
-    ) -> FirePreview:
+    async def preview_fire(self, trigger: str, kwargs: Mapping[str, Any] | None = None) -> FirePreview:
         """What `fire` would create, schedule and abandon now; writes nothing
         and dispatches nothing (the cascades of what it would run are not told)."""
-        trigger = _trigger_name(trigger_name)
-        kwargs = object_arg(trigger_kwargs, f"kwargs of trigger {trigger!r}")
+        trigger = _trigger_name(trigger)
+        kwargs = object_arg(kwargs, f"kwargs of trigger {trigger!r}")
         state = await self.storage.load(self.uid)
         return preview_fire(
             state, trigger, kwargs, at=self.storage.clock.time(), default_runner=self.default_runner

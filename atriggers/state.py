@@ -102,9 +102,10 @@ class SessionState:
                 counts[status] = counts.get(status, 0) + 1
         return counts
 
-    def instances_of_task(self, task: str | TaskConfig) -> list[TaskInstance]:
-        """The task's instances, oldest first."""
-        name = task.name if isinstance(task, TaskConfig) else task
+    def instances_of_task(self, name: str | TaskConfig) -> list[TaskInstance]:
+        """The instances of task `name` (or of a `TaskConfig`), oldest first."""
+        if isinstance(name, TaskConfig):
+            name = name.name
         found = [i for i in self.instances.values() if i.task_name == name]
         found.sort(key=instance_number)
         return found

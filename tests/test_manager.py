@@ -121,6 +121,20 @@ async def test_fire_runs_task_and_cascades(sqlite_storage: SQLiteStorage) -> Non
     assert state.get_unresolved_tasks() == [] and state.get_unresolved_instances() == []
 
 
+async def test_arguments_go_by_the_names_the_api_gives_them(sqlite_storage: SQLiteStorage) -> None:
+    manager = TriggerManager(sqlite_storage, "named")
+    await manager.update_configuration({"t_a": {"after": ["go"], "run": "tm.echo"}})
+    preview = await manager.preview_fire(trigger="go", kwargs={"x": 1})
+    assert [i.name for i in preview.scheduled] == ["t_a#0"]
+    scheduled = await manager.fire(trigger="go", kwargs={"x": 1}, key="k1")
+    assert [i.name for i in scheduled] == ["t_a#0"]
+    await manager.join()
+    state = await manager.get_state()
+    assert [i.name for i in state.instances_of_task(name="t_a")] == ["t_a#0"]
+    assert state.instances_of_task(state.tasks["t_a"]) == state.instances_of_task("t_a")
+    assert state.instances["t_a#0"].kwargs == {"go": {"x": 1}}
+
+
 async def test_state_persists_in_the_file(db_path: Any) -> None:
     async with SQLiteStorage(db_path) as storage:
         manager = TriggerManager(storage, "persist")
