@@ -20,7 +20,7 @@ from .errors import InstanceNotFound
 from .instance import Meta, Status, TaskInstance
 from .state import SessionState
 
-__all__ = ["CODES", "Explanation", "duration", "explain", "explain_instance", "explain_task"]
+__all__ = ["CODES", "Explanation", "Names", "duration", "explain", "explain_instance", "explain_task"]
 
 #: Every code an explanation may have, in the order of an instance's life.
 CODES = (
@@ -39,6 +39,25 @@ CODES = (
 
 _LOST = "atriggers.errors.InstanceLost"
 _EXCEEDED = "atriggers.errors.MaxRetriesExceeded"
+
+
+class Names(tuple[str, ...]):
+    """Trigger or task names: a tuple that also equals a list of the same names
+    (``missing == ["b"]`` holds as ``missing == ("b",)`` does), since people
+    write either when they check an explanation."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return list(self) == other
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = tuple.__hash__
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +90,10 @@ class Explanation:
     #: The instance it is a replay of, and the one that replays it.
     parent: str | None = None
     clone: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("missing", "abandoned_by", "unseen"):
+            object.__setattr__(self, name, Names(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (camelCase keys, like stored metadata)."""

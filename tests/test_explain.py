@@ -88,6 +88,10 @@ def test_a_waiting_instance_lists_what_is_missing() -> None:
     s.fire("pageReceived", {"page": 1})
     imp = s.one("t_import#0")
     assert imp.code == "waiting" and imp.missing == ("questionnaireComplete",)
+    # A tuple, which a list of the same names equals too (hashable all the same).
+    assert imp.missing == ["questionnaireComplete"] and imp.missing != ["pageReceived"]
+    assert isinstance(imp.missing, tuple) and hash(imp) == hash(s.one("t_import#0"))
+    assert s.one("t_report").missing == ["t_import"]
     assert imp.text == "t_import#0 is waiting for questionnaireComplete (has pageReceived)."
     # Asking by task name explains each of its instances.
     assert [e.instance for e in s.why("t_import")] == ["t_import#0"]
