@@ -126,8 +126,9 @@ async def drive(storage: Storage, configuration: dict[str, Any], ops: list[Any])
                 await manager.run_instance(ready[op[1] % len(ready)].name)
     state = (await manager.get_state()).debug_repr()
     for instance in state["instances"].values():
-        # Times, and each run's fencing token and lease owner, differ by design.
-        for key in ("timestamps", "token", "owner"):
+        # Times (a deadline too), and each run's fencing token and lease owner,
+        # differ by design.
+        for key in ("timestamps", "deadline", "token", "owner"):
             instance["metadata"].pop(key, None)
     return state
 

@@ -12,7 +12,8 @@ import pytest
 
 from atriggers import InstanceLost, Status, Sweeper, TaskContext, TriggerManager, task
 from atriggers.clock import FakeClock, from_iso
-from atriggers.runners import AsyncioRunner, register_runner
+from atriggers.runners import AsyncioRunner, BaseRunner, register_runner
+from atriggers.runners.base import DEFAULT_START_WITHIN, RunnerRegistry, runners as default_runners
 from atriggers.storage import MemoryStorage, SQLiteStorage, Storage
 
 LOST = "atriggers.errors.InstanceLost"
@@ -275,6 +276,46 @@ async def test_a_closed_window_is_closed_even_before_a_sweep(storage: Storage, c
     expired = await manager.get_instance("t#0")
     assert expired.status is Status.ABANDONED and expired.metadata["reason"] == "expired"
     assert runs == []
+
+
+class Dropping(BaseRunner):
+    """A queue that loses every message it is given."""
+
+    name = "dropping"
+
+    def __init__(self, start_within: float | None = DEFAULT_START_WITHIN) -> None:
+        self.start_within = start_within
+        self.sent: list[str] = []
+
+    async def run(self, manager: TriggerManager, instance: Any) -> None:
+        self.sent.append(instance.name)
+
+
+async def test_an_instance_sent_elsewhere_and_never_started_is_lost_in_time(
+    storage: Storage, clock: FakeClock
+) -> None:
+    # Held by nobody, it has a deadline (six hours by default): any process recovers it.
+    runners = RunnerRegistry(fallback=default_runners)
+    dropping = runners.register(Dropping())
+    manager = TriggerManager(storage, "dropped", runners=runners)
+    await manager.update_configuration({"t": {"after": ["a"], "run": "time.ok", "using": "dropping"}})
+    await manager.fire("a")
+    sent = await manager.get_instance("t#0")
+    assert sent.status is Status.SCHEDULED and "owner" not in sent.metadata
+    assert from_iso(sent.metadata["deadline"]) == pytest.approx(clock.time() + 6 * 3600)
+    sweeper = Sweeper(storage)
+    await clock.advance(6 * 3600 - 1)
+    assert await sweeper.run_once() == 0
+    await clock.advance(1)
+    assert await sweeper.run_once() == 1
+    lost = await manager.get_instance("t#0")
+    assert lost.status is Status.FAILED and lost.metadata["exceptionType"] == LOST
+    assert isinstance(dropping, Dropping) and dropping.sent == ["t#0"] and runs == []
+    # A queue trusted never to lose a message: no deadline.
+    runners.register(Dropping(start_within=None), "trusted")
+    await manager.update_configuration({"u": {"after": ["b"], "run": "time.ok", "using": "trusted"}})
+    await manager.fire("b")
+    assert "deadline" not in (await manager.get_instance("u#0")).metadata
 
 
 # -- delays and cooldowns -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..manager import TriggerManager
 
 __all__ = [
+    "DEFAULT_START_WITHIN",
     "ENTRY_POINT_GROUP",
     "BaseRunner",
     "RunnerRegistry",
@@ -28,6 +29,9 @@ __all__ = [
 ENTRY_POINT_GROUP = "atriggers.runners"
 
 log = logging.getLogger("atriggers.runners")
+
+#: `BaseRunner.start_within` by default: six hours.
+DEFAULT_START_WITHIN = 6 * 3600.0
 
 
 class BaseRunner(ABC):
@@ -52,9 +56,13 @@ class BaseRunner(ABC):
     in_process: ClassVar[bool] = False
     #: Seconds an instance handed to this runner may wait to start before it
     #: counts as lost (a message the broker dropped, an event the function
-    #: never ran); None: no limit. Only for runners that hand instances out of
-    #: this process: in-process ones hold them under the process's lease.
-    start_within: float | None = None
+    #: never ran) and gets its ``onLost`` policy: the deadline every instance
+    #: held by nobody has, so that any process recovers it. Six hours by
+    #: default (longer than brokers keep an unacknowledged message before they
+    #: deliver it again); None: no limit, for a queue trusted never to lose a
+    #: message. Only for runners that hand instances out of this process:
+    #: in-process ones hold them under the process's lease.
+    start_within: float | None = DEFAULT_START_WITHIN
 
     @abstractmethod
     async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:

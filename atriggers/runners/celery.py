@@ -61,7 +61,7 @@ import anyio.to_thread
 from ..errors import DispatchError, InvalidInput, TriggerError
 from ..remote import RunRequest, StoragePool, execute_request
 from ..tasks import TaskDefinition, registry
-from .base import BaseRunner
+from .base import DEFAULT_START_WITHIN, BaseRunner
 
 if TYPE_CHECKING:
     from ..instance import TaskInstance
@@ -135,7 +135,7 @@ class CeleryRunner(BaseRunner):
         socket_timeout: float = 3.0,
         publish_retries: int = 2,
         pool_limit: int = 10,
-        start_within: float | None = None,
+        start_within: float | None = DEFAULT_START_WITHIN,
         **send_options: Any,
     ) -> None:
         if dispatch_timeout <= 0 or socket_timeout <= 0:
@@ -151,8 +151,8 @@ class CeleryRunner(BaseRunner):
         self.pool_limit = pool_limit
         self.send_options = send_options
         #: Seconds a sent instance may wait in the queue before it counts as
-        #: lost (a broker that dropped the message); None (default): a durable
-        #: broker keeps it until a worker takes it.
+        #: lost (a broker that dropped the message): six hours by default;
+        #: None: no limit (a durable broker trusted to keep every message).
         self.start_within = start_within
         self._pools: dict[int, tuple[Any, Any]] = {}
         self._pools_lock = threading.Lock()
