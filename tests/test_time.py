@@ -13,7 +13,8 @@ import pytest
 from atriggers import InstanceLost, Status, Sweeper, TaskContext, TriggerManager, task
 from atriggers.clock import FakeClock, from_iso
 from atriggers.runners import AsyncioRunner, BaseRunner, register_runner
-from atriggers.runners.base import DEFAULT_START_WITHIN, RunnerRegistry, runners as default_runners
+from atriggers.runners.base import DEFAULT_START_WITHIN, RunnerRegistry
+from atriggers.runners.base import runners as default_runners
 from atriggers.storage import MemoryStorage, SQLiteStorage, Storage
 
 LOST = "atriggers.errors.InstanceLost"
