@@ -20,7 +20,16 @@ from .errors import InstanceNotFound
 from .instance import Meta, Status, TaskInstance
 from .state import SessionState
 
-__all__ = ["CODES", "Explanation", "Names", "duration", "explain", "explain_instance", "explain_task"]
+__all__ = [
+    "CODES",
+    "NO_NAMES",
+    "Explanation",
+    "Names",
+    "duration",
+    "explain",
+    "explain_instance",
+    "explain_task",
+]
 
 #: Every code an explanation may have, in the order of an instance's life.
 CODES = (
@@ -60,6 +69,9 @@ class Names(tuple[str, ...]):
     __hash__ = tuple.__hash__
 
 
+NO_NAMES = Names()
+
+
 @dataclass(frozen=True, slots=True)
 class Explanation:
     """Why a task or one of its instances is where it is."""
@@ -72,7 +84,7 @@ class Explanation:
     code: str
     #: The ``after`` triggers still awaited (empty unless the code is
     #: ``waiting`` or ``never-triggered``).
-    missing: tuple[str, ...]
+    missing: Names
     #: A sentence (or a few) for people.
     text: str
     #: When the instance reached its current status (ISO 8601 UTC), if known.
@@ -84,16 +96,18 @@ class Explanation:
     error: str | None = None
     message: str | None = None
     #: The ``unless`` triggers that abandoned it.
-    abandoned_by: tuple[str, ...] = ()
+    abandoned_by: Names = NO_NAMES
     #: For ``never-triggered``: its triggers that this session has never seen fired.
-    unseen: tuple[str, ...] = ()
+    unseen: Names = NO_NAMES
     #: The instance it is a replay of, and the one that replays it.
     parent: str | None = None
     clone: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("missing", "abandoned_by", "unseen"):
-            object.__setattr__(self, name, Names(getattr(self, name)))
+            names = getattr(self, name)
+            if type(names) is not Names:  # (a plain tuple or list, from another caller)
+                object.__setattr__(self, name, Names(names))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (camelCase keys, like stored metadata)."""
@@ -196,7 +210,7 @@ def explain_instance(
 
     if status is Status.UNSTARTED:
         after = config.after if config is not None else frozenset()
-        missing = tuple(sorted(after - instance.kwargs.keys()))
+        missing = Names(sorted(after - instance.kwargs.keys()))
         text = f"{name}{origin} is waiting for {_names(missing) or 'nothing'}"
         have = sorted(instance.kwargs)
         if have:
@@ -239,7 +253,7 @@ def explain_instance(
             text += " Its deadline or cooldown has passed and no sweeper acted yet: is one running?"
         elif problem == "stuck":
             text += " Nothing will recover it by itself (no owner, deadline or timer): it looks stuck."
-        return Explanation(code=verb, missing=(), text=text, **base)
+        return Explanation(code=verb, missing=NO_NAMES, text=text, **base)
 
     if status is Status.FINISHED:
         took = ""
@@ -247,7 +261,7 @@ def explain_instance(
         if started and since:
             took = f" after running {duration(from_iso(since) - from_iso(started))}"
         text = f"{name}{origin} finished at {_when(since)}{_ago(since, now)}{took}."
-        return Explanation(code="finished", missing=(), text=text, **base)
+        return Explanation(code="finished", missing=NO_NAMES, text=text, **base)
 
     error = meta.get(Meta.EXCEPTION_TYPE)
     error = error if isinstance(error, str) else None
@@ -261,7 +275,12 @@ def explain_instance(
             text += f" with {error}" + (f": {message}" if message else "")
         text += ". Replay or skip it."
         return Explanation(
-            code="lost" if lost else "failed", missing=(), text=text, **base, error=error, message=message
+            code="lost" if lost else "failed",
+            missing=NO_NAMES,
+            text=text,
+            **base,
+            error=error,
+            message=message,
         )
 
     if status is Status.REPLAYED:
@@ -281,7 +300,7 @@ def explain_instance(
         if error and message:
             text += f" [{message}]"
         text += f"; see {clone}." if clone else "."
-        return Explanation(code="replayed", missing=(), text=text, **base, error=error, message=message)
+        return Explanation(code="replayed", missing=NO_NAMES, text=text, **base, error=error, message=message)
 
     if status is Status.SKIPPED:
         cascade = " and its task's name was fired as if it had finished" if meta.get("cascade") else ""
@@ -290,19 +309,19 @@ def explain_instance(
             " by an operator" if Status.FAILED.value in instance.timestamps else " (the task skipped itself)"
         )
         text = f"{name}{origin} was skipped{who} at {_when(since)}{_ago(since, now)}{cascade}."
-        return Explanation(code="skipped", missing=(), text=text, **base, error=error, message=message)
+        return Explanation(code="skipped", missing=NO_NAMES, text=text, **base, error=error, message=message)
 
     # Abandoned: its `within` ran out, or all of its `unless` triggers arrived.
     if meta.get(Meta.REASON) == "expired":
         within = config.within if config is not None else None
         waited = f"{duration(within)} " if within else ""
-        missing = tuple(sorted((config.after if config else frozenset()) - instance.kwargs.keys()))
+        missing = Names(sorted((config.after if config else frozenset()) - instance.kwargs.keys()))
         text = (
             f"{name}{origin} expired at {_when(since)}{_ago(since, now)}: it waited its {waited}window"
             f" (`within`) without {_names(missing) or 'starting'}."
         )
-        return Explanation(code="expired", missing=(), text=text, **base)
-    abandoned_by = tuple(sorted(instance.abandon_state))
+        return Explanation(code="expired", missing=NO_NAMES, text=text, **base)
+    abandoned_by = Names(sorted(instance.abandon_state))
     if abandoned_by:
         text = (
             f"{name}{origin} was abandoned at {_when(since)}{_ago(since, now)} because "
@@ -310,7 +329,7 @@ def explain_instance(
         )
     else:
         text = f"{name}{origin} was abandoned at {_when(since)}{_ago(since, now)} (set by an operator)."
-    return Explanation(code="abandoned", missing=(), text=text, abandoned_by=abandoned_by, **base)
+    return Explanation(code="abandoned", missing=NO_NAMES, text=text, abandoned_by=abandoned_by, **base)
 
 
 def explain_task(
@@ -332,9 +351,9 @@ def explain_task(
         # Not in the snapshot (a working view leaves resolved instances out).
         count = state.instance_counts[task]
         text = f"{task} has had {count} instance(s), all resolved; load the whole session to see them."
-        return Explanation(task=task, instance=None, code="finished", missing=(), text=text)
+        return Explanation(task=task, instance=None, code="finished", missing=NO_NAMES, text=text)
     seen = state.latest_kwargs.keys()
-    missing = tuple(sorted(config.after - seen))
+    missing = Names(sorted(config.after - seen))
     unseen = missing
     if missing:
         text = f"{task} has never been triggered: this session has never seen {_names(missing)}"
@@ -342,7 +361,7 @@ def explain_task(
         text += f" (it has seen {_names(arrived)})." if arrived else "."
     else:
         # Configuring a task does not apply triggers fired before it.
-        missing = tuple(sorted(config.after))
+        missing = Names(sorted(config.after))
         text = (
             f"{task} has no instance although {_names(config.after)} fired: it was configured after "
             f"they fired, and gets its first instance at the next fire of one of them."
