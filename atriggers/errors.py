@@ -74,9 +74,10 @@ class ConfigurationError(TriggerError, ValueError):
         return self.problems[0].directive if self.problems else None
 
 
-class InvalidInput(TriggerError, ValueError):
+class InvalidInput(TriggerError, ValueError, TypeError):
     """An argument cannot be accepted (a non-string trigger name, kwargs that are
-    not a JSON object...). Raised before anything is written."""
+    not a JSON object...). Raised before anything is written. A `ValueError` and
+    a `TypeError` both: code that catches either for a bad argument catches it."""
 
 
 class SessionChanged(InvalidInput):

@@ -54,6 +54,8 @@ def test_errors_share_one_root_and_builtin_bases() -> None:
         assert issubclass(getattr(atriggers, name), atriggers.TriggerError), name
     assert issubclass(atriggers.InstanceNotFound, KeyError)
     assert issubclass(atriggers.InvalidStatus, ValueError)
+    # Bad arguments: caught as either builtin kind.
+    assert issubclass(atriggers.InvalidInput, ValueError) and issubclass(atriggers.InvalidInput, TypeError)
 
 
 def test_status_is_a_str_enum() -> None:
