@@ -62,8 +62,10 @@ __all__ = [
 MAX_KEY_LENGTH = 255
 #: Seconds a key is remembered after its fire, by default (24 hours).
 DEFAULT_KEY_RETENTION = 24 * 3600.0
-#: Keys a session remembers at most, by default; a new key then replaces the oldest.
-DEFAULT_MAX_KEYS = 1000
+#: Keys a session remembers at most, by default; a new key then replaces the
+#: oldest. Ten thousand keyed fires a day is one every nine seconds, all day, in
+#: one session; the key rows are read with the session, so not unbounded.
+DEFAULT_MAX_KEYS = 10_000
 
 #: First character of the name of a stored key row (a whitespace character).
 KEY_ROW_MARK = "\x1f"
@@ -177,6 +179,9 @@ class FireKeys:
 
     __slots__ = ("_held", "next_seq", "oldest_at")
 
+    # `_held` holds the records in the order they were made (by `seq`): pruning
+    # walks it from the oldest and stops at the first record still kept.
+
     def __init__(
         self, held: dict[str | int, FireKey] | None = None, next_seq: int = 0, oldest_at: float = float("inf")
     ) -> None:
@@ -262,9 +267,14 @@ def decode_rows(rows: Iterable[tuple[str, str]]) -> FireKeys:
         if known is None or known.seq < seq:
             by_key[key] = record
     held: dict[str | int, FireKey] = {}
-    for record in by_key.values():
+    # In the order they were made, as `fire_once` keeps them (it prunes oldest first).
+    for record in sorted(by_key.values(), key=_seq_of):
         held[record.key] = held[record.slot] = record
     return FireKeys(held, next_seq, oldest)
+
+
+def _seq_of(record: FireKey) -> int:
+    return record.seq
 
 
 # -- the rule -------------------------------------------------------------------------
@@ -331,15 +341,21 @@ def fire_once(
         dropped.append(occupant)  # the oldest key, when the session holds max_keys
     oldest = keys.oldest_at
     if oldest + retention <= now:
-        # Some record expired: blank every expired row. A pass over the keys, but
-        # only when the oldest one expired.
+        # Some record expired: blank the expired rows, oldest first, up to the
+        # first record still kept. The index holds its records in the order they
+        # were made (a key is added last, after its old record is deleted), so
+        # this costs what expired, not a pass over every key. (A record made
+        # later but stamped earlier, by a process whose clock lags, is blanked
+        # on a later pass: kept a little longer, never less.)
         oldest = now
-        for record in keys.records():
-            if record.at + retention <= now:
-                if record is not found and record is not occupant:
-                    dropped.append(record)
-            elif record is not occupant:
-                oldest = min(oldest, record.at)
+        for name, record in held.items():
+            if type(name) is not str or record.seq >= next_seq or record is occupant:
+                continue
+            if record.at + retention > now:
+                oldest = record.at
+                break
+            if record is not found:
+                dropped.append(record)
     elif oldest > now:
         oldest = now
     names = tuple([i.name for i in ready]) if ready else ()

@@ -180,7 +180,7 @@ class TriggerManager:
         the first fire scheduled, as they are now; with another trigger or other
         kwargs it raises `IdempotencyConflict` and writes nothing. A session
         remembers a key `key_retention` seconds (24 h), and at most `max_keys`
-        (1,000) keys.
+        (10,000) keys.
         """
         trigger = _trigger_name(trigger)
         kwargs = object_arg(kwargs, f"kwargs of trigger {trigger!r}")

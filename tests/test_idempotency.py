@@ -151,6 +151,26 @@ async def test_keys_are_forgotten_after_their_retention(storage: Storage, clock:
     assert [i.name for i in await manager.fire("tick", {"n": 5}, key="old")] == ["t#3"]
 
 
+async def test_a_busy_session_keeps_every_key_for_its_retention(storage: Storage, clock: FakeClock) -> None:
+    manager = TriggerManager(storage, "busy")
+    await manager.update_configuration(EVERY)
+    for n in range(1500):  # a day of requests, each with its own key
+        await manager.fire("tick", {"n": n}, key=f"req-{n}")
+        if n % 100 == 99:
+            await clock.advance(3600)
+    # Each still held: a retry of the first applies nothing, fresh or cold.
+    assert [i.name for i in await manager.fire("tick", {"n": 0}, key="req-0")] == ["t#0"]
+    storage.forget("busy")
+    assert [i.name for i in await manager.fire("tick", {"n": 0}, key="req-0")] == ["t#0"]
+    # A day after the first 100, the next keyed fire forgets those (and only those).
+    await clock.advance(24 * 3600 - 15 * 3600)
+    await manager.fire("tick", {"n": "late"}, key="late")
+    storage.forget("busy")
+    held = [r.key for r in (await storage.load("busy")).fire_keys.records()]
+    assert held == [f"req-{n}" for n in range(100, 1500)] + ["late"]
+    await manager.join()
+
+
 async def test_retention_is_configurable(storage: Storage, clock: FakeClock) -> None:
     class Brief(TriggerManager):
         key_retention = 60.0
