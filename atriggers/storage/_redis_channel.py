@@ -191,13 +191,17 @@ class Channel:
             try:
                 if link is None or not link.alive:
                     link = await self._open()
-                futures = [link.send(command) for command in commands]
+                futures: list[asyncio.Future[Any]] = []
                 try:
+                    for command in commands:
+                        futures.append(link.send(command))
                     return [await future for future in futures]
                 finally:
-                    for future in futures:  # (the link fails them all at once: heard)
-                        if future.done() and not future.cancelled():
-                            future.exception()
+                    for future in futures:
+                        if not future.done():
+                            future.cancel()  # (its caller left: the link drops its reply)
+                        elif not future.cancelled():
+                            future.exception()  # (the link fails them all at once: heard)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if self._closed or failures >= self._retries:
                     raise

@@ -27,12 +27,14 @@ session expired (`ttl`) as it meets them.
 An entry is named ``<bytes of uid>:<uid><key>``. The braces are a Redis Cluster
 hash tag, but a write touches the session's keys and the shared due index in one
 script: use one Redis server (with replicas), not a cluster. Every read and every write
-is one Lua script, so one round trip and atomic: a write checks the session's
+is one Lua script, so one round trip and atomic (a read of many instances: see
+below): a write checks the session's
 version first (compare-and-swap) and then writes only the header fields, triggers
 and instances the change touched; a read fetches only the unresolved instances
-plus those asked for by name, so neither grows with a session's history. (Past
+plus those asked for by name, so neither grows with a session's history. Past
 `SPILL_AT` instances a read's bodies come by a plain command after the script,
-with the version checked again: a round trip more, a fifth of the server's time.)
+with the version checked again: a round trip more, a fifth of the server's time;
+a read that finds the session written in between reads it again.
 
 Every command goes over one pipelined connection (`_redis_channel`): the scripts
 of concurrent operations, whatever their sessions, share writes and round trips,
@@ -803,9 +805,13 @@ class RedisStorage(Storage):
         if _text(reply[0]) == "conflict":
             state = reply[1]
             if state and state[-1] is None:
-                state = await self._unspill(uid, state)
-            # (None: written again since the conflict; the manager reads it then.)
-            fresh = None if state is None else self._decode(uid, state, complete=False)
+                try:
+                    # (Written again since the conflict: read as a load does.)
+                    state = await self._unspill(uid, state) or await self._read(uid, "0", ())
+                except StorageError:
+                    # Nothing was written: a conflict still, whose state is unknown.
+                    raise VersionConflict(uid, expected_version, None) from None
+            fresh = self._decode(uid, state, complete=False)
             if len(reply) > 2:
                 raise _Refused(uid, expected_version, fresh)
             raise VersionConflict(uid, expected_version, fresh)

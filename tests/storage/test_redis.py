@@ -520,6 +520,33 @@ async def test_a_write_between_a_read_and_its_spilled_bodies_is_noticed(
     assert len(state.instances) == SPILL_AT + 8
 
 
+class LosesOneFetch(RedisStorage):
+    """A storage whose first fetch of spilled bodies fails (the server went away
+    for the time of that command and its retries)."""
+
+    failed = False
+
+    async def _commands(self, commands: Any, what: str) -> list[Any]:
+        if not self.failed:
+            self.failed = True
+            raise StorageError("Redis read failed: the connection was lost")
+        return await super()._commands(commands, what)
+
+
+async def test_a_conflict_whose_state_cannot_be_fetched_is_still_a_conflict(
+    redis_server: RedisServer, redis_prefix: str, storage: RedisStorage
+) -> None:
+    await _many(storage, "big", SPILL_AT + 5)
+    async with LosesOneFetch(redis_server.url, prefix=redis_prefix) as cold:
+        # Its guessed write is refused, and the refusal's state cannot be fetched:
+        # nothing was written, so the fire tries again (no "may have landed").
+        assert await manager(cold, "big").fire("tick", {"n": "cold"}) == []  # (unstarted)
+        assert cold.failed
+    state = await storage.load_all("big")
+    assert state.instances[f"waiting#{SPILL_AT + 5}"].kwargs == {"tick": {"n": "cold"}}
+    assert state.version == SPILL_AT + 7
+
+
 # -- fairness lock: a writer that keeps losing cannot starve --------------------------------
 
 

@@ -6,6 +6,7 @@ reply parser works without hiredis."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -130,6 +131,33 @@ async def test_commands_sent_together_are_sent_again_together_on_a_lost_connecti
     assert channel._attempts == opened + 1  # lost, then both sent on a new connection
     await asyncio.sleep(0)
     assert not [w for w in recwarn if "never retrieved" in str(w.message)]
+
+
+async def test_commands_sent_together_whose_caller_left_leave_no_unheard_error(
+    storage: RedisStorage,
+) -> None:
+    loop = asyncio.get_running_loop()
+    unheard: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: unheard.append(context["message"]))
+    try:
+        key = storage.keys("nobody")[3]
+        # The first command blocks on the server: cancel the caller while it waits,
+        # then lose the connection under the second command's reply.
+        waiting = asyncio.ensure_future(storage._commands([("BLPOP", key, "0.3"), ("PING",)], "read"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        channel = storage._channel
+        assert channel is not None and channel._link is not None
+        channel._link._transport.abort()
+        await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unheard == []
+        assert (await storage.load("nobody")).version == 0  # a new connection serves on
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_scripts_flushed_from_the_server_are_sent_again(
