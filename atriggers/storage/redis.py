@@ -108,7 +108,8 @@ _SPILL = str(SPILL_AT)
 # Past `spill` instances the bodies are left out (false in their place) for the
 # client to fetch with a plain HGETALL or HMGET: Lua copies every string it passes
 # along, in and out, and for a session of 1,000 instances that took 80% of the
-# script's time. The client checks the version in the same pipeline (`_unspill`).
+# script's time. So are the triggers past `spill` of them (a session holding many
+# idempotency keys). The client checks the version in the same pipeline (`_unspill`).
 _READ_STATE = (
     f"local SPILL = {SPILL_AT}\n"
     + """
@@ -126,7 +127,10 @@ end
 local function read_state(everything, names, spill)
   local header = redis.call('HMGET', KEYS[1], 'version', 'config', 'counts')
   if not header[1] then return {} end
-  local triggers = redis.call('HGETALL', KEYS[2])
+  local triggers = false
+  if not (spill and redis.call('HLEN', KEYS[2]) > spill) then
+    triggers = redis.call('HGETALL', KEYS[2])
+  end
   if everything then
     if spill and redis.call('HLEN', KEYS[3]) > spill then
       return {header[1], header[2], header[3], triggers, false}
@@ -443,10 +447,18 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _pairs(flat: list[str]) -> Iterable[tuple[str, str]]:
-    """A flat reply of names and values as pairs (replies are `str` already: the
-    channel's parser decodes them)."""
-    return zip(flat[::2], flat[1::2], strict=True)
+def _pairs(reply: list[str] | dict[str, str]) -> Iterable[tuple[str, str]]:
+    """A reply of names and values as pairs (replies are `str` already: the
+    channel's parser decodes them): flat, as a Lua script's table, or a dict, as
+    hiredis gives a plain HGETALL's over RESP3."""
+    if isinstance(reply, dict):
+        return reply.items()
+    return zip(reply[::2], reply[1::2], strict=True)
+
+
+def _spilled(state: list[Any]) -> bool:
+    """Whether a script's state left triggers or bodies out (see `_READ_STATE`)."""
+    return bool(state) and (state[3] is None or state[-1] is None)
 
 
 def _glob_escape(text: str) -> str:
@@ -651,7 +663,7 @@ class RedisStorage(Storage):
     async def _read(self, uid: str, everything: str, names: Collection[str]) -> list[Any]:
         script = self._script(self._load_script)
         reply = await self._eval(script, uid, [everything, _SPILL, *names], "read")
-        if reply and reply[-1] is None:
+        if _spilled(reply):
             unspilled = await self._unspill(uid, reply)
             if unspilled is None:  # written meanwhile: read it whole in the script
                 return await self._eval(script, uid, [everything, "", *names], "read")  # type: ignore[no-any-return]
@@ -659,18 +671,26 @@ class RedisStorage(Storage):
         return reply  # type: ignore[no-any-return]
 
     async def _unspill(self, uid: str, state: list[Any]) -> list[Any] | None:
-        """The state a script read, with the instance bodies it left out (see
-        `_READ_STATE`) fetched; None if the session was written since. The
-        bodies come by a plain command, then the version again: Redis runs a
+        """The state a script read, with the triggers and instance bodies it left
+        out (see `_READ_STATE`) fetched; None if the session was written since.
+        They come by plain commands, then the version again: Redis runs a
         connection's commands in order, so the same version means no write
-        landed since the script, and the bodies are those of its state."""
-        session, _, instances, _ = self.keys(uid)
-        # (Five parts: everything, by HGETALL; six: the names of those wanted.)
-        fetch = ("HGETALL", instances) if len(state) == 5 else ("HMGET", instances, *state[4])
-        bodies, version = await self._commands((fetch, ("HGET", session, "version")), "read")
+        landed since the script, and what came is of its state."""
+        session, triggers, instances, _ = self.keys(uid)
+        commands: list[tuple[Arg, ...]] = []
+        if state[3] is None:
+            commands.append(("HGETALL", triggers))
+        if state[-1] is None:
+            # (Five parts: everything, by HGETALL; six: the names of those wanted.)
+            commands.append(("HGETALL", instances) if len(state) == 5 else ("HMGET", instances, *state[4]))
+        commands.append(("HGET", session, "version"))
+        *fetched, version = await self._commands(commands, "read")
         if version != state[0]:
             return None
-        state[-1] = bodies
+        if state[3] is None:
+            state[3] = fetched.pop(0)
+        if state[-1] is None:
+            state[-1] = fetched.pop(0)
         return state
 
     async def store(self, uid: str, expected_version: int, change: Change) -> None:
@@ -804,7 +824,7 @@ class RedisStorage(Storage):
         reply = await self._eval(self._script(self._store_script), uid, args, "write")
         if _text(reply[0]) == "conflict":
             state = reply[1]
-            if state and state[-1] is None:
+            if _spilled(state):
                 try:
                     # (Written again since the conflict: read as a load does.)
                     state = await self._unspill(uid, state) or await self._read(uid, "0", ())
@@ -921,11 +941,7 @@ class RedisStorage(Storage):
             return SessionState(uid=uid, complete=complete)
         version, config, counts, triggers, *instances = reply
         if len(instances) == 1:
-            # (As a Lua script's table, flat; a spilled HGETALL's reply is a dict.)
-            everything = instances[0]
-            found: Iterable[tuple[str, str]] = (
-                everything.items() if isinstance(everything, dict) else _pairs(everything)
-            )
+            found: Iterable[tuple[str, str]] = _pairs(instances[0])
         else:
             # Lua's false (a name asked for that has no instance) arrives as None.
             found = [(name, body) for name, body in zip(*instances, strict=True) if body is not None]

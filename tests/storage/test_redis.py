@@ -487,6 +487,28 @@ async def test_a_session_of_many_instances_reads_whole(
     assert len(state.instances) == n + 1 and state.instance_counts == {"waiting": n + 1}
 
 
+async def test_a_session_of_many_keys_reads_whole(
+    redis_server: RedisServer, redis_prefix: str, storage: RedisStorage, raw: aioredis.Redis
+) -> None:
+    # Each idempotency key is a row of the triggers part: past SPILL_AT of them,
+    # they too come by a plain command after the script (here with one instance).
+    m = manager(storage, "keys")
+    await m.update_configuration({"t": {"after": ["a", "never"], "run": "nothing"}})
+    for n in range(SPILL_AT + 10):
+        await m.fire("a", {"n": n}, key=f"req-{n}")
+    async with RedisStorage(redis_server.url, prefix=redis_prefix) as cold:
+        before = await _commands_run(raw, "hget")
+        state = await cold.load("keys")
+        assert await _commands_run(raw, "hget") - before == 1
+        assert [r.key for r in state.fire_keys.records()] == [f"req-{n}" for n in range(SPILL_AT + 10)]
+        assert state.latest_kwargs == {"a": {"n": SPILL_AT + 9}} and list(state.instances) == ["t#0"]
+        whole = await cold.load_all("keys")
+        assert len(whole.fire_keys.records()) == SPILL_AT + 10 and list(whole.instances) == ["t#0"]
+        # A retry from a cold process finds its key: nothing is written.
+        assert [i.name for i in await manager(cold, "keys").fire("a", {"n": 3}, key="req-3")] == []
+    assert (await storage.load("keys")).version == SPILL_AT + 11
+
+
 class WrittenBetween(RedisStorage):
     """A storage whose next fetch of spilled bodies is preceded by a rival's
     landed write to the session (a real fire through another storage)."""
