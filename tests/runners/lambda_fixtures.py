@@ -121,6 +121,18 @@ class LambdaEndpoint:
             if stream is not None:
                 stream.close()
 
+    async def answered(self, uid: str, *, within: float = 10.0) -> list[dict[str, Any]]:
+        """`invocations(uid)` once each has been answered. A handler stores the
+        instance's outcome before it returns, so storage shows it first: what
+        the endpoint records of the answer comes a moment later."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            records = self.invocations(uid)
+            if all(r["status"] != "queued" for r in records) or loop.time() >= deadline:
+                return records
+            await asyncio.sleep(0.01)
+
     def invocations(self, uid: str | None = None) -> list[dict[str, Any]]:
         """What the endpoint received (and what came of it), optionally for one session."""
         with urllib.request.urlopen(f"{self.url}/_endpoint/invocations", timeout=10) as response:

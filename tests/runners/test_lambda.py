@@ -102,7 +102,7 @@ async def test_success_sends_a_small_payload_whatever_the_kwargs(
     assert done.result["blobLength"] == len(blob)
     assert done.result["pid"] != os.getpid()  # ran in the endpoint's process
 
-    [invocation] = lambda_endpoint.invocations("success")
+    [invocation] = await lambda_endpoint.answered("success")
     assert invocation["function"] == WORKER
     assert invocation["invocationType"] == "Event"
     assert invocation["payload"] == {
@@ -156,7 +156,7 @@ async def test_task_failure_is_stored_and_replayable(
     assert "boom: the task failed on purpose" in failed.metadata["exceptionInfo"]
     assert failed.metadata["exceptionContext"] == {"a": 7}
     # A task's failure is data, not an invocation error (Lambda must not retry it).
-    [invocation] = lambda_endpoint.invocations("failure")
+    [invocation] = await lambda_endpoint.answered("failure")
     assert invocation["status"] == "ok"
     assert invocation["outcome"]["status"] == "failed"
 
@@ -343,7 +343,7 @@ async def test_fan_in_across_containers_dispatches_exactly_once(
         assert sorted(state.instances) == ["left#0", "right#0", "total#0"]
         invoked = [r["payload"]["instance"] for r in lambda_endpoint.invocations(uid)]
         assert sorted(invoked) == ["left#0", "right#0", "total#0"]
-    containers = {r["container"] for uid in uids for r in lambda_endpoint.invocations(uid)}
+    containers = {r["container"] for uid in uids for r in await lambda_endpoint.answered(uid)}
     assert len(containers) == 2  # both execution environments took part
 
 
