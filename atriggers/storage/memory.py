@@ -32,6 +32,10 @@ class _Session:
     updated: float = 0.0
 
 
+#: The session index's flags (`SessionSummary` fields), each with its own uids.
+_FLAGS = ("failed", "stuck", "waiting")
+
+
 def _creation_order(name: str) -> tuple[str, int]:
     task, _, number = name.rpartition("#")
     return task, int(number) if number.isdigit() else 0
@@ -73,9 +77,12 @@ class MemoryStorage(Storage):
         self._by_owner: dict[str, set[tuple[str, str]]] = {}
         self._owners: dict[str, float] = {}
         self._seq = itertools.count()
-        # The session index: summaries, and the uids in order for paging.
+        # The session index: summaries, and the uids in order for paging: all of
+        # them, and those of each flag (so that listing the few failed sessions
+        # among many does not walk them all).
         self._summaries: dict[str, SessionSummary] = {}
         self._uids: list[str] = []
+        self._flagged: dict[str, list[str]] = {flag: [] for flag in _FLAGS}
 
     @property
     def url(self) -> str:
@@ -132,8 +139,17 @@ class MemoryStorage(Storage):
             self._set_due((uid, key), due)
         summary = reindexed(change)
         if summary is not None:
-            if uid not in self._summaries:
+            old = self._summaries.get(uid)
+            if old is None:
                 bisect.insort(self._uids, uid)
+            for flag, uids in self._flagged.items():
+                was, now = old is not None and getattr(old, flag), getattr(summary, flag)
+                if now and not was:
+                    bisect.insort(uids, uid)
+                elif was and not now:
+                    at = bisect.bisect_left(uids, uid)
+                    if at < len(uids) and uids[at] == uid:
+                        del uids[at]
             self._summaries[uid] = summary
 
     # -- the due index ----------------------------------------------------------------------
@@ -227,12 +243,16 @@ class MemoryStorage(Storage):
     ) -> SessionPage:
         check_page(after, limit)
         wanted = filter or SessionFilter()
+        # Walk the fewest uids that can match: those of the rarest flag asked for.
+        uids = min(
+            (self._flagged[flag] for flag in _FLAGS if getattr(wanted, flag)), key=len, default=self._uids
+        )
         if after is not None and after >= wanted.prefix:
-            position = bisect.bisect_right(self._uids, after)
+            position = bisect.bisect_right(uids, after)
         else:
-            position = bisect.bisect_left(self._uids, wanted.prefix)
+            position = bisect.bisect_left(uids, wanted.prefix)
         found: list[SessionSummary] = []
-        for uid in itertools.islice(self._uids, position, None):
+        for uid in itertools.islice(uids, position, None):
             if not uid.startswith(wanted.prefix):
                 break
             session = self._sessions[uid]

@@ -175,6 +175,22 @@ class SessionIndexConformance:
         page = await storage.list_summaries(SessionFilter(prefix=prefix), after=everything[-1])
         assert page.summaries == () and page.next is None
 
+    async def test_a_session_leaves_a_filter_when_it_no_longer_matches(self, storage: Storage) -> None:
+        run = uuid.uuid4().hex[:8]
+        uids = [f"fl-{run}-{n}" for n in range(3)]
+        for uid in uids:
+            await _session(storage, uid, "failed")
+        prefix = f"fl-{run}-"
+        assert await _all(storage, SessionFilter(failed=True, prefix=prefix), 2) == uids
+        # Replaying the middle one resolves its failure and puts a clone in flight.
+        await _write(storage, uids[1], lambda d: rules.replay(d, "work#0"), T0 + 1)
+        assert await _all(storage, SessionFilter(failed=True, prefix=prefix), 2) == [uids[0], uids[2]]
+        assert await _all(storage, SessionFilter(stuck=True, prefix=prefix), 2) == [uids[1]]
+        # And fails again: back in the failed list, out of the stuck one.
+        await _write(storage, uids[1], lambda d: d.set_status(d.edit("work#1"), Status.FAILED), T0 + 2)
+        assert await _all(storage, SessionFilter(failed=True, prefix=prefix), 1) == uids
+        assert await _all(storage, SessionFilter(stuck=True, prefix=prefix), 1) == []
+
     async def test_count_sessions(self, storage: Storage) -> None:
         before = await storage.count_sessions()
         run = uuid.uuid4().hex[:8]
