@@ -253,12 +253,10 @@ def decode_rows(rows: Iterable[tuple[str, str]]) -> FireKeys:
     next_seq = 0
     oldest = float("inf")
     for name, text in rows:
-        if text == "{}":
+        parsed = None if text == "{}" else _parse_record(name, text)
+        if parsed is None:
             continue  # an empty slot
-        try:
-            key, trigger, digest, at, instances, seq = _parse_record(name, text)
-        except _Empty:
-            continue
+        key, trigger, digest, at, instances, seq = parsed
         record = _new_tuple(FireKey, (key, trigger, digest, at, instances, seq, _slot_of(name)))
         next_seq = max(next_seq, seq + 1)
         oldest = min(oldest, at)
@@ -276,10 +274,15 @@ def _seq_of(record: FireKey) -> int:
     return record.seq
 
 
-def _parse_record_generic(name: str, text: str) -> tuple[str, str, str, int, tuple[str, ...], int]:
+#: A stored key record: key, trigger, digest, at, instances, seq.
+_Record = tuple[str, str, str, int, tuple[str, ...], int]
+
+
+def _parse_record_generic(name: str, text: str) -> _Record | None:
+    """The record of a key row (None: an empty slot), or ValueError."""
     data = loads(text)
     if not data:
-        raise _Empty
+        return None
     if isinstance(data, list) and len(data) == 6:
         key, trigger, digest, at, instances, seq = data
         if (
@@ -295,16 +298,12 @@ def _parse_record_generic(name: str, text: str) -> tuple[str, str, str, int, tup
     raise ValueError(f"key slot {_slot_of(name)} is not a key record: {text[:100]!r}")
 
 
-class _Empty(Exception):
-    """An empty slot (written in another form than ``{}``)."""
-
-
 if msgspec is not None:
     # A record checked field by field in C: a session read with it may hold
     # thousands of keys (a third of the cost of parsing, then checking in Python).
-    _decode_record = msgspec.json.Decoder(tuple[str, str, str, int, tuple[str, ...], int]).decode
+    _decode_record = msgspec.json.Decoder(_Record).decode
 
-    def _parse_record(name: str, text: str) -> tuple[str, str, str, int, tuple[str, ...], int]:
+    def _parse_record(name: str, text: str) -> _Record | None:
         try:
             return _decode_record(text)
         except (msgspec.DecodeError, UnicodeEncodeError):

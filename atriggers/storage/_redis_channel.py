@@ -174,12 +174,8 @@ class Channel:
                 if link is None or not link.alive:
                     link = await self._open()
                 return await link.send(command)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                if self._closed or failures >= self._retries:
-                    raise
-                failures += 1
-                # As redis-py's ExponentialBackoff(cap=0.5, base=0.05), with jitter.
-                await asyncio.sleep(random.uniform(0, min(0.5, 0.05 * 2**failures)))
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                failures = await self._retry_after(exc, failures)
 
     async def execute_all(self, commands: list[bytes]) -> list[Any]:
         """The replies to `commands` (as `execute`), sent back to back: Redis runs
@@ -202,11 +198,18 @@ class Channel:
                             future.cancel()  # (its caller left: the link drops its reply)
                         elif not future.cancelled():
                             future.exception()  # (the link fails them all at once: heard)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                if self._closed or failures >= self._retries:
-                    raise
-                failures += 1
-                await asyncio.sleep(random.uniform(0, min(0.5, 0.05 * 2**failures)))
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                failures = await self._retry_after(exc, failures)
+
+    async def _retry_after(self, exc: Exception, failures: int) -> int:
+        """After the `failures`-th lost connection of a command: raise `exc` if
+        it may not be sent again, else wait a backoff and count one more."""
+        if self._closed or failures >= self._retries:
+            raise exc
+        failures += 1
+        # As redis-py's ExponentialBackoff(cap=0.5, base=0.05), with jitter.
+        await asyncio.sleep(random.uniform(0, min(0.5, 0.05 * 2**failures)))
+        return failures
 
     async def _open(self) -> _Link:
         if self._closed:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COUNTED",
+    "FLAGS",
     "FLAG_STATUSES",
     "SessionCounts",
     "SessionFilter",
@@ -69,6 +70,8 @@ FLAG_STATUSES: dict[str, tuple[str, ...]] = {
     "stuck": (Status.SCHEDULED.value, Status.RUNNING.value),
     "waiting": (Status.UNSTARTED.value,),
 }
+#: The flags, in that order (a backend keeps one index per flag).
+FLAGS = tuple(FLAG_STATUSES)
 
 #: Largest number of summaries one `list_summaries` call returns.
 MAX_PAGE = 1000
@@ -223,7 +226,7 @@ class SessionFilter:
     def flag(self) -> str | None:
         """The first flag asked for (a backend keeps one index per flag and
         checks the others on what that index yields)."""
-        for name in ("failed", "stuck", "waiting"):
+        for name in FLAGS:
             if getattr(self, name):
                 return name
         return None

@@ -14,7 +14,7 @@ from ..due import Due, DueEntry
 from ..state import Change, SessionState
 from .base import Storage, VersionConflict
 from .codec import ConfigCache, decode_state, decode_tasks, encode_change
-from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
+from .index import FLAGS, SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION
 
 __all__ = ["MemoryStorage"]
@@ -30,10 +30,6 @@ class _Session:
     unresolved: set[str] = field(default_factory=set)
     #: When it was last written (real time, as the other backends keep it).
     updated: float = 0.0
-
-
-#: The session index's flags (`SessionSummary` fields), each with its own uids.
-_FLAGS = ("failed", "stuck", "waiting")
 
 
 def _creation_order(name: str) -> tuple[str, int]:
@@ -82,7 +78,7 @@ class MemoryStorage(Storage):
         # among many does not walk them all).
         self._summaries: dict[str, SessionSummary] = {}
         self._uids: list[str] = []
-        self._flagged: dict[str, list[str]] = {flag: [] for flag in _FLAGS}
+        self._flagged: dict[str, list[str]] = {flag: [] for flag in FLAGS}
 
     @property
     def url(self) -> str:
@@ -245,7 +241,7 @@ class MemoryStorage(Storage):
         wanted = filter or SessionFilter()
         # Walk the fewest uids that can match: those of the rarest flag asked for.
         uids = min(
-            (self._flagged[flag] for flag in _FLAGS if getattr(wanted, flag)), key=len, default=self._uids
+            (self._flagged[flag] for flag in FLAGS if getattr(wanted, flag)), key=len, default=self._uids
         )
         if after is not None and after >= wanted.prefix:
             position = bisect.bisect_right(uids, after)

@@ -47,7 +47,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import LOCK_AFTER_CONFLICTS, Reapply, Storage, VersionConflict, mask_url, with_params
 from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
-from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
+from .index import FLAGS, SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStorage"]
@@ -333,8 +333,6 @@ _SCHEMA = [_TABLES, _READ, _STORE, _LOCK_READ, _CLAIM, _OWNER]
 #: `_SCHEMA`, used for new schemas.
 _MIGRATIONS: dict[int, list[str]] = {}
 
-#: The flags of the session index, each a boolean column with a partial index.
-_FLAGS = ("failed", "stuck", "waiting")
 
 #: A session whose summary was never written (a change built without one).
 _NO_SUMMARY = '{"c":{},"t":[]}'
@@ -431,7 +429,7 @@ class PostgresStorage(Storage):
         self._sql_owner = f"SELECT {s}.atriggers_owner($1, $2, $3, $4)"
         self._sql_sessions = f"SELECT uid FROM {s}.atriggers_sessions ORDER BY uid"
         self._sql_count = f"SELECT (SELECT count(*) FROM {s}.atriggers_sessions), " + ", ".join(
-            f"(SELECT count(*) FROM {s}.atriggers_sessions WHERE {flag})" for flag in _FLAGS
+            f"(SELECT count(*) FROM {s}.atriggers_sessions WHERE {flag})" for flag in FLAGS
         )
 
     @property
@@ -701,7 +699,7 @@ class PostgresStorage(Storage):
             # Uids sort by byte ("C"): U+10FFFF after every other character.
             args.append(wanted.prefix + "\U0010ffff")
             where.append(f"uid < ${len(args)}")
-        where += [flag for flag in _FLAGS if getattr(wanted, flag)]
+        where += [flag for flag in FLAGS if getattr(wanted, flag)]
         if wanted.task is not None:
             args.append(wanted.task)
             where.append(f"${len(args)} = ANY(tasks)")

@@ -83,7 +83,7 @@ from ..errors import InvalidInput, StorageError
 from ..state import Change, SessionState
 from .base import LOCK_AFTER_CONFLICTS, Reapply, Storage, VersionConflict, mask_url, with_params
 from .codec import ConfigCache, corrupt, decode_state, decode_tasks, encode_change
-from .index import SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
+from .index import FLAGS, SessionCounts, SessionFilter, SessionPage, SessionSummary, check_page, reindexed
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
 
 __all__ = ["DEFAULT_PREFIX", "RedisStorage"]
@@ -420,10 +420,6 @@ class _Refused(VersionConflict):
     """A write refused only because another writer holds the session's fairness lock."""
 
 
-#: The session index's flags, in the order of its zsets and of script arguments.
-_FLAGS = ("failed", "stuck", "waiting")
-
-
 def _member(uid: str, key: str) -> str:
     """A due entry's member: the uid's length in bytes, a colon, uid, key."""
     return f"{len(uid.encode())}:{uid}{key}"
@@ -549,7 +545,7 @@ class RedisStorage(Storage):
         self._due_keys = [f"{prefix}due", f"{prefix}due:data", f"{prefix}owners"]
         self._owner_prefix = f"{prefix}owner:"
         # The session index: summaries, then every uid and the uids by flag.
-        self._index_keys = [f"{prefix}index", *(f"{prefix}index:{n}" for n in ("all", *_FLAGS))]
+        self._index_keys = [f"{prefix}index", *(f"{prefix}index:{n}" for n in ("all", *FLAGS))]
         self._list_script: Any = None
 
     @property
@@ -810,7 +806,7 @@ class RedisStorage(Storage):
         if summary is None:
             args += ("", "000")
         else:
-            args += (summary.to_json(), "".join("1" if getattr(summary, f) else "0" for f in _FLAGS))
+            args += (summary.to_json(), "".join("1" if getattr(summary, f) else "0" for f in FLAGS))
         args.append(token)
         for name, kwargs in encoded.triggers:
             args += (name, kwargs)
@@ -908,8 +904,8 @@ class RedisStorage(Storage):
         # No UTF-8 text holds the byte 0xff: it sorts after every uid with the prefix.
         end = b"[" + prefix + b"\xff" if prefix else b"+"
         flag = wanted.flag
-        walked = self._index_keys[2 + _FLAGS.index(flag)] if flag is not None else self._index_keys[1]
-        others = "".join("1" if getattr(wanted, f) and f != flag else "0" for f in _FLAGS)
+        walked = self._index_keys[2 + FLAGS.index(flag)] if flag is not None else self._index_keys[1]
+        others = "".join("1" if getattr(wanted, f) and f != flag else "0" for f in FLAGS)
         keys = [self._index_keys[0], walked, *self._index_keys[2:], self._index_keys[1]]
         args: list[Any] = [start, end, limit, max(1000, 20 * limit), self.prefix, others, wanted.task or ""]
         reply = await self._eval(self._script(self._list_script), None, args, "index read", keys=keys)
