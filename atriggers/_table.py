@@ -5,7 +5,10 @@ task that wait for the fired trigger, and those that may be ready to run or be
 abandoned. Scanning every unresolved instance instead makes each fire of an
 ``andEvery`` trigger dearer as instances pile up. The table keeps these indexes
 (task -> unstarted instances, (task, trigger) -> instances waiting for it, task
--> instances ready to schedule or abandon) and unresolved counts by status.
+-> instances ready to schedule or abandon) and unresolved counts by status. Each
+is built when first asked for, for the tasks asked about: the rows a backend
+read stay stored text until then, so a fire into a session read cold parses the
+instances of the tasks it concerns, not the whole session.
 
 Snapshots are immutable, yet the snapshot a write makes must cost what the write
 changed, not a copy of every instance. The versions of one session share one
@@ -27,7 +30,7 @@ from .instance import RESOLVED, VALUE_OF, Status, TaskInstance
 if TYPE_CHECKING:
     from .config import TaskConfig
 
-__all__ = ["ABSENT", "InstanceTable", "Undecoded"]
+__all__ = ["ABSENT", "InstanceTable", "Reader", "Undecoded"]
 
 
 class _Absent:
@@ -50,7 +53,7 @@ class Undecoded(Protocol):
     kwargs of and its abandon state. The table decodes the rest the first time
     the instance is asked for: a fire uses a few of a session's instances, and
     decoding all the others on a cold read cost more than the rest of the fire.
-    What the indexes use was checked when it was read; the rest, if corrupt,
+    What the indexes use is checked when the row is parsed for them; the rest, if corrupt,
     raises `StorageError` naming the instance when it is decoded.
     """
 
@@ -72,16 +75,6 @@ class Undecoded(Protocol):
 
 #: A row of the table: an instance, or one not decoded in full yet.
 Row = TaskInstance | Undecoded
-
-
-def _decoded(rows: dict[str, Row], name: str) -> TaskInstance:
-    """The instance `name` of `rows`, decoded in place if it was not yet (the
-    same instance in every version that holds it: nothing to swap back)."""
-    row = rows[name]
-    if isinstance(row, TaskInstance):
-        return row
-    decoded = rows[name] = row.decode()
-    return decoded
 
 
 def _add(index: dict[Any, dict[str, None]], key: Any, name: str) -> None:
@@ -110,44 +103,133 @@ def waits_for(instance: Row) -> list[str]:
     return waiting
 
 
+class Reader(Protocol):
+    """Parses the rows of a working view that a backend read as stored text (a
+    codec makes it): `peek` as far as the indexes need, `decode` in full. Both
+    raise `StorageError` naming the instance when its row is corrupt, or when
+    its task is not the one its name says (``<task>#<n>``)."""
+
+    def peek(self, name: str, text: str) -> Row: ...
+    def decode(self, name: str, text: str) -> TaskInstance: ...
+
+
+def _task_of(name: str, row: Row | str) -> str:
+    # An instance is named ``<task>#<n>``: the task of a row still unread is
+    # in its name (the reader checks it against the row when it parses it).
+    return name.rpartition("#")[0] if isinstance(row, str) else row.task_name
+
+
 class _Data:
     """The rows of the newest version (the one whose `_next` is None), and their
-    indexes (built when first asked for: most snapshots decoded are used for one
-    fire, or none). It refers to no version: versions and their data make no
-    reference cycle, so they go as soon as nothing holds them, not at the next
-    collection of the garbage collector."""
+    indexes. Rows a backend read stay text until used, and each index is built
+    when first asked for, for the tasks asked about: a cold fire reads a whole
+    session yet touches the instances of the few tasks that use its trigger, so
+    parsing and indexing all the others cost more than the rest of the fire.
+    It refers to no version: versions and their data make no reference cycle,
+    so they go as soon as nothing holds them, not at the next collection of the
+    garbage collector."""
 
-    __slots__ = ("counts", "indexed", "lock", "ready", "resolved", "rows", "unstarted", "waiting")
+    __slots__ = (
+        "counted",
+        "counts",
+        "indexed",
+        "lock",
+        "misnamed",
+        "reader",
+        "ready",
+        "resolved",
+        "rows",
+        "unstarted",
+        "waiting",
+    )
 
-    def __init__(self, rows: dict[str, Row]) -> None:
+    def __init__(self, rows: dict[str, Any], reader: Reader | None) -> None:
         self.rows = rows
+        #: Parses the rows that are text (None: every row is parsed).
+        self.reader = reader
         self.lock = threading.Lock()
-        self.indexed = False
+        #: The tasks whose rows are parsed and in the three indexes below.
+        self.indexed: set[str] = set()
         self.unstarted: dict[str, dict[str, None]] = {}
         self.waiting: dict[tuple[str, str], dict[str, None]] = {}
         self.ready: dict[str, dict[str, None]] = {}
+        #: The resolved rows among those parsed. A row still text is unresolved
+        #: as far as `derive` knows: a working view reads the unresolved
+        #: instances, and the few it loads by name are parsed as they are used.
         self.resolved: dict[str, None] = {}
+        #: Whether a row is not named ``<task>#<n>`` (only a table built by
+        #: hand may hold one): its task's rows are then found by a full scan.
+        self.misnamed = False
+        #: Unresolved rows by status value, once every row is parsed (`counted`).
+        self.counted = False
         self.counts: dict[str, int] = {}
+        if reader is None:  # (rows parsed already: a table built by hand, or copied)
+            for name, row in rows.items():
+                self.note(name, row)
 
-    def build(self) -> None:
-        if not self.indexed:
-            self.indexed = True
-            index = self.index
-            for name, instance in self.rows.items():
-                index(name, instance)
+    # -- parsing ------------------------------------------------------------------------
+
+    def parsed(self, name: str, text: str) -> Row:
+        """Row `name` (read as `text`), parsed as far as the indexes need, in place
+        (the same row in every version that holds it: nothing to swap back)."""
+        assert self.reader is not None  # (text rows come with their reader)
+        row = self.rows[name] = self.reader.peek(name, text)
+        if row.status in RESOLVED:
+            self.resolved[name] = None
+        return row
+
+    def decoded(self, name: str) -> TaskInstance:
+        """Instance `name`, decoded in full in place if it was not yet."""
+        row = self.rows[name]
+        if isinstance(row, TaskInstance):
+            return row
+        if type(row) is str:
+            assert self.reader is not None
+            decoded = self.reader.decode(name, row)
+            if decoded.status in RESOLVED:
+                self.resolved[name] = None
+        else:
+            decoded = row.decode()
+        self.rows[name] = decoded
+        return decoded
+
+    # -- the indexes, built when first asked for ----------------------------------------
+
+    def task(self, task: str) -> None:
+        """Index the rows of `task` (parsing those still text), once."""
+        if task in self.indexed:
+            return
+        rows, index = self.rows, self.index
+        if self.misnamed:
+            names = [name for name, row in rows.items() if _task_of(name, row) == task]
+        else:
+            # (A C-speed pass over the names, parsing none of the rows.)
+            prefix = f"{task}#"
+            names = [name for name in rows if name.startswith(prefix) and name.rpartition("#")[0] == task]
+        for name in names:
+            row = rows[name]
+            index(name, self.parsed(name, row) if type(row) is str else row)
+        self.indexed.add(task)
+
+    def count(self) -> None:
+        """Count the unresolved rows by status (parsing every row), once."""
+        if self.counted:
+            return
+        counts: dict[str, int] = {}
+        rows = self.rows
+        for name, row in rows.items():  # (parsing in place sets values, not keys)
+            status = (self.parsed(name, row) if type(row) is str else row).status
+            if status not in RESOLVED:
+                value = VALUE_OF[status]
+                counts[value] = counts.get(value, 0) + 1
+        self.counts = counts
+        self.counted = True
 
     def index(self, name: str, instance: Row) -> None:
-        # Inlined (no properties, no enum `.value`, no helper calls): a cold
-        # read indexes every unresolved instance of the session.
-        status = instance.status
-        if status is not _UNSTARTED:
-            if status in RESOLVED:
-                self.resolved[name] = None
-            else:
-                value = VALUE_OF[status]
-                self.counts[value] = self.counts.get(value, 0) + 1
+        # Inlined (no properties, no enum `.value`, no helper calls): a fire into
+        # a cold session indexes every unstarted instance of the tasks it concerns.
+        if instance.status is not _UNSTARTED:
             return
-        self.counts[_UNSTARTED_VALUE] = self.counts.get(_UNSTARTED_VALUE, 0) + 1
         task = instance.task_name
         names = self.unstarted.get(task)
         if names is None:
@@ -183,17 +265,7 @@ class _Data:
             _add(self.ready, task, name)
 
     def unindex(self, name: str, instance: Row) -> None:
-        status = instance.status
-        if status in RESOLVED:
-            self.resolved.pop(name, None)
-            return
-        value = VALUE_OF[status]
-        left = self.counts[value] - 1
-        if left:
-            self.counts[value] = left
-        else:
-            del self.counts[value]
-        if status is not _UNSTARTED:
+        if instance.status is not _UNSTARTED:
             return
         task = instance.task_name
         _discard(self.unstarted, task, name)
@@ -201,19 +273,49 @@ class _Data:
             _discard(self.waiting, (task, trigger), name)
         _discard(self.ready, task, name)
 
-    def put(self, name: str, instance: Any) -> Any:
-        """Set (or with `ABSENT` remove) a row; returns what it was (or `ABSENT`)."""
+    def put(self, name: str, row: Any) -> Any:
+        """Set (or with `ABSENT` remove) a row; returns what it was (or `ABSENT`).
+        Every index built so far follows."""
         rows = self.rows
         old = rows.get(name, ABSENT)
-        if old is not ABSENT and self.indexed:
-            self.unindex(name, old)
-        if instance is ABSENT:
+        # (A row of an indexed task, or any row once counted, is parsed: one
+        # still text is in no index.)
+        if old is not ABSENT and type(old) is not str:
+            status = old.status
+            if status in RESOLVED:
+                self.resolved.pop(name, None)
+            elif self.counted:
+                value = VALUE_OF[status]
+                left = self.counts[value] - 1
+                if left:
+                    self.counts[value] = left
+                else:
+                    del self.counts[value]
+            if old.task_name in self.indexed:
+                self.unindex(name, old)
+        if row is ABSENT:
             rows.pop(name, None)
         else:
-            rows[name] = instance
-            if self.indexed:
-                self.index(name, instance)
+            rows[name] = row
+            self.note(name, row)
         return old
+
+    def note(self, name: str, row: Row | str) -> None:
+        """Enter row `name`, just set, in the indexes built so far."""
+        if isinstance(row, str):
+            if not (self.counted or name.rpartition("#")[0] in self.indexed):
+                return
+            row = self.parsed(name, row)  # (an older version's row, set back)
+        elif not self.misnamed and name.rpartition("#")[0] != row.task_name:
+            self.misnamed = True
+        status = row.status
+        if status in RESOLVED:
+            self.resolved[name] = None
+        elif self.counted:
+            value = VALUE_OF[status]
+            self.counts[value] = self.counts.get(value, 0) + 1
+        if row.task_name in self.indexed:
+            self.index(name, row)
 
 
 class InstanceTable(Mapping[str, TaskInstance]):
@@ -222,9 +324,11 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     __slots__ = ("_data", "_diff", "_next")
 
-    def __init__(self, rows: dict[str, Row] | None = None) -> None:
-        """A table of `rows` (taken over, not copied: the caller lets go of it)."""
-        self._data = _Data({} if rows is None else rows)
+    def __init__(self, rows: dict[str, Any] | None = None, reader: Reader | None = None) -> None:
+        """A table of `rows` (taken over, not copied: the caller lets go of it).
+        With a `reader`, the rows are the texts a backend read, parsed by it
+        when first used."""
+        self._data = _Data({} if rows is None else rows, reader)
         self._diff: dict[str, Any] | None = None
         self._next: InstanceTable | None = None
 
@@ -260,7 +364,6 @@ class InstanceTable(Mapping[str, TaskInstance]):
         with self._data.lock:
             data = self._reroot()
             if drop_resolved:
-                data.build()
                 for name in data.resolved:
                     changes.setdefault(name, ABSENT)
             new._data = data
@@ -272,12 +375,12 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     def __getitem__(self, name: str) -> TaskInstance:
         with self._data.lock:
-            return _decoded(self._reroot().rows, name)
+            return self._reroot().decoded(name)
 
     def get(self, name: str, default: Any = None) -> Any:
         with self._data.lock:
-            rows = self._reroot().rows
-            return _decoded(rows, name) if name in rows else default
+            data = self._reroot()
+            return data.decoded(name) if name in data.rows else default
 
     def __contains__(self, name: object) -> bool:
         with self._data.lock:
@@ -293,13 +396,13 @@ class InstanceTable(Mapping[str, TaskInstance]):
 
     def values(self) -> list[TaskInstance]:  # type: ignore[override]
         with self._data.lock:
-            rows = self._reroot().rows
-            return [_decoded(rows, name) for name in list(rows)]
+            data = self._reroot()
+            return [data.decoded(name) for name in list(data.rows)]
 
     def items(self) -> list[tuple[str, TaskInstance]]:  # type: ignore[override]
         with self._data.lock:
-            rows = self._reroot().rows
-            return [(name, _decoded(rows, name)) for name in list(rows)]
+            data = self._reroot()
+            return [(name, data.decoded(name)) for name in list(data.rows)]
 
     def __repr__(self) -> str:
         return f"InstanceTable({dict(self.items())!r})"
@@ -315,18 +418,18 @@ class InstanceTable(Mapping[str, TaskInstance]):
         """The task's unstarted instances."""
         with self._data.lock:
             data = self._reroot()
-            data.build()
+            data.task(task)
             names = data.unstarted.get(task)
-            return [_decoded(data.rows, n) for n in names] if names else []
+            return [data.decoded(n) for n in names] if names else []
 
     def waiting(self, task: str, trigger: str) -> list[TaskInstance]:
         """The task's unstarted instances that still take `trigger` (an ``after``
         trigger they have no kwargs of, an ``unless`` trigger not yet applied)."""
         with self._data.lock:
             data = self._reroot()
-            data.build()
+            data.task(task)
             names = data.waiting.get((task, trigger))
-            return [_decoded(data.rows, n) for n in names] if names else []
+            return [data.decoded(n) for n in names] if names else []
 
     def ready(self, task: str) -> list[TaskInstance]:
         """The task's unstarted instances that can run or be abandoned now (none,
@@ -334,20 +437,20 @@ class InstanceTable(Mapping[str, TaskInstance]):
         operator's change may leave some for the next fire of the task)."""
         with self._data.lock:
             data = self._reroot()
-            data.build()
+            data.task(task)
             names = data.ready.get(task)
-            return [_decoded(data.rows, n) for n in names] if names else []
+            return [data.decoded(n) for n in names] if names else []
 
     def resolved(self) -> list[str]:
         """The names of the resolved instances held."""
         with self._data.lock:
             data = self._reroot()
-            data.build()
+            data.count()  # (parses every row: the resolved ones are all known then)
             return list(data.resolved)
 
     def unresolved_counts(self) -> dict[str, int]:
         """Unresolved instances by status value."""
         with self._data.lock:
             data = self._reroot()
-            data.build()
+            data.count()
             return dict(data.counts)

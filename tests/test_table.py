@@ -11,10 +11,12 @@ import pytest
 
 from atriggers import SessionState, Status, parse_configuration
 from atriggers import _rules as rules
+from atriggers._json import dumps
 from atriggers._table import ABSENT, InstanceTable
 from atriggers.config import TaskConfig
 from atriggers.instance import TaskInstance
 from atriggers.state import Draft
+from atriggers.storage.codec import decode_state
 
 TASKS = parse_configuration(
     {
@@ -68,12 +70,22 @@ def _indexed(table: InstanceTable) -> dict[str, Any]:
     return found
 
 
+def _read(rows: dict[str, TaskInstance]) -> InstanceTable:
+    """`rows` as a working view read from storage: stored text, parsed when used."""
+    texts = [(name, dumps(instance.to_dict())) for name, instance in rows.items()]
+    state = decode_state("u", 1, TASKS, "{}", [], texts, complete=False)
+    assert isinstance(state.instances, InstanceTable)
+    return state.instances
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_every_version_reads_as_it_was_written(seed: int) -> None:
+@pytest.mark.parametrize("start", ["built", "read"])
+def test_every_version_reads_as_it_was_written(seed: int, start: str) -> None:
     rng = random.Random(seed)
     names = [f"{t}#{n}" for t in TASKS for n in range(12)]
     rows = {n: _instance(rng, n, TASKS[n.split("#")[0]]) for n in names[:10]}
-    versions: list[tuple[InstanceTable, dict[str, TaskInstance]]] = [(InstanceTable(dict(rows)), rows)]
+    first = InstanceTable(dict(rows)) if start == "built" else _read(rows)
+    versions: list[tuple[InstanceTable, dict[str, TaskInstance]]] = [(first, rows)]
     for _ in range(60):
         # Derive from any version, not only the newest: a retried operation does.
         table, expected = rng.choice(versions)
@@ -166,6 +178,45 @@ def test_snapshots_and_changes_built_by_drafts_are_whole() -> None:
     assert change.state == SessionState(
         uid="u", version=1, tasks=change.state.tasks, instances={}, complete=True
     )
+
+
+def test_a_cold_fire_parses_only_the_instances_of_the_tasks_it_concerns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from atriggers.storage import codec
+
+    state = _accumulated(300)  # "b#0".."b#299", waiting for "x"
+    draft = Draft(state)
+    rules.fire(draft, "y", {})  # task "a" gets its first instance, waiting for "x"
+    stored = draft.changes().state
+    parsed: list[str] = []
+    peek = codec._read_instance
+
+    def counted(uid: str, name: str, text: str, config_of: Any) -> Any:
+        parsed.append(name)
+        return peek(uid, name, text, config_of)
+
+    monkeypatch.setattr(codec, "_read_instance", counted)
+    cold = SessionState(uid="u", tasks=TASKS, instances=_read(dict(stored.instances.items())), complete=False)
+    draft = Draft(cold)
+    assert rules.fire(draft, "stop", {}) == []  # concerns "a" alone: it abandons a#0
+    assert parsed == ["a#0"]
+    change = draft.changes()
+    assert [(i.name, i.status) for i in change.instances] == [("a#0", Status.ABANDONED)]
+    # What the fire did not touch is there all the same, and counted when asked.
+    after = change.state
+    assert after.by_status() == {"unstarted": 300}
+    assert {i.name for i in after.instances.values()} == {f"b#{n}" for n in range(300)}
+
+
+def test_a_stored_instance_whose_name_is_not_its_tasks_is_corrupt() -> None:
+    from atriggers.errors import StorageError
+
+    stored = TaskInstance("b#0", "a", Status.UNSTARTED, config=TASKS["a"])
+    with pytest.raises(StorageError, match=r"the stored instance 'b#0' is corrupt .*its task is 'a'"):
+        _read({"b#0": stored}).unstarted("b")
+    with pytest.raises(StorageError, match=r"the stored instance 'b#0' is corrupt .*its name says 'b'"):
+        _read({"b#0": stored})["b#0"]
 
 
 def test_a_table_copies_and_pickles_as_its_own_rows() -> None:

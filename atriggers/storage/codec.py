@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .._json import dumps, dumps_checked, loads, msgspec  # msgspec: None without the ``fast`` extra
 from .._table import InstanceTable, Row
@@ -25,6 +25,8 @@ from ..errors import StorageError
 from ..idempotency import NO_KEYS, decode_rows, encode_row, is_key_row, key_row_name
 from ..instance import NO_TRIGGERS, RESOLVED, STATUS_OF, VALUE_OF, Status, TaskInstance
 from ..state import Change, SessionState
+
+R = TypeVar("R", bound=Row)
 
 __all__ = [
     "ConfigCache",
@@ -118,7 +120,7 @@ def decode_state(
     ``(name, json)`` pairs). Data that does not decode (bad JSON, a wrong shape,
     an unknown status) raises `StorageError` naming the session and the part."""
     decoded: dict[str, TaskInstance] = {}
-    rows: dict[str, Row] = {}  # (one or the other is filled)
+    texts: dict[str, str] = {}  # (one or the other is filled)
     part = "instance counts"
     try:
         instance_counts = loads(counts) if isinstance(counts, str) else dict(counts)
@@ -131,14 +133,15 @@ def decode_state(
         # named only if one turns out corrupt.
         part, name = "instance", ""
         config_of = tasks.get
-        # A working view decodes an instance as far as its indexes need; the
-        # rest when a rule first asks for the instance (see `Undecoded`).
+        # A working view keeps each instance as text until a rule asks for its
+        # task's instances, then parses them as far as the indexes need, and
+        # the rest when a rule asks for the instance itself (see `Undecoded`).
         if complete:
             for name, text in instances:
                 decoded[name] = _decode_instance(name, text, config_of)
         else:
             for name, text in instances:
-                rows[name] = _read_instance(uid, name, text, config_of)
+                texts[name] = text if type(text) is str else _as_text(text)
         latest: dict[str, Any] = {}
         keys: list[tuple[str, str]] = []
         for name, text in triggers:
@@ -160,12 +163,54 @@ def decode_state(
         version=version,
         tasks=tasks,
         # A working view is indexed for the rules (once, when a fire first asks).
-        instances=decoded if complete else InstanceTable(rows),
+        instances=decoded if complete else InstanceTable(texts, _Reader(uid, config_of)),
         latest_kwargs=latest,
         instance_counts=instance_counts,
         complete=complete,
         fire_keys=fire_keys,
     )
+
+
+def _as_text(data: object) -> str:
+    # (A backend may hand over bytes: both JSON parsers read them too.)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data).decode()
+    raise TypeError(f"not JSON text but {type(data).__name__}")
+
+
+class _Reader:
+    """Parses the instances of a working view as they are used (`Reader`)."""
+
+    __slots__ = ("config_of", "uid")
+
+    def __init__(self, uid: str, config_of: Callable[[str], TaskConfig | None]) -> None:
+        self.uid = uid
+        self.config_of = config_of
+
+    def peek(self, name: str, text: str) -> Row:
+        try:
+            row = _read_instance(self.uid, name, text, self.config_of)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise corrupt(self.uid, f"instance {name!r}", exc) from exc
+        return self._named(name, row)
+
+    def decode(self, name: str, text: str) -> TaskInstance:
+        try:
+            instance = _decode_instance(name, text, self.config_of)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise corrupt(self.uid, f"instance {name!r}", exc) from exc
+        return self._named(name, instance)
+
+    def _named(self, name: str, row: R) -> R:
+        # The table found the row among its task's by its name, ``<task>#<n>``.
+        task = name.rpartition("#")[0]
+        if row.task_name != task:
+            raise corrupt(
+                self.uid,
+                f"instance {name!r}",
+                ValueError(f"its task is {row.task_name!r}, its name says {task!r}"),
+            )
+        return row
 
 
 def _decode_generic(name: str, text: str, config_of: Callable[[str], TaskConfig | None]) -> TaskInstance:
