@@ -120,7 +120,7 @@ def decode_state(
     ``(name, json)`` pairs). Data that does not decode (bad JSON, a wrong shape,
     an unknown status) raises `StorageError` naming the session and the part."""
     decoded: dict[str, TaskInstance] = {}
-    texts: dict[str, str] = {}  # (one or the other is filled)
+    texts: dict[str, Any] = {}  # (one or the other is filled)
     part = "instance counts"
     try:
         instance_counts = loads(counts) if isinstance(counts, str) else dict(counts)
@@ -140,8 +140,9 @@ def decode_state(
             for name, text in instances:
                 decoded[name] = _decode_instance(name, text, config_of)
         else:
-            for name, text in instances:
-                texts[name] = text if type(text) is str else _as_text(text)
+            texts = dict(instances)  # (C loops: this read may hold thousands)
+            if not set(map(type, texts.values())) <= {str}:
+                texts = {name: text if type(text) is str else _as_text(text) for name, text in texts.items()}
         latest: dict[str, Any] = {}
         keys: list[tuple[str, str]] = []
         for name, text in triggers:

@@ -939,8 +939,14 @@ class RedisStorage(Storage):
         if len(instances) == 1:
             found: Iterable[tuple[str, str]] = _pairs(instances[0])
         else:
-            # Lua's false (a name asked for that has no instance) arrives as None.
-            found = [(name, body) for name, body in zip(*instances, strict=True) if body is not None]
+            names, bodies = instances
+            if len(names) != len(bodies):
+                raise StorageError(
+                    f"session {uid!r}: a read returned {len(bodies)} bodies for {len(names)} names"
+                )
+            found = zip(names, bodies, strict=True)
+            if None in bodies:  # Lua's false: a name asked for that has no instance
+                found = [(name, body) for name, body in found if body is not None]
         return decode_state(
             uid,
             int(version),
