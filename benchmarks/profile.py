@@ -4,8 +4,9 @@
     python -m benchmarks.profile --pyinstrument  # plus a call tree (pip install pyinstrument)
 
 The phase breakdown times a SQLite fire (task never runnable, one caller) by
-wrapping the storage's hand-off to aiosqlite's thread and the transaction run
-there; the same fire on MemoryStorage gives the pure-Python cost.
+wrapping the storage's call and its transaction, whether run at once on the
+event loop (a lone write, the usual case) or handed to aiosqlite's thread; the
+same fire on MemoryStorage gives the pure-Python cost.
 """
 
 from __future__ import annotations
@@ -31,16 +32,25 @@ _marks: dict[str, float] = {}
 
 
 def _instrument() -> None:
-    """Timestamps around the hand-off (in the loop) and the batch (in the thread)."""
-    run_batch = sqlite_module._run_batch
+    """Timestamps around the storage call (in the loop) and the transaction (on
+    the loop, or in the thread after a hand-off)."""
+    run_batch, run_alone = sqlite_module._run_batch, sqlite_module._run_alone
     submit = GroupCommit.submit
 
     def timed_batch(db: Any, ops: Any, same_file: Any) -> Any:
-        _marks["thread_start"] = time.perf_counter()
+        _marks["tx_start"] = time.perf_counter()
         try:
             return run_batch(db, ops, same_file)
         finally:
-            _marks["thread_end"] = time.perf_counter()
+            _marks["tx_end"] = time.perf_counter()
+            _marks["handed off"] = 1
+
+    def timed_alone(db: Any, op: Any, same_file: Any) -> Any:
+        _marks["tx_start"] = time.perf_counter()
+        try:
+            return run_alone(db, op, same_file)
+        finally:
+            _marks["tx_end"] = time.perf_counter()
 
     async def timed_submit(self: GroupCommit, op: Any) -> Any:
         _marks["call"] = time.perf_counter()
@@ -50,10 +60,13 @@ def _instrument() -> None:
             _marks["returned"] = time.perf_counter()
 
     sqlite_module._run_batch = timed_batch
+    sqlite_module._run_alone = timed_alone
     GroupCommit.submit = timed_submit  # type: ignore[method-assign]
 
 
-async def _fires(store: Storage, n: int, phases: list[dict[str, float]] | None) -> list[float]:
+async def _fires(
+    store: Storage, n: int, phases: list[dict[str, float]] | None, handed: list[int] | None = None
+) -> list[float]:
     manager = TriggerManager(store, "s")
     await manager.update_configuration(IDLE)
     for i in range(200):
@@ -69,13 +82,15 @@ async def _fires(store: Storage, n: int, phases: list[dict[str, float]] | None) 
             m = _marks
             phases.append(
                 {
-                    "python before the hand-off": m["call"] - start,
-                    "hand-off to aiosqlite's thread": m["thread_start"] - m["call"],
-                    "SQLite transaction (in the thread)": m["thread_end"] - m["thread_start"],
-                    "hand-off back to the loop": m["returned"] - m["thread_end"],
-                    "python after the hand-off": end - m["returned"],
+                    "python before the storage call": m["call"] - start,
+                    "to the transaction (hand-off if any)": m["tx_start"] - m["call"],
+                    "SQLite transaction": m["tx_end"] - m["tx_start"],
+                    "back to the caller": m["returned"] - m["tx_end"],
+                    "python after the storage call": end - m["returned"],
                 }
             )
+            if handed is not None:
+                handed.append(int(m.get("handed off", 0)))
     return latencies
 
 
@@ -85,14 +100,16 @@ async def breakdown(n: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         select1 = await baseline_select1(Path(tmp) / "rt.db", n)
         phases: list[dict[str, float]] = []
+        handed: list[int] = []
         async with SQLiteStorage(Path(tmp) / "p.db") as store:
-            sqlite_fires = await _fires(store, n, phases)
+            sqlite_fires = await _fires(store, n, phases, handed)
         async with MemoryStorage() as memory:
             memory_fires = await _fires(memory, n, None)
     total = percentile(sqlite_fires, 0.5)
     lines.append(
         f"SQLite fire, p50 of {n}: {total * 1e6:.0f} us "
-        f"(aiosqlite SELECT 1 round trip p50: {percentile(select1, 0.5) * 1e6:.0f} us)"
+        f"(aiosqlite SELECT 1 round trip p50: {percentile(select1, 0.5) * 1e6:.0f} us); "
+        f"{sum(handed)} of {n} written in aiosqlite's thread, the others on the loop"
     )
     for phase in phases[0]:
         p50 = percentile([p[phase] for p in phases], 0.5)

@@ -272,19 +272,20 @@ def test_four_processes_with_250_concurrent_fires_each(shared_store: str, tmp_pa
     assert len(fired) == 1000 and len({pid for pid, _ in fired}) == 4
 
 
-async def test_an_uncached_session_costs_one_hand_off_per_fire(db_path: Path) -> None:
+async def test_an_uncached_session_costs_one_transaction_per_fire(db_path: Path) -> None:
     async with SQLiteStorage(db_path) as first:
         manager = TriggerManager(first, "cold")
         await manager.update_configuration({"t": {"after": ["a", "b", "c"], "run": "cc.ok"}})
         await manager.fire("a", {"v": 1})
     async with SQLiteStorage(db_path) as second:
-        assert second._commit is not None
-        before = second._commit.hand_offs
+        commit = second._commit
+        assert commit is not None
+        before = commit.hand_offs + commit.alone
         manager = TriggerManager(second, "cold")
         # Nothing cached: the fire is written as if the session were new, and
         # re-applied to the stored session inside the same transaction.
         assert await manager.fire("b", {"v": 2}) == []
-        assert second._commit.hand_offs - before == 1
+        assert commit.hand_offs + commit.alone - before == 1
         assert [i.name for i in await manager.fire("c", {"v": 3})] == ["t#0"]
         await manager.join()
         state = await manager.get_state()

@@ -38,7 +38,7 @@ from .index import (
     check_page,
 )
 from .lease import DEFAULT_LEASE, OWNER_RETENTION, lease_param
-from .sqlite_commit import GroupCommit, Op, call, run_batch
+from .sqlite_commit import GroupCommit, Op, Outcome, call, run_alone, run_batch
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -484,6 +484,11 @@ def _run_batch(db: sqlite3.Connection, ops: list[Op], same_file: _Opened) -> lis
     return run_batch(db, ops, same_file, same_file.patience)
 
 
+def _run_alone(db: sqlite3.Connection, op: Op, same_file: _Opened) -> Outcome | None:
+    """A lone write, at once, on the event loop (see `run_alone`)."""
+    return run_alone(db, op, same_file)
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """Which file `path` is (device, inode), or None if there is none."""
     try:
@@ -530,6 +535,15 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
     # From now on a lock held by another connection is waited for by
     # `run_batch`, in short steps, not by SQLite's coarse busy handler.
     db.execute("PRAGMA busy_timeout = 0")
+    if synchronous in _ALONE:
+        # Lone writes run on the event loop: checkpoints (which sync to disk)
+        # go to the thread instead (`GroupCommit`).
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+
+
+#: The `synchronous` settings whose commits do not wait for the disk: a lone
+#: write may then run on the event loop (see `sqlite_commit`).
+_ALONE = ("NORMAL", "OFF")
 
 
 class SQLiteStorage(Storage):
@@ -607,7 +621,11 @@ class SQLiteStorage(Storage):
             )
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
-            conn = await aiosqlite.connect(self.path, timeout=self.timeout, isolation_level=None)
+            # check_same_thread=False: a lone write may run on the event loop
+            # while aiosqlite's thread is idle (`GroupCommit` sees to it).
+            conn = await aiosqlite.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {str(self.path)!r}: {exc}") from exc
         try:
@@ -617,8 +635,12 @@ class SQLiteStorage(Storage):
             raise
         self._conn = conn
         opened = _Opened(self.path, self.timeout)
-        # `_run_batch` looked up at each batch: a profiler may wrap it.
-        self._commit = GroupCommit(conn, lambda db, ops: _run_batch(db, ops, opened))
+        # `_run_batch` and `_run_alone` looked up at each call: a profiler may wrap them.
+        self._commit = GroupCommit(
+            conn,
+            lambda db, ops: _run_batch(db, ops, opened),
+            (lambda db, op: _run_alone(db, op, opened)) if self.synchronous in _ALONE else None,
+        )
 
     async def disconnect(self) -> None:
         if self._commit is not None:

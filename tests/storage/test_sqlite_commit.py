@@ -46,7 +46,7 @@ def counting_iterations(loop: asyncio.AbstractEventLoop) -> Iterator[list[int]]:
         del loop._run_once  # type: ignore[attr-defined]
 
 
-async def test_a_warm_fire_is_one_hand_off_and_a_read_two_loop_iterations(db_path: Path) -> None:
+async def test_a_warm_fire_writes_on_the_loop_and_a_read_takes_two_loop_iterations(db_path: Path) -> None:
     async with SQLiteStorage(db_path) as storage:
         manager = TriggerManager(storage, "s")
         await manager.update_configuration(IDLE)
@@ -54,7 +54,10 @@ async def test_a_warm_fire_is_one_hand_off_and_a_read_two_loop_iterations(db_pat
         before = hand_offs(storage)
         for i in range(10):
             await manager.fire("a", {"i": i})
-        assert hand_offs(storage) - before == 10
+        # A lone write with nothing in the thread costs less written at once
+        # than handed off.
+        assert hand_offs(storage) - before == 0
+        assert (await manager.get_state()).latest_kwargs["a"] == {"i": 9}
         # The storage's share of the loop's iterations: what a fire costs on
         # SQLite beyond what it costs in memory, where nothing is handed off.
         loop = asyncio.get_running_loop()
@@ -63,6 +66,46 @@ async def test_a_warm_fire_is_one_hand_off_and_a_read_two_loop_iterations(db_pat
         # One iteration for the thread's answer, one for the caller to resume:
         # no flush task and no future relaying the answer.
         assert count[0] == 2, count[0]
+
+
+async def test_writes_that_sync_to_disk_at_commit_are_handed_off(db_path: Path) -> None:
+    # synchronous=FULL waits for the disk at every commit: never on the loop.
+    async with SQLiteStorage(db_path, synchronous="FULL") as storage:
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        await manager.fire("a", {"i": 0})
+        before = hand_offs(storage)
+        for i in range(10):
+            await manager.fire("a", {"i": i})
+        assert hand_offs(storage) - before == 10
+
+
+async def test_writes_on_the_loop_leave_checkpoints_to_the_thread(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection never checkpoints at a commit on the loop (that would sync
+    # to disk there): every CHECKPOINT_EVERY operations one goes to the thread,
+    # so the WAL does not grow without bound.
+    async def wal_after_fires(path: Path) -> tuple[int, int]:
+        async with SQLiteStorage(path) as storage:
+            manager = TriggerManager(storage, "s")
+            await manager.update_configuration(IDLE)
+            assert storage._commit is not None
+            before, handed = storage._commit.checkpoints, hand_offs(storage)
+            for i in range(300):
+                await manager.fire("a", {"i": i, "pad": "x" * 2000})
+            checkpoints = storage._commit.checkpoints - before
+            # (The write after a checkpoint waits for it in the thread.)
+            assert hand_offs(storage) - handed <= 2 * checkpoints
+            size = os.stat(f"{path}-wal").st_size
+        return checkpoints, size
+
+    monkeypatch.setattr(sqlite_commit, "CHECKPOINT_EVERY", 10**9)
+    never, unbounded = await wal_after_fires(tmp_path / "never.db")
+    monkeypatch.setattr(sqlite_commit, "CHECKPOINT_EVERY", 30)
+    checkpoints, bounded = await wal_after_fires(db_path)
+    assert never == 0 and checkpoints == 10
+    assert bounded * 3 < unbounded, (bounded, unbounded)
 
 
 async def test_operations_arriving_during_a_batch_share_the_next(db_path: Path) -> None:
