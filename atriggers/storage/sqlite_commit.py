@@ -8,8 +8,9 @@ thread's answer wakes the callers itself (no future or task relays it): a lone
 operation costs one hand-off and two loop iterations, as little as one
 ``await`` of aiosqlite's own.
 
-A lone write, with nothing in the thread, may even run at once on the event
-loop (`run_alone`, when the storage allows it: no sync to disk at commit):
+A lone write, with nothing in the thread (nor another write run so in the same
+turn of the loop), may even run at once on the event loop (`run_alone`, when the
+storage allows it: no sync to disk at commit):
 a write transaction in WAL mode costs tens of microseconds, less than the
 hand-off, and never waits here: if another connection holds the write lock it
 goes to the thread, which waits. The connection then never checkpoints on its
@@ -249,6 +250,8 @@ class GroupCommit:
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._in_thread = False
         self._idle: asyncio.Future[None] | None = None
+        #: Whether a write ran on the loop in this turn of it.
+        self._turn = False
         #: Operations since the last checkpoint (with `alone` only).
         self._writes = 0
         #: Hand-offs to aiosqlite's thread so far (batches sent).
@@ -260,12 +263,16 @@ class GroupCommit:
     async def submit(self, op: Op) -> Any:
         """Run `op` in the next batch; its result, or what it raised (translated)."""
         alone = self._alone
-        if alone is not None and op.writes and not (self._in_thread or self._pending):
+        if alone is not None and op.writes and not (self._in_thread or self._pending or self._turn):
             conn = self._conn
             db = conn._connection
             if conn._running and db is not None:
                 outcome = alone(db, op)
                 if outcome is not None:
+                    # The writes that come in the same turn of the loop (a burst of
+                    # concurrent operations) go to the thread, together.
+                    self._turn = True
+                    asyncio.get_running_loop().call_soon(self._turn_over)
                     self.alone += 1
                     self._wrote(1)
                     ok, value = outcome
@@ -286,6 +293,9 @@ class GroupCommit:
             if self._idle is None:
                 self._idle = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._idle)
+
+    def _turn_over(self) -> None:
+        self._turn = False
 
     def _wrote(self, operations: int) -> None:
         """Count operations written; past `CHECKPOINT_EVERY`, a checkpoint goes
