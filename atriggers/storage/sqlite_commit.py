@@ -275,6 +275,10 @@ class GroupCommit:
                     asyncio.get_running_loop().call_soon(self._turn_over)
                     self.alone += 1
                     self._wrote(1)
+                    # One turn of the loop, as a hand-off would take: a write still
+                    # suspends its caller (what it dispatched starts before it goes
+                    # on; a caller writing in a loop lets the others run).
+                    await asyncio.sleep(0)
                     ok, value = outcome
                     if ok:
                         return value
