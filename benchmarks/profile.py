@@ -37,20 +37,16 @@ def _instrument() -> None:
     run_batch, run_alone = sqlite_module._run_batch, sqlite_module._run_alone
     submit = GroupCommit.submit
 
-    def timed_batch(db: Any, ops: Any, same_file: Any) -> Any:
-        _marks["tx_start"] = time.perf_counter()
-        try:
-            return run_batch(db, ops, same_file)
-        finally:
-            _marks["tx_end"] = time.perf_counter()
-            _marks["handed off"] = 1
+    def timed(run: Any, handed_off: int) -> Any:
+        def transaction(db: Any, work: Any, same_file: Any) -> Any:
+            _marks["tx_start"] = time.perf_counter()
+            try:
+                return run(db, work, same_file)
+            finally:
+                _marks["tx_end"] = time.perf_counter()
+                _marks["handed off"] = handed_off
 
-    def timed_alone(db: Any, op: Any, same_file: Any) -> Any:
-        _marks["tx_start"] = time.perf_counter()
-        try:
-            return run_alone(db, op, same_file)
-        finally:
-            _marks["tx_end"] = time.perf_counter()
+        return transaction
 
     async def timed_submit(self: GroupCommit, op: Any) -> Any:
         _marks["call"] = time.perf_counter()
@@ -59,8 +55,8 @@ def _instrument() -> None:
         finally:
             _marks["returned"] = time.perf_counter()
 
-    sqlite_module._run_batch = timed_batch
-    sqlite_module._run_alone = timed_alone
+    sqlite_module._run_batch = timed(run_batch, 1)
+    sqlite_module._run_alone = timed(run_alone, 0)
     GroupCommit.submit = timed_submit  # type: ignore[method-assign]
 
 

@@ -26,7 +26,7 @@ from ..idempotency import NO_KEYS, decode_rows, encode_row, is_key_row, key_row_
 from ..instance import NO_TRIGGERS, RESOLVED, STATUS_OF, VALUE_OF, Status, TaskInstance
 from ..state import Change, SessionState
 
-R = TypeVar("R", bound=Row)
+_R = TypeVar("_R", bound=Row)
 
 __all__ = [
     "ConfigCache",
@@ -202,7 +202,7 @@ class _Reader:
             raise corrupt(self.uid, f"instance {name!r}", exc) from exc
         return self._named(name, instance)
 
-    def _named(self, name: str, row: R) -> R:
+    def _named(self, name: str, row: _R) -> _R:
         # The table found the row among its task's by its name, ``<task>#<n>``.
         task = name.rpartition("#")[0]
         if row.task_name != task:

@@ -180,7 +180,7 @@ Runner = Callable[[sqlite3.Connection, list[Op]], list[Any]]
 
 #: Runs a lone write on the event loop (`run_alone`, with what the storage
 #: passes it): its outcome, or None to send it to the thread.
-Alone = Callable[[sqlite3.Connection, Op], "Outcome | None"]
+Alone = Callable[[sqlite3.Connection, Op], Outcome | None]
 
 
 def _run_each(run: Runner, db: sqlite3.Connection, ops: list[Op]) -> list[Outcome]:
