@@ -541,6 +541,13 @@ def _setup(db: sqlite3.Connection, synchronous: str) -> None:
         db.execute("PRAGMA wal_autocheckpoint = 0")
 
 
+def _checkpoint(db: sqlite3.Connection, synchronous: str) -> None:
+    # (Syncing to disk as the writes' connection would: a checkpoint syncs
+    # unless synchronous is OFF.)
+    db.execute(f"PRAGMA synchronous = {synchronous}")
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 #: The `synchronous` settings whose commits do not wait for the disk: a lone
 #: write may then run on the event loop (see `sqlite_commit`).
 _ALONE = ("NORMAL", "OFF")
@@ -575,6 +582,8 @@ class SQLiteStorage(Storage):
         self.timeout = timeout
         self.synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
+        #: The connection checkpointing beside the writes (opened at the first checkpoint).
+        self._checkpointer: aiosqlite.Connection | None = None
         self._configs = ConfigCache()
         self._commit: GroupCommit | None = None
 
@@ -636,15 +645,34 @@ class SQLiteStorage(Storage):
         self._conn = conn
         opened = _Opened(self.path, self.timeout)
         # `_run_batch` and `_run_alone` looked up at each call: a profiler may wrap them.
+        alone = self.synchronous in _ALONE
         self._commit = GroupCommit(
             conn,
             lambda db, ops: _run_batch(db, ops, opened),
-            (lambda db, op: _run_alone(db, op, opened)) if self.synchronous in _ALONE else None,
+            (lambda db, op: _run_alone(db, op, opened)) if alone else None,
+            (lambda: self._checkpoint_beside(opened)) if alone else None,
         )
+
+    async def _checkpoint_beside(self, opened: _Opened) -> None:
+        """A PASSIVE checkpoint on a connection of its own (see `sqlite_commit`)."""
+        conn = self._checkpointer
+        if conn is None:
+            # mode=rw: a file deleted since it was opened is not created again.
+            conn = await aiosqlite.connect(
+                f"{opened.path.as_uri()}?mode=rw", uri=True, timeout=self.timeout, isolation_level=None
+            )
+            if self._conn is None:  # (closed meanwhile)
+                await conn.close()
+                return
+            self._checkpointer = conn
+        await self._call(conn, _checkpoint, self.synchronous)
 
     async def disconnect(self) -> None:
         if self._commit is not None:
             await self._commit.wait_idle()
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            await checkpointer.close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()

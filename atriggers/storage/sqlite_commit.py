@@ -14,8 +14,15 @@ storage allows it: no sync to disk at commit):
 a write transaction in WAL mode costs tens of microseconds, less than the
 hand-off, and never waits here: if another connection holds the write lock it
 goes to the thread, which waits. The connection then never checkpoints on its
-own, which would sync to disk: every `CHECKPOINT_EVERY` operations a
-checkpoint goes to the thread, as a batch of its own.
+own, which would sync to disk on the loop: every `CHECKPOINT_EVERY` operations
+a checkpoint runs instead, in two steps. Copying the WAL into
+the database costs about as much as the writes that filled it, so the bulk of
+it runs beside the writes, on a connection and in a thread of its own, while
+they go on; then the little they added meanwhile is copied in aiosqlite's
+thread, as a batch of its own, with the writes waiting: the next write finds
+the whole WAL copied and starts it over, so it does not grow without bound
+(writes arriving during a checkpoint beside would otherwise keep it from ever
+being complete).
 
 Waiting for another process's write lock is done here too, with short sleeps:
 SQLite's own busy handler sleeps 1, 2, 5, 10... ms between attempts, so a
@@ -25,9 +32,10 @@ writer that just missed the lock waits far longer than the lock is held.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from time import monotonic, sleep
 from typing import Any, Protocol
@@ -39,6 +47,7 @@ from ..errors import InvalidInput, StorageError
 __all__ = [
     "AIOSQLITE_CLOSED",
     "CHECKPOINT_EVERY",
+    "Beside",
     "GroupCommit",
     "Op",
     "Runner",
@@ -65,6 +74,8 @@ LONGEST_PAUSE = 100e-6
 #: the event loop (about SQLite's own default of 1,000 WAL pages: a fire writes
 #: a few pages).
 CHECKPOINT_EVERY = 300
+
+log = logging.getLogger("atriggers.storage.sqlite")
 
 
 class Op(Protocol):
@@ -182,6 +193,10 @@ Runner = Callable[[sqlite3.Connection, list[Op]], list[Any]]
 #: passes it): its outcome, or None to send it to the thread.
 Alone = Callable[[sqlite3.Connection, Op], Outcome | None]
 
+#: Runs a PASSIVE checkpoint on another connection, in another thread, while
+#: writes go on (see the module's docstring).
+Beside = Callable[[], Awaitable[None]]
+
 
 def _run_each(run: Runner, db: sqlite3.Connection, ops: list[Op]) -> list[Outcome]:
     """The batch in one transaction; if it fails, each operation again in a
@@ -242,11 +257,21 @@ class GroupCommit:
     """Runs operations on one aiosqlite connection, batching those that arrive
     while a batch is in the thread into one transaction."""
 
-    def __init__(self, conn: aiosqlite.Connection, run: Runner, alone: Alone | None = None) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        run: Runner,
+        alone: Alone | None = None,
+        beside: Beside | None = None,
+    ) -> None:
         self._conn = conn
         self._run = run
         #: Runs a lone write on the event loop (None: every operation goes to the thread).
         self._alone = alone
+        #: Checkpoints beside the writes (None: all of each one in the thread).
+        self._beside = beside
+        #: The checkpoint running beside the writes, if one is.
+        self._checkpointing: asyncio.Task[None] | None = None
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._in_thread = False
         self._idle: asyncio.Future[None] | None = None
@@ -256,7 +281,7 @@ class GroupCommit:
         self._writes = 0
         #: Hand-offs to aiosqlite's thread so far (batches sent).
         self.hand_offs = 0
-        #: Writes run on the event loop so far, and checkpoints sent to the thread.
+        #: Writes run on the event loop so far, and checkpoints begun.
         self.alone = 0
         self.checkpoints = 0
 
@@ -292,8 +317,12 @@ class GroupCommit:
         return await future
 
     async def wait_idle(self) -> None:
-        """Return once no batch is in the thread or waiting for it."""
-        while self._in_thread:
+        """Return once no batch is in the thread or waiting for it, and no
+        checkpoint runs."""
+        while self._in_thread or self._checkpointing is not None:
+            if self._checkpointing is not None:
+                await asyncio.shield(self._checkpointing)
+                continue
             if self._idle is None:
                 self._idle = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._idle)
@@ -302,15 +331,36 @@ class GroupCommit:
         self._turn = False
 
     def _wrote(self, operations: int) -> None:
-        """Count operations written; past `CHECKPOINT_EVERY`, a checkpoint goes
-        to the thread (now if it is free, else after the batch it holds)."""
+        """Count operations written; past `CHECKPOINT_EVERY`, a checkpoint
+        begins (beside the writes if it can, else in the thread)."""
         self._writes += operations
-        if self._writes >= CHECKPOINT_EVERY and not self._in_thread:
-            self._writes = 0
-            self.checkpoints += 1
-            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            done.add_done_callback(_forget)
-            self._pending.insert(0, (_Checkpoint(), done))
+        if self._writes < CHECKPOINT_EVERY or self._in_thread or self._checkpointing is not None:
+            return
+        self._writes = 0
+        self.checkpoints += 1
+        if self._beside is None:
+            self._checkpoint_here()
+            return
+        task = asyncio.get_running_loop().create_task(self._checkpoint_beside(self._beside))
+        if not task.done():  # (an eager task may have ended already)
+            self._checkpointing = task
+
+    async def _checkpoint_beside(self, beside: Beside) -> None:
+        try:
+            await beside()
+        except Exception as exc:  # noqa: BLE001 - the thread does all of it then
+            log.debug("checkpoint beside the writes failed: %r", exc)
+        finally:
+            self._checkpointing = None
+        self._checkpoint_here()
+
+    def _checkpoint_here(self) -> None:
+        """A checkpoint in the thread, as a batch of its own: now if the thread
+        is free, else after the batch it holds."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_forget)
+        self._pending.insert(0, (_Checkpoint(), done))
+        if not self._in_thread:
             self._send()
 
     def _send(self) -> None:

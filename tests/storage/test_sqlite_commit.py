@@ -84,8 +84,8 @@ async def test_writes_on_the_loop_leave_checkpoints_to_the_thread(
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The connection never checkpoints at a commit on the loop (that would sync
-    # to disk there): every CHECKPOINT_EVERY operations one goes to the thread,
-    # so the WAL does not grow without bound.
+    # to disk there): every CHECKPOINT_EVERY operations one runs elsewhere, so
+    # the WAL does not grow without bound.
     async def wal_after_fires(path: Path) -> tuple[int, int]:
         async with SQLiteStorage(path) as storage:
             manager = TriggerManager(storage, "s")
@@ -95,7 +95,7 @@ async def test_writes_on_the_loop_leave_checkpoints_to_the_thread(
             for i in range(300):
                 await manager.fire("a", {"i": i, "pad": "x" * 2000})
             checkpoints = storage._commit.checkpoints - before
-            # (The write after a checkpoint waits for it in the thread.)
+            # (Each ends in the thread, and the write after it may wait for it there.)
             assert hand_offs(storage) - handed <= 2 * checkpoints
             size = os.stat(f"{path}-wal").st_size
         return checkpoints, size
@@ -106,6 +106,71 @@ async def test_writes_on_the_loop_leave_checkpoints_to_the_thread(
     checkpoints, bounded = await wal_after_fires(db_path)
     assert never == 0 and checkpoints == 10
     assert bounded * 3 < unbounded, (bounded, unbounded)
+
+
+def wal_salts(path: Path) -> bytes:
+    """The salts in the WAL's header: new each time the WAL starts over."""
+    with open(f"{path}-wal", "rb") as wal:
+        return wal.read(32)[16:24]
+
+
+async def test_writes_go_on_while_a_checkpoint_copies_the_wal_and_the_wal_starts_over_after_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Copying the WAL into the database costs about what the writes that filled
+    # it did: it runs on a connection of its own, in a thread of its own, while
+    # the writes go on, on the loop. Then what they added meanwhile is copied in
+    # the writes' thread, with them waiting, so the next write starts the WAL over.
+    monkeypatch.setattr(sqlite_commit, "CHECKPOINT_EVERY", 20)
+    async with SQLiteStorage(db_path) as storage:
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        commit = storage._commit
+        assert commit is not None
+        checkpoint_beside = commit._beside
+        assert checkpoint_beside is not None
+        let_go = asyncio.Event()
+
+        async def held() -> None:  # (the real checkpoint, once the test lets it go)
+            await let_go.wait()
+            await checkpoint_beside()
+
+        commit._beside = held
+        for i in range(25):  # (the configuration was one write: a checkpoint begins at the 19th fire)
+            await manager.fire("a", {"i": i})
+        assert commit.checkpoints == 1 and commit._checkpointing is not None
+        before, inline = hand_offs(storage), commit.alone
+        for i in range(30):
+            await manager.fire("a", {"i": i})
+        assert (hand_offs(storage), commit.alone) == (before, inline + 30)
+        salts, size = wal_salts(db_path), os.stat(f"{db_path}-wal").st_size
+        let_go.set()
+        await commit.wait_idle()
+        assert storage._checkpointer is not None
+        for i in range(10):
+            await manager.fire("a", {"i": i})
+        # Started over: the writes after the checkpoint went to the WAL's start.
+        assert wal_salts(db_path) != salts
+        assert os.stat(f"{db_path}-wal").st_size == size
+        assert (await manager.get_state()).latest_kwargs["a"] == {"i": 9}
+
+
+async def test_a_checkpoint_never_creates_a_deleted_database_again(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_commit, "CHECKPOINT_EVERY", 5)
+    async with SQLiteStorage(db_path) as storage:
+        manager = TriggerManager(storage, "s")
+        await manager.update_configuration(IDLE)
+        for name in os.listdir(db_path.parent):
+            os.unlink(db_path.parent / name)
+        for i in range(12):  # (refused: past CHECKPOINT_EVERY, a checkpoint is tried)
+            with pytest.raises(StorageError, match="deleted or replaced"):
+                await manager.fire("a", {"i": i})
+        assert storage._commit is not None and storage._commit.checkpoints >= 1
+        await storage._commit.wait_idle()
+        assert storage._checkpointer is None
+    assert not os.listdir(db_path.parent)  # (nothing made again, not even a WAL)
 
 
 async def test_operations_arriving_during_a_batch_share_the_next(db_path: Path) -> None:
