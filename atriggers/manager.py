@@ -52,6 +52,7 @@ from .runners import runners as default_runners
 from .runners.inprocess import _Slots
 from .state import Change, Draft, Placement, SessionState
 from .storage.base import Storage, VersionConflict
+from .storage.runs import RunTracker
 from .tasks import TaskDefinition, TaskRegistry
 from .tasks import registry as default_tasks
 
@@ -135,6 +136,9 @@ class TriggerManager:
         self.tasks = tasks if tasks is not None else default_tasks
         self.runners = runners if runners is not None else default_runners
         self._inflight: set[asyncio.Task[Any]] = set()
+        #: What the callers of `join` wait on: woken when an in-flight task ends
+        #: (then each looks again at what is still going).
+        self._joiners: list[asyncio.Future[None]] = []
         #: This manager's timers (cooldowns, delayed fires) -> when they are due.
         self._timers: dict[asyncio.Task[Any], float] = {}
         self._placer = _Placer(self.runners, storage, self.tasks)
@@ -447,8 +451,13 @@ class TriggerManager:
         # Not the task calling join (a hook awaiting it would wait for itself).
         current = asyncio.current_task()
         if not (timers and self._timers):
-            while waiting := {t for t in self._inflight if not t.done()} - {current}:
-                await asyncio.wait(waiting)
+            while any(not t.done() and t is not current for t in self._inflight):
+                # (Not `asyncio.wait`: its waiter hears of a task's end through the
+                # task's done callbacks, a turn of the loop later than a run's
+                # own last step wakes this one; see `_ran`.)
+                joiner = asyncio.get_running_loop().create_future()
+                self._joiners.append(joiner)
+                await joiner
             if not (timers and self._timers):
                 return
         clock = self.storage.clock
@@ -477,8 +486,20 @@ class TriggerManager:
     def track(self, task: asyncio.Task[Any]) -> None:
         """Adopt an in-process run: `join` and closing the storage wait for it."""
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(self._untrack)
         self.storage.track(task)
+
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
+        self._ran()
+
+    def _ran(self) -> None:
+        """Wake the callers of `join` (an in-flight task ended, or is ending:
+        they look again)."""
+        joiners, self._joiners = self._joiners, []
+        for joiner in joiners:
+            if not joiner.done():
+                joiner.set_result(None)
 
     async def run_instance(
         self, instance: InstanceRef, *, deadline: float | None = None, owned: bool = True
@@ -587,6 +608,10 @@ class TriggerManager:
             )
         finally:
             self._error_logs.pop(token, None)
+            # The run's last step: `join` hears of it now, not a loop turn after
+            # the task ends (a runner's task ends with it, in this step).
+            if self._joiners:
+                self._ran()
 
     def _logs_of(self, token: str | None) -> dict[str, Any]:
         """The ``errorLogs`` metadata of run `token` (empty if it logged none)."""
@@ -983,11 +1008,12 @@ class TriggerManager:
         """Run an operation that stores then dispatches to its end even if the
         caller is cancelled: a stored ``scheduled`` must always be dispatched."""
         outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        task = _start(_settle(operation, outcome))
+        runs = self.storage.runs
+        task = _start(_settle(operation, outcome, runs))
         if outcome.done():
             # Ran to its end eagerly, in this turn of the loop: nothing to track.
             return outcome.result()
-        self.storage.track(task, cancellable=False)
+        runs.track_step(task)
         # `join` waits for it too (a fire whose caller was cancelled goes on: what
         # it starts is this manager's work all the same). Dropped from the set
         # here rather than by a done callback, which would cost a loop turn.
@@ -997,14 +1023,14 @@ class TriggerManager:
             result = await outcome
         except asyncio.CancelledError:
             if task.done():
-                self._inflight.discard(task)
+                self._untrack(task)
             else:
-                task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(self._untrack)
             raise
         except BaseException:
-            self._inflight.discard(task)
+            self._untrack(task)
             raise
-        self._inflight.discard(task)
+        self._untrack(task)
         return result
 
     async def _apply(self, rule: Callable[[Draft], T], names: Collection[str] = ()) -> T:
@@ -1215,10 +1241,11 @@ class _PlacedRun:
             slots.give_back()
 
 
-async def _settle(operation: Coroutine[Any, Any, T], outcome: asyncio.Future[T]) -> None:
+async def _settle(operation: Coroutine[Any, Any, T], outcome: asyncio.Future[T], runs: RunTracker) -> None:
     """Run `operation` and hand its outcome to `outcome` from inside the task: the
     caller wakes on the next loop turn, not one later (as it would through the
-    task's done callbacks and a shield)."""
+    task's done callbacks and a shield). The task leaves the storage's `runs`
+    itself, at its end, for the same reason."""
     try:
         result = await operation
     except asyncio.CancelledError:
@@ -1232,6 +1259,8 @@ async def _settle(operation: Coroutine[Any, Any, T], outcome: asyncio.Future[T])
     else:
         if not outcome.done():
             outcome.set_result(result)
+    finally:
+        runs.forget(asyncio.current_task())
 
 
 if sys.version_info >= (3, 12):

@@ -5,6 +5,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,31 @@ import pytest
 from atriggers.storage import MemoryStorage, SQLiteStorage
 from atriggers.testing.postgres import PostgresCluster
 from atriggers.testing.pytest_plugin import Registries
+
+
+@pytest.fixture
+def loop_iterations() -> Callable[[], AbstractContextManager[list[int]]]:
+    """``with loop_iterations() as count:`` counts the running loop's iterations
+    (its ``_run_once`` calls) inside the block, in ``count[0]``: what an
+    operation costs in turns of the event loop."""
+
+    @contextmanager
+    def counting() -> Iterator[list[int]]:
+        loop = asyncio.get_running_loop()
+        count = [0]
+        original = loop._run_once  # type: ignore[attr-defined]
+
+        def counted() -> None:
+            count[0] += 1
+            original()
+
+        loop._run_once = counted  # type: ignore[attr-defined]
+        try:
+            yield count
+        finally:
+            del loop._run_once  # type: ignore[attr-defined]
+
+    return counting
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from atriggers import (
     with_context,
 )
 from atriggers.runners import BaseRunner, register_runner
-from atriggers.storage import SQLiteStorage
+from atriggers.storage import MemoryStorage, SQLiteStorage
 
 calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -511,3 +513,46 @@ async def test_returned_and_task_side_objects_are_copies(sqlite_storage: SQLiteS
     assert "junk" not in instance.metadata
     await manager.fire("go2")  # the cached snapshot was not corrupted either
     assert "junk" not in (await manager.get_state()).instances["t#0"].metadata
+
+
+async def test_join_waits_for_a_runs_task_to_end_not_only_for_its_outcome(
+    sqlite_storage: SQLiteStorage,
+) -> None:
+    # A runner whose task goes on after the outcome is stored: `join` hears of
+    # the run's end at once, and waits on until the task itself has ended.
+    class Lingering(BaseRunner):
+        name = "lingering"
+
+        def __init__(self) -> None:
+            self.ended: list[str] = []
+
+        async def run(self, manager: TriggerManager, instance: TaskInstance) -> None:
+            async def go() -> None:
+                await manager.run_instance(instance.name)
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                self.ended.append(instance.name)
+
+            manager.track(asyncio.get_running_loop().create_task(go()))
+
+    runner = register_runner(Lingering())
+    manager = TriggerManager(sqlite_storage, "lingering", default_runner="lingering")
+    await manager.update_configuration(config("tm.echo"))
+    await fire_and_wait(manager)
+    assert runner.ended == ["t#0"]
+
+
+async def test_fire_then_join_costs_five_turns_of_the_loop(
+    loop_iterations: Callable[[], AbstractContextManager[list[int]]],
+) -> None:
+    # In memory, on the asyncio runner: the fire's operation, the run, storing
+    # its outcome, the run's end, and `join` hearing of it in the next turn
+    # (not two turns later, through done callbacks). Eager tasks save more.
+    manager = TriggerManager(MemoryStorage(), "turns")
+    await manager.update_configuration({"t": {"after": [], "andEvery": "go", "run": "tm.echo"}})
+    await fire_and_wait(manager)
+    for i in range(3):
+        with loop_iterations() as count:
+            await fire_and_wait(manager, "go", {"i": i})
+        assert count[0] <= 5, count[0]
+    assert len((await manager.get_state()).instances) == 4

@@ -18,8 +18,9 @@ class RunTracker:
     cancelled at once (what they wait for is durable: any sweeper acts on it)."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._uncancellable: set[asyncio.Task[Any]] = set()
+        #: Task -> whether it may be cancelled. (One mapping, so one done
+        #: callback per task: each costs a turn through the event loop's queue.)
+        self._tasks: dict[asyncio.Task[Any], bool] = {}
         self._timers: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
@@ -32,11 +33,19 @@ class RunTracker:
             self._timers.add(task)
             task.add_done_callback(self._timers.discard)
             return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        if not cancellable:
-            self._uncancellable.add(task)
-            task.add_done_callback(self._uncancellable.discard)
+        self._tasks[task] = cancellable
+        task.add_done_callback(self.forget)
+
+    def track_step(self, task: asyncio.Task[Any]) -> None:
+        """Track a store-then-dispatch step (never cancelled) that calls `forget`
+        itself at its end: no done callback."""
+        self._tasks[task] = False
+
+    def forget(self, task: asyncio.Task[Any] | None) -> None:
+        """Stop tracking `task`: it is done, or about to be (a task may call
+        this at its very end, sooner than its done callback would)."""
+        if task is not None:
+            self._tasks.pop(task, None)
 
     async def drain(self, timeout: float | None = None, *, grace: float = 10.0, owner: object = None) -> None:
         """Wait for the tracked tasks (and those they start meanwhile) to finish.
@@ -58,8 +67,9 @@ class RunTracker:
                         len(self._tasks),
                     )
                     return
-                for task in self._tasks - self._uncancellable - cancelled:
-                    task.cancel()
-                    cancelled.add(task)
+                for task, cancellable in list(self._tasks.items()):
+                    if cancellable and task not in cancelled:
+                        task.cancel()
+                        cancelled.add(task)
                 remaining = grace + remaining
             await asyncio.wait(set(self._tasks), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)

@@ -8,8 +8,8 @@ import asyncio
 import dataclasses
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,24 +29,9 @@ def hand_offs(storage: SQLiteStorage) -> int:
     return storage._commit.hand_offs
 
 
-@contextmanager
-def counting_iterations(loop: asyncio.AbstractEventLoop) -> Iterator[list[int]]:
-    """Counts the loop's iterations (`_run_once` calls) while inside."""
-    count = [0]
-    original = loop._run_once  # type: ignore[attr-defined]
-
-    def counted() -> None:
-        count[0] += 1
-        original()
-
-    loop._run_once = counted  # type: ignore[attr-defined]
-    try:
-        yield count
-    finally:
-        del loop._run_once  # type: ignore[attr-defined]
-
-
-async def test_a_warm_fire_writes_on_the_loop_and_a_read_takes_two_loop_iterations(db_path: Path) -> None:
+async def test_a_warm_fire_writes_on_the_loop_and_a_read_takes_two_loop_iterations(
+    db_path: Path, loop_iterations: Callable[[], AbstractContextManager[list[int]]]
+) -> None:
     async with SQLiteStorage(db_path) as storage:
         manager = TriggerManager(storage, "s")
         await manager.update_configuration(IDLE)
@@ -60,8 +45,7 @@ async def test_a_warm_fire_writes_on_the_loop_and_a_read_takes_two_loop_iteratio
         assert (await manager.get_state()).latest_kwargs["a"] == {"i": 9}
         # The storage's share of the loop's iterations: what a fire costs on
         # SQLite beyond what it costs in memory, where nothing is handed off.
-        loop = asyncio.get_running_loop()
-        with counting_iterations(loop) as count:
+        with loop_iterations() as count:
             await storage.load("s")
         # One iteration for the thread's answer, one for the caller to resume:
         # no flush task and no future relaying the answer.
@@ -104,7 +88,8 @@ async def test_writes_on_the_loop_leave_checkpoints_to_the_thread(
     never, unbounded = await wal_after_fires(tmp_path / "never.db")
     monkeypatch.setattr(sqlite_commit, "CHECKPOINT_EVERY", 30)
     checkpoints, bounded = await wal_after_fires(db_path)
-    assert never == 0 and checkpoints == 10
+    # (None begins while the last one still runs: one may come later than every 30.)
+    assert never == 0 and 8 <= checkpoints <= 10, checkpoints
     assert bounded * 3 < unbounded, (bounded, unbounded)
 
 
