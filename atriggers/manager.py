@@ -496,6 +496,8 @@ class TriggerManager:
     def _ran(self) -> None:
         """Wake the callers of `join` (an in-flight task ended, or is ending:
         they look again)."""
+        if not self._joiners:
+            return
         joiners, self._joiners = self._joiners, []
         for joiner in joiners:
             if not joiner.done():
@@ -610,8 +612,7 @@ class TriggerManager:
             self._error_logs.pop(token, None)
             # The run's last step: `join` hears of it now, not a loop turn after
             # the task ends (a runner's task ends with it, in this step).
-            if self._joiners:
-                self._ran()
+            self._ran()
 
     def _logs_of(self, token: str | None) -> dict[str, Any]:
         """The ``errorLogs`` metadata of run `token` (empty if it logged none)."""

@@ -658,13 +658,10 @@ class SQLiteStorage(Storage):
         conn = self._checkpointer
         if conn is None:
             # mode=rw: a file deleted since it was opened is not created again.
-            conn = await aiosqlite.connect(
+            # (`disconnect` waits for a checkpoint before it closes anything.)
+            conn = self._checkpointer = await aiosqlite.connect(
                 f"{opened.path.as_uri()}?mode=rw", uri=True, timeout=self.timeout, isolation_level=None
             )
-            if self._conn is None:  # (closed meanwhile)
-                await conn.close()
-                return
-            self._checkpointer = conn
         await self._call(conn, _checkpoint, self.synchronous)
 
     async def disconnect(self) -> None:

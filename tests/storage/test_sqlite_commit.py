@@ -64,7 +64,7 @@ async def test_writes_that_sync_to_disk_at_commit_are_handed_off(db_path: Path) 
         assert hand_offs(storage) - before == 10
 
 
-async def test_writes_on_the_loop_leave_checkpoints_to_the_thread(
+async def test_writes_on_the_loop_keep_the_wal_bounded_by_checkpoints(
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The connection never checkpoints at a commit on the loop (that would sync
